@@ -1,0 +1,63 @@
+"""`wmquant diagnose landscape`: measure a frozen encoder's goal-cost landscape."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .. import io as wio
+from ..errors import ConfigError
+
+
+def encoder_fn(model, img_size: int, device: torch.device):
+    """uint8 frames (P, H, W, 3) -> the model's visual latents (P, N, E), as planning computes them."""
+    from ..data.transforms import to_model_input
+
+    model = model.to(device).eval()
+
+    @torch.no_grad()
+    def encode(frames: np.ndarray) -> torch.Tensor:
+        x = to_model_input(frames, img_size, channels_last=True, device=device)
+        return model.encoder(model.resize_for_encoder(x)).float().cpu()
+
+    return encode
+
+
+def diagnose_main(argv: Sequence[str]) -> int:
+    from ..cli import flag_parser
+    from ..models.checkpoint import load_world_model
+    from ..planning.engine import resolve_device
+    from .landscape import pusht_landscape, wall_landscape
+
+    parser = flag_parser("wmquant diagnose", "Diagnostics of a world model's encoder.")
+    parser.add_argument("what", choices=("landscape",))
+    parser.add_argument("--model", required=True, help="a shipped model name or a model directory")
+    parser.add_argument("--out", type=Path, default=None, help="directory for landscape.json and landscape.png")
+    parser.add_argument("--goals", type=int, default=None, help="number of goals (default: 30 Wall, 12 PushT)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(list(argv))
+    if args.goals is not None and args.goals < 1:
+        raise ConfigError(f"--goals must be a positive integer, got {args.goals}")
+    model, cfg = load_world_model(args.model)
+    meta = cfg.get("planning") or {}
+    env = meta.get("env")
+    if env not in ("wall", "pusht"):
+        raise ConfigError(f"model {args.model!r} has no planning.env in its config.yaml (wall or pusht)")
+    out = args.out or Path(f"landscape_{Path(args.model).name}")
+    out.mkdir(parents=True, exist_ok=True)
+    encode = encoder_fn(model, int(meta["img_size"]), resolve_device(args.device))
+    figure = out / "landscape.png"
+    if env == "wall":
+        report = wall_landscape(encode, n_goals=args.goals or 30, seed=args.seed, figure=figure)
+    else:
+        report = pusht_landscape(encode, render_size=int(meta.get("render_size") or meta["img_size"]),
+                                 n_goals=args.goals or 12, seed=args.seed, figure=figure)
+    wio.write_json(out / "landscape.json", report.as_dict())
+    print(report.summary())
+    print(f"wrote {out / 'landscape.json'} and {figure}")
+    return 0

@@ -1,0 +1,111 @@
+"""The planning ceiling: the same MPC-CEM protocol with the true env dynamics in place of the world
+model and a Euclidean state cost.
+
+It separates what a world model loses from what the planner and the env allow: a model cannot plan
+better than CEM with perfect dynamics under a cost that ignores walls and contacts (much of the gap to
+1.0 on Wall is the Euclidean cost stalling at the wall face; see ../shared/notes/feasibility-wall.md).
+
+Sampled action sequences are simulated without rendering (`simulate_states`); noise comes from the
+same per-(seed, episode, iteration) generators as model-based planning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data.base import Normalization
+from .cem import CEMConfig, noise_generator
+from .episodes import EpisodeSet
+from .mpc import PlanningTrace
+
+# Weights of the state dimensions in the Euclidean cost. PushT: agent xy, block xy in px, and the
+# block angle converted to px with the success thresholds' ratio (20 px ~ pi/9 rad).
+STATE_COST_WEIGHTS = {"wall": np.array([1.0, 1.0]), "pusht": np.array([1.0, 1.0, 1.0, 1.0, 20.0 / (np.pi / 9)])}
+
+
+def state_cost(env_name: str, states: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    """Squared weighted Euclidean distance over the leading state dims: (..., S) -> (...)."""
+    weights = STATE_COST_WEIGHTS[env_name]
+    diff = states[..., : len(weights)] - goal[..., : len(weights)]
+    if env_name == "pusht":
+        diff[..., 4] = np.remainder(diff[..., 4] + np.pi, 2 * np.pi) - np.pi
+    return ((diff * weights) ** 2).sum(-1)
+
+
+def simulate_states(env_name: str, env, init_states: np.ndarray, actions: np.ndarray, env_infos) -> np.ndarray:
+    """Final states of (n, T, A) raw action sequences from (n, S) states, physics only."""
+    if env_name == "wall":
+        from ..envs.wall import WallLayout, propose_and_collide
+
+        layouts = [WallLayout.from_env_info(info) for info in env_infos]
+        wall_x = np.array([lay.wall_x for lay in layouts])
+        door_y = np.array([lay.door_y for lay in layouts])
+        pos = np.array(init_states, dtype=np.float64)
+        for t in range(actions.shape[1]):
+            pos, _ = propose_and_collide(pos, actions[:, t], wall_x, door_y)
+        return pos
+    return env.simulate(init_states, actions, env_infos)
+
+
+@dataclass
+class CeilingConfig:
+    cem: CEMConfig
+    n_taken_actions: int = 5
+    max_iter: int = 50
+    frameskip: int = 5
+
+
+def run_ceiling(env_name: str, env, episodes: EpisodeSet, normalization: Normalization, config: CeilingConfig,
+                seed: int, progress: bool = True) -> PlanningTrace:
+    n = len(episodes)
+    cem = config.cem
+    f = config.frameskip
+    action_dim = env.action_dim
+    obs, states = env.reset_to(episodes.init_states)
+    cur = np.array(states, dtype=np.float64)
+    succeeded = np.zeros(n, dtype=bool)
+    trace = PlanningTrace()
+    success_iter: list[int | None] = [None] * n
+    std = normalization.action_std.double().numpy()
+    mean = normalization.action_mean.double().numpy()
+    for k in tqdm(range(config.max_iter), desc="ceiling", disable=not progress, leave=False):
+        active = np.flatnonzero(~succeeded)
+        if active.size == 0:
+            break
+        gens = [noise_generator(seed, episodes.seeds[i], k) for i in active]
+        noise = torch.stack([torch.randn((cem.opt_steps, cem.num_samples, cem.horizon, f * action_dim), generator=g)
+                             for g in gens]).double().numpy()
+        mu = np.zeros((len(active), cem.horizon, f * action_dim))
+        sigma = np.full_like(mu, cem.var_scale)
+        infos = [episodes.env_infos[i] for i in active]
+        for step in range(cem.opt_steps):
+            samples = mu[:, None] + sigma[:, None] * noise[:, step]
+            samples[:, 0] = mu
+            raw = samples.reshape(len(active), cem.num_samples, cem.horizon * f, action_dim) * std + mean
+            finals = simulate_states(
+                env_name, env,
+                np.repeat(cur[active], cem.num_samples, 0), raw.reshape(-1, cem.horizon * f, action_dim),
+                [info for info in infos for _ in range(cem.num_samples)],
+            ).reshape(len(active), cem.num_samples, -1)
+            costs = state_cost(env_name, finals, episodes.goal_states[active][:, None])
+            order = np.argsort(costs, axis=1, kind="stable")[:, : cem.topk]
+            elites = np.take_along_axis(samples, order[..., None, None], axis=1)
+            mu, sigma = elites.mean(1), elites.std(1, ddof=1)
+        taken = (mu[:, : config.n_taken_actions].reshape(len(active), -1, action_dim) * std + mean)
+        for t in range(taken.shape[1]):
+            obs, states = env.step(taken[:, t], indices=active)
+        cur[active] = states
+        verdict = env.eval_state(episodes.goal_states[active], states)
+        for i in active[verdict["success"].astype(bool)]:
+            success_iter[i] = k
+        succeeded[active] |= verdict["success"].astype(bool)
+        trace.success_by_iter.append(succeeded.astype(int).tolist())
+    while len(trace.success_by_iter) < config.max_iter:
+        trace.success_by_iter.append(list(trace.success_by_iter[-1]))
+    trace.success_iter = success_iter
+    trace.final_states = cur
+    return trace

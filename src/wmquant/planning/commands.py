@@ -1,0 +1,273 @@
+"""`wmquant plan`, `wmquant plan-act` and `wmquant quant`: the original study's scripts
+(`plan.py`, `plan_act.py`, `plan_quant_*.py`) as one pipeline with a registered PTQ recipe.
+
+Order of work in `quant`: validate every setting, load the FP model, FP-plan `quant_iter` MPC
+iterations on the calibration episodes (seeds seed*n+2, training split) while recorders and
+observers watch, apply the recipe, switch quantization on, then plan on the evaluation episodes
+(seeds seed*n+1) exactly as `plan` does.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..errors import ConfigError
+from .results import build_result, new_run_dir, success_table, write_figures, write_logs, write_result
+from .session import PlanningSession
+
+# Seed README compatibility: the original scripts chose the method through w_quant_method.
+METHOD_FROM_W_QUANT_METHOD = {"minmax": "rtn", "omse": "omse", "awq": "awq", "omniquant": "omniquant"}
+A_GRANULARITY = {"layer_wise": "per_tensor", "token_wise": "per_token"}
+
+
+def _compose(config_name: str | None, overrides: Sequence[str]) -> DictConfig:
+    from ..cli import compose_config
+
+    if config_name is None:
+        env = next((o.split("=", 1)[1] for o in overrides if o.startswith("env=")), "wall")
+        config_name = f"plan_{env}"
+    # method_options is an open mapping of method hyper-parameters: `method_options.alpha=0.8` adds a key.
+    overrides = [f"+{o}" if o.startswith("method_options.") else o for o in overrides]
+    return compose_config(config_name, overrides)
+
+
+def _explicit(overrides: Sequence[str], key: str) -> bool:
+    return any(o.lstrip("+~").split("=", 1)[0] == key for o in overrides)
+
+
+# --- plan -----------------------------------------------------------------------------------------
+def run_plan(cfg: DictConfig, progress: bool = True, session: PlanningSession | None = None) -> tuple[dict, Path]:
+    session = session or PlanningSession(cfg)
+    run_dir = new_run_dir(cfg)
+    start = time.perf_counter()
+    episodes, env = session.episodes("evaluation")
+    try:
+        trace = session.plan(episodes, env, progress=progress, plot_episodes=int(cfg.n_plot_samples))
+    finally:
+        env.close()
+    seconds = time.perf_counter() - start
+    result = build_result(cfg, trace, episodes, seconds, method="fp", quant=None, run_id=run_dir.name)
+    write_logs(run_dir, trace)
+    if cfg.save_plots:
+        write_figures(run_dir, trace, session.model, f"{cfg.model_name} {cfg.tag}")
+    write_result(run_dir, result)
+    return result, run_dir
+
+
+def plan_command(config_name: str | None, overrides: Sequence[str]) -> int:
+    cfg = _compose(config_name, overrides)
+    result, run_dir = run_plan(cfg)
+    print(success_table({f"{cfg.model_name} {result['method']}": result["success_rate_by_iter"]}))
+    print(f"wrote {run_dir / 'result.json'} ({result['wall_seconds']:.1f} s)")
+    return 0
+
+
+# --- plan-act -------------------------------------------------------------------------------------
+def act_stats_path(cfg: DictConfig) -> Path:
+    """act_scales_dir/wm_act_scales_<model>_<scale_tag>.safetensors (QuantWM: /cache/scale/..._<env>_<tag>.pt);
+    keyed by model rather than env, because statistics belong to one model's weights."""
+    model = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(cfg.model_name).strip("/"))
+    return Path(str(cfg.act_scales_dir)) / f"wm_act_scales_{model}_{cfg.scale_tag}.safetensors"
+
+
+def run_plan_act(cfg: DictConfig, progress: bool = True, session: PlanningSession | None = None) -> Path:
+    from ..quant.stats import ActStatsRecorder, save_act_stats
+
+    if not cfg.sta_scale:
+        raise ConfigError(
+            "sta_scale=false would gather statistics on the evaluation episodes; wmquant gathers them on the "
+            "calibration episodes only (sta_scale=true)"
+        )
+    session = session or PlanningSession(cfg)
+    episodes, env = session.episodes("calibration")
+    try:
+        with ActStatsRecorder(session.model) as recorder:
+            session.plan(episodes, env, skip_succeeded=False, progress=progress, desc="plan-act")
+    finally:
+        env.close()
+    path = act_stats_path(cfg)
+    save_act_stats(path, recorder.stats())
+    return path
+
+
+def plan_act_command(config_name: str | None, overrides: Sequence[str]) -> int:
+    cfg = _compose(config_name, overrides)
+    path = run_plan_act(cfg)
+    print(f"wrote activation statistics {path}")
+    return 0
+
+
+# --- quant ----------------------------------------------------------------------------------------
+def resolve_method(cfg: DictConfig) -> str:
+    from ..quant.methods import METHODS
+
+    method = str(cfg.method)
+    if method == "fp":
+        method = METHOD_FROM_W_QUANT_METHOD.get(str(cfg.w_quant_method), "")
+        if not method:
+            raise ConfigError(
+                f"unknown w_quant_method {cfg.w_quant_method!r}; valid: {', '.join(METHOD_FROM_W_QUANT_METHOD)}"
+            )
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; valid methods: {', '.join(sorted(METHODS))}")
+    return method
+
+
+def build_quant_config(cfg: DictConfig, method: str):
+    """The seed README's keys -> a QuantConfig (validated)."""
+    from ..quant.config import QuantConfig, QuantScheme
+
+    granularity = A_GRANULARITY.get(str(cfg.calib_mode_a))
+    if granularity is None:
+        raise ConfigError(f"unknown calib_mode_a {cfg.calib_mode_a!r}; valid: {', '.join(A_GRANULARITY)}")
+    group = cfg.W_GROUP_SIZE
+    if isinstance(group, str):
+        try:
+            group = int(group)
+        except ValueError as err:
+            raise ConfigError(f"W_GROUP_SIZE must be -1 (per-channel) or a positive integer, got {group!r}") from err
+    if isinstance(group, bool) or not isinstance(group, int) or (group != -1 and group < 1):
+        raise ConfigError(f"W_GROUP_SIZE must be -1 (per-channel) or a positive integer, got {group!r}")
+    w_observer = "omse" if method == "omse" or cfg.w_quant_method == "omse" else "minmax"
+
+    def scheme(on: bool, wbit: int, abit: int) -> QuantScheme:
+        if not on:
+            return QuantScheme()
+        return QuantScheme(
+            w_bits=int(wbit), a_bits=int(abit), w_group_size=None if group == -1 else int(group),
+            a_granularity=granularity, w_observer=w_observer, a_observer=str(cfg.a_quant_method),
+        )
+
+    targets = cfg.quant_targets
+    targets = [str(targets)] if isinstance(targets, str) else [str(t) for t in targets]
+    return QuantConfig(
+        encoder=scheme(bool(cfg.quant_encoder), cfg.encoder_wbit, cfg.encoder_abit),
+        predictor=scheme(bool(cfg.quant), cfg.predictor_wbit, cfg.predictor_abit),
+        targets=tuple(targets),
+    )
+
+
+def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession | None = None) -> tuple[dict, Path]:
+    from ..quant.calibration import calibrate_and_quantize
+    from ..quant.methods import get_method
+    from ..quant.stats import load_act_stats
+
+    # Everything that can be wrong with the request is checked before any planning starts.
+    method = resolve_method(cfg)
+    qconfig = build_quant_config(cfg, method)
+    recipe = get_method(method)
+    options = OmegaConf.to_container(cfg.method_options, resolve=True) if cfg.method_options else {}
+    parsed_options = recipe.make_options(options)
+    recipe.check_config(qconfig, parsed_options)
+    act_stats = load_act_stats(act_stats_path(cfg)) if recipe.requirements(parsed_options).act_stats else None
+
+    session = session or PlanningSession(cfg)
+    run_dir = new_run_dir(cfg)
+    start = time.perf_counter()
+    calib_episodes, calib_env = session.episodes("calibration")
+
+    def run_calibration() -> None:
+        # All calibration episodes are planned for every one of the quant_iter iterations (no
+        # skipping), so calibration always sees data even if every episode succeeds early.
+        session.plan(calib_episodes, calib_env, max_iter=int(cfg.quant_iter), skip_succeeded=False,
+                     progress=progress, desc="calibration")
+
+    try:
+        report = calibrate_and_quantize(
+            session.model, method, qconfig, run_calibration, act_stats=act_stats, method_options=options
+        )
+    finally:
+        calib_env.close()
+    calib_seconds = time.perf_counter() - start
+    episodes, env = session.episodes("evaluation")
+    try:
+        trace = session.plan(episodes, env, progress=progress, plot_episodes=int(cfg.n_plot_samples))
+    finally:
+        env.close()
+    seconds = time.perf_counter() - start
+    quant = {
+        "method": method,
+        "quant_encoder": bool(cfg.quant_encoder),
+        "quant_predictor": bool(cfg.quant),
+        **qconfig.to_dict(),
+        "avg_bits_per_weight": {part: entry.get("avg_bits_per_weight") for part, entry in report["summary"].items()},
+        "summary": report["summary"],
+        "options": report.get("method_options", options),
+        "method_report": report.get("method_report"),
+        "calibration_seconds": calib_seconds,
+        "quant_iter": int(cfg.quant_iter),
+    }
+    result = build_result(cfg, trace, episodes, seconds, method=method, quant=quant, calibration=calib_episodes,
+                          run_id=run_dir.name)
+    write_logs(run_dir, trace)
+    if cfg.save_plots:
+        write_figures(run_dir, trace, session.model, f"{cfg.model_name} {method} {cfg.tag}")
+    write_result(run_dir, result)
+    return result, run_dir
+
+
+def quant_command(config_name: str | None, overrides: Sequence[str]) -> int:
+    overrides = list(overrides)
+    # `wmquant quant` quantizes both parts unless told otherwise (the seed README always passes both).
+    for key in ("quant", "quant_encoder"):
+        if not _explicit(overrides, key):
+            overrides.append(f"{key}=true")
+    cfg = _compose(config_name, overrides)
+    result, run_dir = run_quant(cfg)
+    label = f"{result['method']} {cfg.tag}"
+    print(success_table({label: result["success_rate_by_iter"]}))
+    bits = result["quant"].get("avg_bits_per_weight") or {}
+    print("average bits per weight: " + ", ".join(f"{k} {v:.2f}" for k, v in bits.items()))
+    print(f"wrote {run_dir / 'result.json'} ({result['wall_seconds']:.1f} s)", file=sys.stdout)
+    return 0
+
+
+def run_from_config(cfg: DictConfig, progress: bool = False) -> tuple[dict[str, Any], Path]:
+    """FP or quantized planning, whichever the config asks for (used by the study runner)."""
+    if str(cfg.method) == "fp" and not cfg.quant and not cfg.quant_encoder:
+        return run_plan(cfg, progress=progress)
+    return run_quant(cfg, progress=progress)
+
+
+# --- ceiling ----------------------------------------------------------------------------------------
+def run_ceiling_plan(cfg: DictConfig, progress: bool = True, session: PlanningSession | None = None) -> tuple[dict, Path]:
+    """MPC-CEM with the true env dynamics and a Euclidean state cost, on the evaluation episodes."""
+    from .cem import CEMConfig
+    from .ceiling import CeilingConfig, run_ceiling
+
+    session = session or PlanningSession(cfg)
+    run_dir = new_run_dir(cfg)
+    start = time.perf_counter()
+    episodes, env = session.episodes("evaluation")
+    sub = cfg.planner.sub_planner
+    config = CeilingConfig(
+        cem=CEMConfig(horizon=int(cfg.goal_H), topk=int(sub.topk), num_samples=int(sub.num_samples),
+                      var_scale=float(sub.var_scale), opt_steps=int(sub.opt_steps)),
+        n_taken_actions=int(cfg.goal_H), max_iter=int(cfg.planner.max_iter), frameskip=session.bundle.frameskip,
+    )
+    try:
+        trace = run_ceiling(str(cfg.env), env, episodes, session.bundle.normalization, config, int(cfg.seed), progress)
+    finally:
+        env.close()
+    trace.latent_mse_by_iter = [float("nan")] * len(trace.success_by_iter)
+    trace.planning_loss_by_iter = [float("nan")] * len(trace.success_by_iter)
+    result = build_result(cfg, trace, episodes, time.perf_counter() - start, method="ceiling", run_id=run_dir.name,
+                          extra={"note": "true env dynamics + Euclidean state cost (no world model)"})
+    if cfg.save_plots:
+        write_figures(run_dir, trace, None, f"{cfg.env} planning ceiling")
+    write_result(run_dir, result)
+    return result, run_dir
+
+
+def ceiling_command(config_name: str | None, overrides: Sequence[str]) -> int:
+    cfg = _compose(config_name, overrides)
+    result, run_dir = run_ceiling_plan(cfg)
+    print(success_table({f"{cfg.env} ceiling": result["success_rate_by_iter"]}))
+    print(f"wrote {run_dir / 'result.json'} ({result['wall_seconds']:.1f} s)")
+    return 0

@@ -1,0 +1,148 @@
+"""A planning run's directory: `result.json` (written last, atomically), `logs.json`, and figures.
+
+A directory without `result.json` is an unfinished run; a directory with it is complete. Every file
+is written through `wmquant.io`, so a killed run never leaves a truncated result.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from .. import __version__
+from .. import io as wio
+from .episodes import EpisodeSet
+from .mpc import PlanningTrace
+from .plots import plot_curve, plot_rollout_grid, to_uint8_images
+
+RESULT_SCHEMA = "wmquant.result/1"
+
+
+def new_run_dir(cfg: DictConfig) -> Path:
+    """`output_dir` if given, else plan_outputs/<time>_<model>_gH<goal_H>_<tag> (upstream's naming)."""
+    if cfg.get("output_dir"):
+        path = Path(str(cfg.output_dir))
+    else:
+        stamp = _dt.datetime.now().strftime("%Y%m%d%H%M%S")
+        model = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(cfg.model_name))
+        tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(cfg.tag))
+        path = Path("plan_outputs") / f"{stamp}_{model}_gH{cfg.goal_H}_{tag}"
+        suffix = 1
+        while path.exists():
+            suffix += 1
+            path = path.with_name(f"{stamp}_{model}_gH{cfg.goal_H}_{tag}_{suffix}")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def build_result(
+    cfg: DictConfig,
+    trace: PlanningTrace,
+    episodes: EpisodeSet,
+    wall_seconds: float,
+    method: str = "fp",
+    quant: dict[str, Any] | None = None,
+    calibration: EpisodeSet | None = None,
+    run_id: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    result = {
+        "schema": RESULT_SCHEMA,
+        "run_id": run_id or str(cfg.get("tag", "")),
+        "env": str(cfg.env),
+        "model": str(cfg.model_name),
+        "method": method,
+        "quant": quant,
+        "n_evals": len(episodes),
+        "eval_seeds": list(episodes.seeds),
+        "calibration_seeds": None if calibration is None else list(calibration.seeds),
+        "success_rate_by_iter": trace.success_rate_by_iter,
+        "success_by_iter": trace.success_by_iter,
+        "latent_mse_by_iter": trace.latent_mse_by_iter,
+        "planning_loss_by_iter": trace.planning_loss_by_iter,
+        "first_success_iter": trace.success_iter,
+        "final_success_rate": trace.success_rate_by_iter[-1] if trace.success_by_iter else 0.0,
+        "wall_seconds": float(wall_seconds),
+        "episodes": {
+            "goal_source": episodes.meta.get("goal_source"),
+            "init_states": np.round(episodes.init_states, 6).tolist(),
+            "goal_states": np.round(episodes.goal_states, 6).tolist(),
+            "env_infos": [{k: _plain(v) for k, v in info.items()} for info in episodes.env_infos],
+        },
+        "tag": str(cfg.get("tag", "")),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "wmquant_version": __version__,
+    }
+    if extra:
+        result.update(extra)
+    return result
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+def write_logs(run_dir: Path, trace: PlanningTrace, prefix: str = "") -> None:
+    """logs.json as upstream writes it: JSON lines, one per MPC iteration, then a final_eval line."""
+    lines = []
+    for entry in trace.logs:
+        lines.append({(f"{prefix}{k}" if k != "step" else k): v for k, v in entry.items()})
+    if trace.logs:
+        last = trace.logs[-1]
+        lines.append({f"{prefix}final_eval/{k.split('/', 1)[1]}": v for k, v in last.items() if "/" in k})
+    existing = (run_dir / "logs.json").read_text() if (run_dir / "logs.json").exists() else ""
+    wio.write_text(run_dir / "logs.json", existing + "".join(json.dumps(line) + "\n" for line in lines))
+
+
+def write_figures(run_dir: Path, trace: PlanningTrace, model, title: str) -> list[Path]:
+    paths = []
+    if trace.success_by_iter:
+        path = run_dir / "success_by_iter.png"
+        plot_curve(trace.success_rate_by_iter, path, "success rate", title, ylim=(-0.02, 1.02))
+        paths.append(path)
+        path = run_dir / "latent_mse_by_iter.png"
+        plot_curve(trace.latent_mse_by_iter, path, "latent MSE to goal", title)
+        paths.append(path)
+    if trace.first_plan:
+        imagined = None
+        decoder = getattr(model, "decoder", None)
+        if decoder is not None:
+            import torch
+
+            with torch.no_grad():
+                device = next(model.parameters()).device
+                images = model.decode_visual(trace.first_plan["predicted_visual"].to(device))
+            imagined = to_uint8_images(images)
+        path = run_dir / "rollout_grid.png"
+        plot_rollout_grid(trace.first_plan["env_frames"], imagined, trace.first_plan["goal_frames"], path)
+        paths.append(path)
+    return paths
+
+
+def write_result(run_dir: Path, result: dict[str, Any]) -> Path:
+    path = run_dir / "result.json"
+    wio.write_json(path, result)
+    return path
+
+
+def success_table(rates: dict[str, list[float]], columns: tuple[int, ...] = (0, 5, 10, 20, 30, 40, 50)) -> str:
+    """A plain-text table of success at the paper's iteration columns (column k = entry max(k-1, 0))."""
+    longest = max((len(v) for v in rates.values()), default=0)
+    cols = [c for c in columns if max(c - 1, 0) < longest]
+    head = f"{'run':<22}" + "".join(f"{c:>7}" for c in cols)
+    rows = [head, "-" * len(head)]
+    for name, values in rates.items():
+        cells = "".join(f"{values[max(c - 1, 0)]:>7.2f}" if max(c - 1, 0) < len(values) else f"{'':>7}" for c in cols)
+        rows.append(f"{name:<22}{cells}")
+    return "\n".join(rows)

@@ -1,0 +1,241 @@
+"""One planning session: a loaded world model, its preprocessing, and the episodes to plan on.
+
+`PlanningSession` is what `wmquant plan`, `plan-act`, `quant`, `demo` and the study runner share:
+it validates the config before any work, loads the model (shipped, a wmquant checkpoint directory,
+or an official DINO-WM run), builds evaluation or calibration episodes with their environments, and
+runs MPC. Quantization happens to `session.model` between loading and planning; nothing here knows
+about it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..data.base import Normalization
+from ..envs import ENV_NAMES, make_batch
+from ..errors import ConfigError
+from .cem import CEMConfig, CEMPlanner
+from .engine import Engine, resolve_device
+from .episodes import GOAL_SOURCES, EpisodeSet, calibration_seeds, evaluation_seeds, make_episodes
+from .gd import GDConfig, GDPlanner
+from .mpc import MPCConfig, PlanningTrace, run_mpc
+from .objective import Objective
+
+PLANNERS = ("mpc", "cem", "gd")
+SUB_PLANNERS = ("cem", "gd")
+
+
+@dataclass
+class ModelBundle:
+    """A world model and everything needed to feed it."""
+
+    model: torch.nn.Module
+    name: str
+    env: str
+    img_size: int
+    frameskip: int
+    normalization: Normalization
+    action_dim: int  # raw env action dimension (the model's action input is action_dim * frameskip)
+    render_size: int | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def _positive_int(cfg: DictConfig, key: str) -> int:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def validate_planning_config(cfg: DictConfig) -> None:
+    """Everything that can be checked without loading anything."""
+    if cfg.env not in ENV_NAMES:
+        raise ConfigError(f"unknown env {cfg.env!r}; valid envs: {', '.join(ENV_NAMES)}")
+    for key in ("n_evals", "goal_H", "planner.max_iter", "planner.sub_planner.num_samples",
+                "planner.sub_planner.topk", "planner.sub_planner.opt_steps"):
+        _positive_int(cfg, key)
+    if cfg.planner.name not in PLANNERS:
+        raise ConfigError(f"unknown planner {cfg.planner.name!r}; valid planners: {', '.join(PLANNERS)}")
+    if cfg.planner.sub_planner.name not in SUB_PLANNERS:
+        raise ConfigError(
+            f"unknown sub-planner {cfg.planner.sub_planner.name!r}; valid: {', '.join(SUB_PLANNERS)}"
+        )
+    if cfg.goal_source not in GOAL_SOURCES:
+        raise ConfigError(f"unknown goal_source {cfg.goal_source!r}; valid: {', '.join(GOAL_SOURCES)}")
+    if cfg.goal_source in ("dset", "random_action") and not cfg.dataset_path:
+        raise ConfigError(
+            f"goal_source={cfg.goal_source} draws goals from a dataset: set dataset_path=DIR "
+            f"(make one with `wmquant data --env {cfg.env} --out DIR`)"
+        )
+    sub = cfg.planner.sub_planner
+    if sub.name == "cem" and sub.topk > sub.num_samples:
+        raise ConfigError(f"planner.sub_planner.topk={sub.topk} exceeds num_samples={sub.num_samples}; need topk <= num_samples")
+    Objective(mode=cfg.objective.mode, alpha=float(cfg.objective.alpha), base=float(cfg.objective.base))
+
+
+def load_planning_model(cfg: DictConfig) -> ModelBundle:
+    """Load the model that `cfg` names, with its preprocessing."""
+    if cfg.get("ckpt_base_path"):
+        from ..models.official import load_official_run
+        from ..data import load_dataset
+
+        model, train_cfg = load_official_run(
+            cfg.ckpt_base_path, cfg.model_name, model_epoch=cfg.model_epoch, dinov2_weights=cfg.dinov2_weights
+        )
+        if not cfg.dataset_path:
+            raise ConfigError("an official DINO-WM run needs its dataset for normalisation statistics: set dataset_path=DIR")
+        dataset = load_dataset(cfg.env, cfg.dataset_path, split="val")
+        return ModelBundle(
+            model=model,
+            name=str(cfg.model_name),
+            env=str(cfg.env),
+            img_size=int(train_cfg.get("img_size", 224)),
+            frameskip=int(train_cfg.get("frameskip", 5)),
+            normalization=dataset.normalization,
+            action_dim=int(dataset.normalization.action_mean.numel()),
+            render_size=None,
+            config=dict(train_cfg),
+        )
+    from ..models.checkpoint import load_world_model
+
+    model, model_cfg = load_world_model(str(cfg.model_name))
+    meta = model_cfg.get("planning") or {}
+    missing = [k for k in ("env", "img_size", "frameskip", "normalization", "action_dim") if k not in meta]
+    if missing:
+        raise ConfigError(f"model {cfg.model_name!r} has no planning metadata {missing} in its config.yaml")
+    return ModelBundle(
+        model=model,
+        name=str(cfg.model_name),
+        env=str(meta["env"]),
+        img_size=int(meta["img_size"]),
+        frameskip=int(meta["frameskip"]),
+        normalization=Normalization.from_dict(meta["normalization"]),
+        action_dim=int(meta["action_dim"]),
+        render_size=meta.get("render_size"),
+        config=model_cfg,
+    )
+
+
+class PlanningSession:
+    def __init__(self, cfg: DictConfig, bundle: ModelBundle | None = None) -> None:
+        validate_planning_config(cfg)
+        self.cfg = cfg
+        self.bundle = bundle or load_planning_model(cfg)
+        if self.bundle.env != cfg.env:
+            raise ConfigError(
+                f"model {self.bundle.name!r} was trained on env {self.bundle.env!r} but env={cfg.env}; "
+                f"use --config-name plan_{self.bundle.env}.yaml"
+            )
+        if cfg.engine.get("threads"):
+            torch.set_num_threads(int(cfg.engine.threads))
+        self.device = resolve_device(cfg.engine.device)
+        self.objective = Objective(mode=cfg.objective.mode, alpha=float(cfg.objective.alpha), base=float(cfg.objective.base))
+        chunk = cfg.engine.chunk_episodes
+        self.engine = Engine(
+            model=self.bundle.model,
+            normalization=self.bundle.normalization,
+            img_size=self.bundle.img_size,
+            objective=self.objective,
+            device=self.device,
+            precision=str(cfg.engine.precision),
+            chunk_episodes=chunk if chunk == "auto" else int(chunk),
+        )
+        self._datasets: dict[str, Any] = {}
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.bundle.model
+
+    def dataset(self, split: str):
+        if not self.cfg.dataset_path:
+            return None
+        if split not in self._datasets:
+            from ..data import load_dataset
+
+            self._datasets[split] = load_dataset(self.cfg.env, self.cfg.dataset_path, split=split)
+        return self._datasets[split]
+
+    def make_env(self, num_envs: int):
+        kwargs: dict[str, Any] = {}
+        render = self.cfg.render_size or self.bundle.render_size
+        if self.cfg.env == "pusht" and render:
+            kwargs["render_size"] = int(render)
+        return make_batch(self.cfg.env, num_envs, **kwargs)
+
+    def episodes(self, purpose: str = "evaluation") -> tuple[EpisodeSet, Any]:
+        """Evaluation episodes (seeds seed*n+1, validation split) or calibration episodes
+        (seeds seed*n+2, training split). Returns the episodes and their BatchEnv."""
+        n = int(self.cfg.n_evals)
+        if purpose == "evaluation":
+            seeds, split = evaluation_seeds(int(self.cfg.seed), n), "val"
+        elif purpose == "calibration":
+            seeds, split = calibration_seeds(int(self.cfg.seed), n), "train"
+        else:
+            raise ValueError(purpose)
+        env = self.make_env(n)
+        goal_H = int(self.cfg.goal_H)
+        episodes = make_episodes(
+            env, self.cfg.env, seeds, str(self.cfg.goal_source), goal_H, self.bundle.frameskip, self.dataset(split)
+        )
+        return episodes, env
+
+    def planner(self):
+        sub = self.cfg.planner.sub_planner
+        horizon = int(self.cfg.goal_H)  # upstream forces the horizon to goal_H
+        action_dim = self.bundle.action_dim * self.bundle.frameskip
+        if sub.name == "cem":
+            return CEMPlanner(
+                CEMConfig(horizon=horizon, topk=int(sub.topk), num_samples=int(sub.num_samples),
+                          var_scale=float(sub.var_scale), opt_steps=int(sub.opt_steps)),
+                action_dim,
+            )
+        zero = self.bundle.normalization.normalize_actions(torch.zeros(self.bundle.action_dim))
+        return GDPlanner(
+            GDConfig(horizon=horizon, opt_steps=int(sub.opt_steps), lr=float(sub.lr),
+                     action_noise=float(sub.action_noise), sample_type=str(sub.sample_type)),
+            action_dim,
+            zero.repeat(self.bundle.frameskip),
+        )
+
+    def plan(
+        self,
+        episodes: EpisodeSet,
+        env,
+        max_iter: int | None = None,
+        skip_succeeded: bool | None = None,
+        progress: bool = True,
+        desc: str = "MPC",
+        plot_episodes: int = 0,
+    ) -> PlanningTrace:
+        mpc = self.cfg.planner.name == "mpc"
+        config = MPCConfig(
+            n_taken_actions=int(self.cfg.goal_H) if mpc else int(self.cfg.goal_H),
+            max_iter=(int(max_iter) if max_iter is not None else int(self.cfg.planner.max_iter)) if mpc else 1,
+            skip_succeeded=bool(self.cfg.planner.skip_succeeded if skip_succeeded is None else skip_succeeded),
+        )
+        return run_mpc(
+            self.engine, self.planner(), env, episodes, config, self.bundle.frameskip, int(self.cfg.seed),
+            progress=progress, desc=desc, plot_episodes=plot_episodes,
+        )
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def np_round(x: Any, digits: int = 6) -> Any:
+    if isinstance(x, float):
+        return round(x, digits)
+    if isinstance(x, (list, tuple)):
+        return [np_round(v, digits) for v in x]
+    if isinstance(x, np.ndarray):
+        return np_round(x.tolist(), digits)
+    return x

@@ -1,0 +1,281 @@
+"""OmniQuant: learnable weight clipping (LWC) and learnable equivalent transformation (LET),
+trained block by block with gradient steps through a straight-through estimator.
+
+* LWC: per (row, group) of every weight-quantized Linear, clip factors sigmoid(up) and
+  sigmoid(low) (initialised at 4.0, i.e. 0.982) scale the group's max and min before the scale is
+  computed. The learned factors are handed to the weight quantizer as clip ratios.
+* LET: for norm1 -> attn.qkv and norm2 -> mlp.fc1, a per-channel scale s and shift d:
+  LayerNorm output (x - d) / s, Linear weight W diag(s), bias b + W d (attn.qkv gets a bias
+  Parameter if it has none and shifts are learned, as the fusion requires). s starts from the
+  SmoothQuant formula on the `wmquant plan-act` statistics when given (alpha), else 1; d from 0.
+  `let=None` (default) turns LET on only where activations are quantized, as OmniQuant's scripts
+  do (weight-only runs use LWC alone); true / false force it.
+* Training (per block, AdamW, weight decay `weight_decay`): loss = MSE(float block output, output
+  of the block with LET applied and weights and Linear inputs fake-quantized). As in OmniQuant's
+  released code, the float targets of block i+1 come from the float model (float inputs through
+  float blocks), while the quantized inputs propagate through the already quantized blocks.
+  Static per-tensor activation ranges are not known yet while training, so each batch uses its
+  own range there (per-token is exact). With `keep_best` the parameters of the epoch with the
+  lowest loss over all samples are kept (the initial parameters count as epoch 0).
+* Afterwards LET is fused into the float weights (an exact equivalence) and quantize_ computes the
+  final grid from the fused weights and the learned clip factors.
+
+Defaults: epochs 20 (the paper and its scripts), lwc_lr 1e-2, let_lr 5e-3, weight_decay 0 and
+n_samples 128 (the released code's defaults), batch_size 1 (the paper). QuantWM ran 0 epochs.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from .. import qmath
+from ..calibration import BlockCall, CalibrationData
+from ..config import PARTS, QuantConfig
+from ..layers import WeightQParams
+from ._blockwise import SquaredError, block_targets, model_device, run_block, split_calls
+from ._equivalence import (
+    NORM_LINEAR_PAIRS,
+    SCALE_FLOOR,
+    check_norm,
+    fold_norm_into_linear_,
+    smoothquant_scale,
+    transformed_linear,
+    transformed_norm,
+)
+from .base import MethodResult, PTQMethod, QuantConfigError, check_positive, missing_stats_error, register_method
+
+
+@dataclass
+class OmniQuantOptions:
+    epochs: int = 20
+    lwc: bool = True
+    let: bool | None = None
+    let_shift: bool = True
+    lwc_lr: float = 1e-2
+    let_lr: float = 5e-3
+    weight_decay: float = 0.0
+    alpha: float = 0.5
+    lwc_init: float = 4.0
+    keep_best: bool = True
+    n_samples: int = 128
+    batch_size: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
+            raise QuantConfigError(f"OmniQuant epochs={self.epochs!r} must be an integer >= 0")
+        check_positive(self, "lwc_lr", "let_lr", "n_samples", "batch_size")
+        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
+            raise QuantConfigError(f"OmniQuant weight_decay={self.weight_decay!r} must be >= 0")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise QuantConfigError(f"OmniQuant alpha={self.alpha!r} must be in [0, 1]")
+        if self.let is not None and not isinstance(self.let, bool):
+            raise QuantConfigError(f"OmniQuant let={self.let!r} must be true, false or null (auto)")
+        for name in ("lwc", "let_shift", "keep_best"):
+            if not isinstance(getattr(self, name), bool):
+                raise QuantConfigError(f"OmniQuant {name}={getattr(self, name)!r} must be true or false")
+
+
+class _BlockState:
+    """The learnable LET / LWC tensors of one block and the forward that uses them."""
+
+    def __init__(self, block: nn.Module, targets: dict, let_pairs: list[tuple[str, str]], lwc_names: list[str],
+                 init_scales: dict[str, torch.Tensor], options: OmniQuantOptions) -> None:
+        self.block = block
+        self.targets = targets
+        self.let_pairs = let_pairs
+        self.lwc_names = lwc_names
+        weight = next(block.parameters())
+        self.let_params: dict[str, torch.Tensor] = {}
+        for _, linear in let_pairs:
+            layer = block.get_submodule(linear)
+            self.let_params[f"{linear}.scale"] = init_scales[linear].detach().clone().requires_grad_(True)
+            if options.let_shift:
+                self.let_params[f"{linear}.shift"] = torch.zeros(layer.in_features, dtype=weight.dtype,
+                                                                 device=weight.device, requires_grad=True)
+        self.lwc_params: dict[str, torch.Tensor] = {}
+        for name in lwc_names:
+            layer = block.get_submodule(name)
+            shape = (layer.out_features, qmath.num_groups(layer.in_features, targets[name].scheme.w_group_size))
+            for end in ("up", "low"):
+                self.lwc_params[f"{name}.{end}"] = torch.full(shape, options.lwc_init, dtype=weight.dtype,
+                                                              device=weight.device, requires_grad=True)
+
+    def parameters(self) -> dict[str, torch.Tensor]:
+        return {**self.let_params, **self.lwc_params}
+
+    def clip_factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.sigmoid(self.lwc_params[f"{name}.up"]), torch.sigmoid(self.lwc_params[f"{name}.low"])
+
+    def substitutions(self, let: bool, ste: bool) -> dict[str, torch.Tensor]:
+        """Block tensors for one forward: LET applied (if `let`), target weights fake-quantized."""
+        block = self.block
+        subs: dict[str, torch.Tensor] = {}
+        weights: dict[str, torch.Tensor] = {}
+        if let:
+            for norm_name, linear in self.let_pairs:
+                norm, layer = block.get_submodule(norm_name), block.get_submodule(linear)
+                scale = self.let_params[f"{linear}.scale"].clamp(min=SCALE_FLOOR)
+                shift = self.let_params.get(f"{linear}.shift")
+                subs[f"{norm_name}.weight"], subs[f"{norm_name}.bias"] = transformed_norm(norm.weight, norm.bias, scale, shift)
+                weights[linear], bias = transformed_linear(layer.weight, layer.bias, scale, shift)
+                if bias is not None:
+                    subs[f"{linear}.bias"] = bias
+        for name, target in self.targets.items():
+            scheme = target.scheme
+            if not scheme.quantizes_weights:
+                continue
+            weight = weights.get(name, block.get_submodule(name).weight)
+            clip_max, clip_min = self.clip_factors(name) if name in self.lwc_names else (None, None)
+            subs[f"{name}.weight"] = qmath.fake_quantize_weight(
+                weight, scheme.w_bits, scheme.w_group_size, scheme.w_symmetric, clip_max=clip_max, clip_min=clip_min,
+                quantwm_scale=scheme.quantwm_weight_scale, ste=ste,
+            )
+        return subs
+
+    def forward(self, call: BlockCall, let: bool = True, ste: bool = True) -> torch.Tensor:
+        return functional_call(self.block, self.substitutions(let, ste), (call.x, *call.args), call.kwargs)
+
+
+class _InputFakeQuant:
+    """Forward pre-hooks that fake-quantize the inputs of activation-quantized targets (with STE)."""
+
+    def __init__(self, block: nn.Module, targets: dict) -> None:
+        self.handles = []
+        for name, target in targets.items():
+            if target.scheme.quantizes_activations:
+                self.handles.append(block.get_submodule(name).register_forward_pre_hook(self._hook(target.scheme)))
+
+    @staticmethod
+    def _hook(scheme):
+        per_token = scheme.a_granularity == "per_token"
+
+        def hook(module: nn.Module, args: tuple) -> tuple:
+            quantize = qmath.per_token_fake_quantize if per_token else qmath.per_tensor_fake_quantize
+            return (quantize(args[0], scheme.a_bits, scheme.a_symmetric, ste=True),) + tuple(args[1:])
+        return hook
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _reconstruction(state: _BlockState, q_calls: list[BlockCall], fp_out: list[torch.Tensor],
+                    let: bool = True) -> tuple[float, list[BlockCall]]:
+    """(MSE against the float outputs, the quantized block's outputs as next inputs), no autograd.
+    `let=False` runs the block as quantize_ will, once LET is fused into its weights."""
+    error = SquaredError()
+    outputs = []
+    with torch.no_grad():
+        for call, target in zip(q_calls, fp_out):
+            out = state.forward(call, let=let, ste=False)
+            error.add(out, target)
+            outputs.append(call.with_x(out))
+    return error.mean, outputs
+
+
+@register_method("omniquant")
+class OmniQuant(PTQMethod):
+    needs_block_inputs = True
+    options = OmniQuantOptions
+
+    def block_parts(self, model: nn.Module, qconfig: QuantConfig) -> tuple[str, ...]:
+        return tuple(part for part in PARTS if block_targets(model, qconfig, part))
+
+    def check_model(self, model, qconfig, options, act_stats) -> None:
+        if act_stats is None or options.let is False:
+            return
+        for part in self.block_parts(model, qconfig):
+            for index, targets in block_targets(model, qconfig, part).items():
+                for _, linear in NORM_LINEAR_PAIRS:
+                    key = f"{part}.blocks.{index}.{linear}"
+                    if linear in targets and key not in act_stats:
+                        raise missing_stats_error(key)
+
+    def transform(self, model: nn.Module, qconfig: QuantConfig, calib: CalibrationData,
+                  options: OmniQuantOptions) -> MethodResult:
+        device = model_device(model)
+        qparams: dict[str, WeightQParams] = {}
+        report: dict[str, dict] = {}
+        for part, calls in calib.block_inputs.items():
+            fp_calls = split_calls([c.to(device) for c in calls], options.batch_size)
+            q_calls = fp_calls
+            targets_by_block = block_targets(model, qconfig, part)
+            for index, block in enumerate(model.get_submodule(f"{part}.blocks")):
+                fp_out = run_block(block, fp_calls)
+                targets = targets_by_block.get(index, {})
+                if targets:
+                    prefix = f"{part}.blocks.{index}"
+                    q_calls, block_qparams, report[prefix] = self._process_block(
+                        block, prefix, targets, q_calls, [c.x for c in fp_out], calib.act_stats, options)
+                    qparams.update(block_qparams)
+                else:
+                    q_calls = run_block(block, q_calls)
+                fp_calls = fp_out
+        return MethodResult(weight_qparams=qparams, report=report)
+
+    def _process_block(self, block: nn.Module, prefix: str, targets: dict, q_calls: list[BlockCall],
+                       fp_out: list[torch.Tensor], act_stats: Mapping[str, torch.Tensor] | None,
+                       options: OmniQuantOptions) -> tuple[list[BlockCall], dict, dict]:
+        let = options.let if options.let is not None else any(t.scheme.quantizes_activations for t in targets.values())
+        let_pairs = [(n, l) for n, l in NORM_LINEAR_PAIRS if l in targets] if let else []
+        lwc_names = [n for n, t in targets.items() if t.scheme.quantizes_weights] if options.lwc else []
+        init_scales = {}
+        for norm_name, linear in let_pairs:
+            check_norm(block.get_submodule(norm_name), f"{prefix}.{norm_name}")
+            layer = block.get_submodule(linear)
+            if act_stats is not None:
+                init_scales[linear] = smoothquant_scale(act_stats[f"{prefix}.{linear}"], layer.weight, options.alpha)
+            else:
+                init_scales[linear] = torch.ones_like(layer.weight[0])
+            if options.let_shift and layer.bias is None:
+                layer.bias = nn.Parameter(torch.zeros_like(layer.weight[:, 0]))
+        state = _BlockState(block, targets, let_pairs, lwc_names, init_scales, options)
+        hooks = _InputFakeQuant(block, targets)
+        frozen = [p for p in block.parameters() if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            initial = best = _reconstruction(state, q_calls, fp_out)[0]
+            best_params = copy.deepcopy({k: v.detach() for k, v in state.parameters().items()})
+            if state.parameters() and options.epochs > 0:
+                groups = [{"params": list(state.let_params.values()), "lr": options.let_lr},
+                          {"params": list(state.lwc_params.values()), "lr": options.lwc_lr}]
+                optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=options.weight_decay)
+                for _ in range(options.epochs):
+                    for call, target in zip(q_calls, fp_out):
+                        loss = F.mse_loss(state.forward(call), target)
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        optimizer.step()
+                    current = _reconstruction(state, q_calls, fp_out)[0]
+                    if current < best or not options.keep_best:
+                        best = current
+                        best_params = copy.deepcopy({k: v.detach() for k, v in state.parameters().items()})
+            with torch.no_grad():
+                for key, value in state.parameters().items():
+                    value.copy_(best_params[key])
+                for norm_name, linear in let_pairs:
+                    scale = state.let_params[f"{linear}.scale"].clamp(min=SCALE_FLOOR)
+                    fold_norm_into_linear_(block.get_submodule(norm_name), block.get_submodule(linear), scale,
+                                           state.let_params.get(f"{linear}.shift"))
+                final, next_calls = _reconstruction(state, q_calls, fp_out, let=False)
+        finally:
+            hooks.remove()
+            for p in frozen:
+                p.requires_grad_(True)
+        qparams = {}
+        for name in lwc_names:
+            clip_max, clip_min = state.clip_factors(name)
+            qparams[f"{prefix}.{name}"] = WeightQParams(clip_max=clip_max.detach(), clip_min=clip_min.detach())
+        report = {"initial_loss": initial, "final_loss": final, "epochs": options.epochs,
+                  "let_pairs": [l for _, l in let_pairs], "lwc_layers": lwc_names}
+        return next_calls, qparams, report
+

@@ -1,0 +1,353 @@
+"""All quantization arithmetic of wmquant: rounding, clamping, scales, zero points, granularity.
+
+Uniform affine fake quantization. A real value x becomes the integer
+
+    q = clamp(round(x / scale) + zero_point, qmin, qmax)
+
+and is read back as x_hat = (q - zero_point) * scale. `round` is round-half-to-even (torch.round),
+and the zero point is added *after* rounding, so it is always an exact integer offset.
+
+* Symmetric (signed, the default for weights): q in [-2^(b-1), 2^(b-1) - 1], zero_point = 0,
+  scale = absmax / (2^(b-1) - 1), so both +absmax and -absmax are representable.
+* Asymmetric (unsigned, the default for activations): q in [0, 2^b - 1],
+  scale = (max - min) / (2^b - 1), zero_point = clamp(round(-min / scale), 0, 2^b - 1).
+  The range is first widened to contain 0 (min <= 0 <= max), so 0 is always exactly representable
+  (it is q = zero_point) and the clamp of the zero point never bites.
+* Every scale is kept >= SCALE_EPS, so an all-zero group quantizes to exact zeros instead of NaN.
+* 16 bits means "not quantized": every entry point returns its input unchanged.
+
+Granularity. A weight W[out, in] is quantized per output channel (one scale per row) or per group
+of G consecutive inputs within a row. Groups never straddle rows: when G does not divide `in`, the
+last group of each row is shorter (in=404, G=128 -> groups of 128, 128, 128, 20). Internally a row
+is zero-padded to a whole number of groups; padding zeros change neither absmax nor the widened
+[min, max] range, and quantize to exact zeros, so they never influence a result.
+Activations are quantized per tensor (one scale, calibrated, static) or per token (one scale per
+row of the last axis, computed on the fly).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+
+from ..errors import QuantizationError
+
+#: Bit widths that quantize; OFF_BITS means "leave in floating point".
+QUANT_BITS = (2, 3, 4, 5, 6, 7, 8)
+OFF_BITS = 16
+#: Smallest scale ever used; guards all-zero groups and constant tensors.
+SCALE_EPS = 1e-8
+#: Bits charged per stored scale and per stored zero point in `weight_storage_bits`.
+QPARAM_BITS = 16
+#: Bits charged per element of an unquantized parameter.
+FLOAT_BITS = 32
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+
+
+def check_bits(bits: object, what: str = "bits") -> int:
+    """Return `bits` if it is 2..8 or 16 (off); raise QuantizationError otherwise."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or (bits not in QUANT_BITS and bits != OFF_BITS):
+        raise QuantizationError(f"{what}={bits!r} is not supported; use an integer 2..8, or 16 for no quantization")
+    return bits
+
+
+def check_group_size(group_size: object) -> int | None:
+    """Return `group_size` if it is None (per output channel) or a positive integer."""
+    if group_size is None:
+        return None
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
+        raise QuantizationError(
+            f"group size {group_size!r} is not valid; use a positive integer (e.g. 128), or None for per-channel"
+        )
+    return group_size
+
+
+def is_quantized(bits: int) -> bool:
+    return bits < OFF_BITS
+
+
+def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
+    """Integer range (qmin, qmax): signed [-2^(b-1), 2^(b-1)-1] or unsigned [0, 2^b-1]."""
+    if symmetric:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+# --------------------------------------------------------------------------------------------
+# scalar arithmetic shared by every granularity
+
+
+def round_half_even(x: torch.Tensor, ste: bool = False) -> torch.Tensor:
+    """torch.round (half to even). With `ste`, the backward pass treats rounding as identity."""
+    if ste:
+        # round(x) + 0 exactly in the forward pass (x - x.detach() is exactly zero); gradient 1.
+        return torch.round(x).detach() + (x - x.detach())
+    return torch.round(x)
+
+
+def qparams_from_range(
+    xmin: torch.Tensor,
+    xmax: torch.Tensor,
+    bits: int,
+    symmetric: bool,
+    quantwm_scale: bool = False,
+    ste: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point (same shape as xmin/xmax) for values in [xmin, xmax].
+
+    `quantwm_scale` reproduces QuantWM's symmetric denominator (2^b - 1) / 2, which clips the
+    positive extreme (to 0.933 * absmax at 4 bits); it exists only for comparisons with that code.
+    Gradients flow into xmin/xmax (learnable clipping); `ste` lets them pass the zero-point rounding.
+    """
+    xmin = torch.minimum(xmin, torch.zeros_like(xmin))
+    xmax = torch.maximum(xmax, torch.zeros_like(xmax))
+    qmin, qmax = qrange(bits, symmetric)
+    if symmetric:
+        absmax = torch.maximum(-xmin, xmax)
+        denominator = (2**bits - 1) / 2 if quantwm_scale else qmax
+        scale = (absmax / denominator).clamp(min=SCALE_EPS)
+        return scale, torch.zeros_like(scale)
+    scale = ((xmax - xmin) / qmax).clamp(min=SCALE_EPS)
+    zero_point = round_half_even(-xmin / scale, ste=ste).clamp(qmin, qmax)
+    return scale, zero_point
+
+
+def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int, symmetric: bool,
+             ste: bool = False) -> torch.Tensor:
+    """Integer codes q = clamp(round(x / scale) + zero_point, qmin, qmax), in x's float dtype."""
+    qmin, qmax = qrange(bits, symmetric)
+    return torch.clamp(round_half_even(x / scale, ste=ste) + zero_point, qmin, qmax)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+    return (q - zero_point) * scale
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int, symmetric: bool,
+                  ste: bool = False) -> torch.Tensor:
+    """dequantize(quantize(x)); scale and zero_point broadcast against x."""
+    if not is_quantized(bits):
+        return x
+    return dequantize(quantize(x, scale, zero_point, bits, symmetric, ste=ste), scale, zero_point)
+
+
+# --------------------------------------------------------------------------------------------
+# weight granularity: per output channel, or groups of G consecutive inputs within a row
+
+
+def num_groups(in_features: int, group_size: int | None) -> int:
+    """Groups per row: 1 for per-channel, else ceil(in / G)."""
+    if group_size is None or group_size >= in_features:
+        return 1
+    return math.ceil(in_features / group_size)
+
+
+def group_sizes(in_features: int, group_size: int | None) -> list[int]:
+    """Sizes of the groups of one row, in order; only the last one can be shorter."""
+    width = effective_group_size(in_features, group_size)
+    n = num_groups(in_features, group_size)
+    return [width] * (n - 1) + [in_features - width * (n - 1)]
+
+
+def effective_group_size(in_features: int, group_size: int | None) -> int:
+    return in_features if group_size is None else min(group_size, in_features)
+
+
+def to_groups(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    """(out, in) -> (out, n_groups, G), each row zero-padded at its end to n_groups * G."""
+    if w.dim() != 2:
+        raise ValueError(f"expected a 2-D weight (out, in), got shape {tuple(w.shape)}")
+    out_features, in_features = w.shape
+    width = effective_group_size(in_features, group_size)
+    n = num_groups(in_features, group_size)
+    pad = n * width - in_features
+    if pad:
+        w = torch.nn.functional.pad(w, (0, pad))
+    return w.reshape(out_features, n, width)
+
+
+def from_groups(groups: torch.Tensor, in_features: int) -> torch.Tensor:
+    """Inverse of `to_groups`: (out, n_groups, G) -> (out, in), dropping the row padding."""
+    return groups.reshape(groups.shape[0], -1)[:, :in_features]
+
+
+def weight_qparams(
+    w: torch.Tensor,
+    bits: int,
+    group_size: int | None,
+    symmetric: bool = True,
+    clip_max: torch.Tensor | None = None,
+    clip_min: torch.Tensor | None = None,
+    quantwm_scale: bool = False,
+    ste: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point per (row, group) of W[out, in], each (out, n_groups).
+
+    `clip_max` / `clip_min` (broadcastable to (out, n_groups), values in (0, 1]) shrink the group's
+    max and min before the scale is computed: OMSE's clip ratios, AWQ/OmniQuant clipping.
+    """
+    groups = to_groups(w, group_size)
+    gmax = groups.amax(dim=-1)
+    gmin = groups.amin(dim=-1)
+    if clip_max is not None:
+        gmax = gmax * clip_max
+    if clip_min is not None:
+        gmin = gmin * clip_min
+    return qparams_from_range(gmin, gmax, bits, symmetric, quantwm_scale=quantwm_scale, ste=ste)
+
+
+def fake_quantize_weight(
+    w: torch.Tensor,
+    bits: int,
+    group_size: int | None,
+    symmetric: bool = True,
+    scale: torch.Tensor | None = None,
+    zero_point: torch.Tensor | None = None,
+    clip_max: torch.Tensor | None = None,
+    clip_min: torch.Tensor | None = None,
+    quantwm_scale: bool = False,
+    ste: bool = False,
+) -> torch.Tensor:
+    """Fake-quantize W[out, in] per channel or per group; minmax qparams unless scale/zero_point given.
+
+    scale and zero_point, when given, are (out, n_groups).
+    """
+    if not is_quantized(bits):
+        return w
+    if scale is None:
+        scale, zero_point = weight_qparams(w, bits, group_size, symmetric, clip_max, clip_min, quantwm_scale, ste)
+    elif zero_point is None:
+        zero_point = torch.zeros_like(scale)
+    groups = to_groups(w, group_size)
+    deq = fake_quantize(groups, scale.unsqueeze(-1), zero_point.unsqueeze(-1), bits, symmetric, ste=ste)
+    return from_groups(deq, w.shape[1])
+
+
+def clip_ratio_grid(start: float = 0.35, stop: float = 1.0, steps: int = 101) -> torch.Tensor:
+    """Ascending candidate clip ratios; QuantWM's OMSE grid is 0.35 + i * 0.0065, i = 0..100."""
+    if steps < 1 or not 0.0 < start <= stop <= 1.0:
+        raise QuantizationError(f"clip ratio grid {start}..{stop} x {steps} is not valid; need 0 < start <= stop <= 1")
+    return torch.linspace(start, stop, steps, dtype=torch.float64)
+
+
+def search_weight_clip_ratios(
+    w: torch.Tensor,
+    bits: int,
+    group_size: int | None,
+    symmetric: bool = True,
+    ratios: torch.Tensor | None = None,
+    quantwm_scale: bool = False,
+) -> torch.Tensor:
+    """Per (row, group) clip ratio minimising the weight reconstruction SSE of that group.
+
+    Returns (out, n_groups) ratios from `ratios` (default `clip_ratio_grid()`); on ties the smaller
+    ratio wins (QuantWM's strict comparison). A ratio r clips both the group's max and min by r.
+    """
+    ratios = clip_ratio_grid() if ratios is None else ratios
+    groups = to_groups(w, group_size)
+    best_err = None
+    best = torch.ones(groups.shape[:2], dtype=w.dtype, device=w.device)
+    for r in ratios.tolist():
+        deq = fake_quantize_weight(w, bits, group_size, symmetric, clip_max=r, clip_min=r, quantwm_scale=quantwm_scale)
+        err = (to_groups(deq, group_size) - groups).pow(2).sum(dim=-1)
+        if best_err is None:
+            best_err, best = err, torch.full_like(err, r)
+            continue
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, torch.full_like(best, r), best)
+    return best
+
+
+# --------------------------------------------------------------------------------------------
+# activations
+
+
+def per_token_fake_quantize(x: torch.Tensor, bits: int, symmetric: bool = False, ste: bool = False) -> torch.Tensor:
+    """Dynamic quantization with one scale per row of the last axis (per token)."""
+    if not is_quantized(bits):
+        return x
+    xmin = x.amin(dim=-1, keepdim=True)
+    xmax = x.amax(dim=-1, keepdim=True)
+    scale, zero_point = qparams_from_range(xmin.detach(), xmax.detach(), bits, symmetric)
+    return fake_quantize(x, scale, zero_point, bits, symmetric, ste=ste)
+
+
+def per_tensor_fake_quantize(x: torch.Tensor, bits: int, symmetric: bool = False, ste: bool = False) -> torch.Tensor:
+    """One scale from this tensor's own min/max (used where a static range is not available yet)."""
+    if not is_quantized(bits):
+        return x
+    scale, zero_point = qparams_from_range(x.detach().amin(), x.detach().amax(), bits, symmetric)
+    return fake_quantize(x, scale, zero_point, bits, symmetric, ste=ste)
+
+
+def shrink_grid(steps: int = 90, step: float = 0.01) -> torch.Tensor:
+    """QuantWM's activation OMSE candidates: 1.00, 0.99, ..., 0.11 (descending)."""
+    return 1.0 - step * torch.arange(steps, dtype=torch.float64)
+
+
+def search_activation_range(
+    sample: torch.Tensor,
+    xmin: torch.Tensor,
+    xmax: torch.Tensor,
+    bits: int,
+    symmetric: bool = False,
+    shrinks: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor (scale, zero_point) minimising the MSE of fake-quantizing `sample`.
+
+    Candidates shrink both ends of [xmin, xmax] by a common factor (default `shrink_grid()`); the
+    factor 1 (plain minmax) is always tried first and only a strictly better candidate replaces it.
+    """
+    shrinks = shrink_grid() if shrinks is None else shrinks
+    best = qparams_from_range(xmin, xmax, bits, symmetric)
+    best_err = (fake_quantize(sample, *best, bits, symmetric) - sample).pow(2).mean()
+    for factor in shrinks.tolist():
+        candidate = qparams_from_range(xmin * factor, xmax * factor, bits, symmetric)
+        err = (fake_quantize(sample, *candidate, bits, symmetric) - sample).pow(2).mean()
+        if err < best_err:
+            best, best_err = candidate, err
+    return best
+
+
+# --------------------------------------------------------------------------------------------
+# storage accounting
+
+
+def weight_storage_bits(out_features: int, in_features: int, bits: int, group_size: int | None,
+                        symmetric: bool) -> int:
+    """Bits to store a W[out, in] tensor: b bits per weight plus, per (row, group), a 16-bit scale
+    and (asymmetric only) a 16-bit zero point. An unquantized tensor (16 bits = off) is charged
+    FLOAT_BITS per weight."""
+    numel = out_features * in_features
+    if not is_quantized(bits):
+        return FLOAT_BITS * numel
+    per_group = QPARAM_BITS * (1 if symmetric else 2)
+    return bits * numel + per_group * out_features * num_groups(in_features, group_size)
+
+
+def average_bits_per_weight(tensors: Iterable[tuple[int, int]]) -> float:
+    """Average bits per parameter element over (numel, total_bits) pairs; nan for no parameters."""
+    numel = total = 0
+    for count, bits in tensors:
+        numel += count
+        total += bits
+    return total / numel if numel else float("nan")
+
+
+def check_finite(name: str, tensor: torch.Tensor) -> None:
+    """Raise QuantizationError when `tensor` holds NaN or inf (a corrupt model or statistics file)."""
+    if not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise QuantizationError(f"{name} contains {bad} NaN/inf value(s); quantization needs finite values")
+
+
+def as_2d_weight(weight: torch.Tensor) -> torch.Tensor:
+    """Linear (out, in) as is; Conv (out, in, *kernel) -> (out, in * prod(kernel))."""
+    return weight.reshape(weight.shape[0], -1)
+

@@ -1,0 +1,53 @@
+"""`wmquant sweep`, `wmquant runs list` and `wmquant report`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import ConfigError
+
+
+def sweep_command(config_name: str | None, overrides: Sequence[str]) -> int:
+    from .sweep import parse_sweep_args, run_sweep
+
+    if config_name is not None:
+        raise ConfigError("wmquant sweep takes study=NAME, not --config-name (e.g. `wmquant sweep study=table1 model_name=wall`)")
+    args = parse_sweep_args(overrides)
+    summary = run_sweep(args.study, args.sweep_dir, args.overrides, args.runner, args.launcher,
+                        args.launcher_options, args.select)
+    print(summary)
+    print(f"report: wmquant report {args.sweep_dir}")
+    return 0 if summary.complete else 1
+
+
+def runs_main(argv: Sequence[str]) -> int:
+    from ..cli import flag_parser
+    from .spec import parse_override_strings
+    from .store import ResultStore, format_runs
+
+    parser = flag_parser("wmquant runs", "List the runs of a sweep directory.")
+    parser.add_argument("action", choices=("list",))
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                        help="keep runs whose config/result has KEY=VALUE (repeatable)")
+    args = parser.parse_args(list(argv))
+    if not args.sweep_dir.is_dir():
+        raise ConfigError(f"{args.sweep_dir}: no such sweep directory")
+    print(format_runs(ResultStore(args.sweep_dir).list_runs(parse_override_strings(args.filter))))
+    return 0
+
+
+def report_main(argv: Sequence[str]) -> int:
+    from ..cli import flag_parser
+    from .report import write_report
+
+    parser = flag_parser("wmquant report", "Markdown, CSV, LaTeX and HTML tables and figures for a sweep.")
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default: SWEEP_DIR/report)")
+    parser.add_argument("--alpha", type=float, default=0.05, help="significance level of the McNemar marks")
+    args = parser.parse_args(list(argv))
+    paths = write_report(args.sweep_dir, args.out, alpha=args.alpha)
+    for kind, path in paths.items():
+        print(f"{kind:>20}: {path}")
+    return 0

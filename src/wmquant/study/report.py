@@ -1,0 +1,512 @@
+"""The study report of a sweep directory: Markdown, CSV, LaTeX and a self-contained HTML page.
+
+One row per run, in the spec's order (the paper's row order for the shipped tables); one column per
+"k iters" of the spec. Each cell is the success rate with its Wilson 95% interval and, for the
+shipped tables, the paper's published number beside it. A quantized run whose episodes are the
+FP baseline's (same eval_seeds) is compared with it by McNemar's exact test on the per-episode
+outcomes; so are two methods at the same bit setting.
+
+Column k is entry max(k - 1, 0) of success_rate_by_iter: the success rate after MPC iteration
+max(k, 1), so "0 iters" is the first MPC round.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import itertools
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..errors import StudyError
+from ..io import write_text
+from .figures import plot_latent_mse_and_loss, plot_success_curves
+from .paper import PAPER_METHOD_NAMES, SettingKey, paper_bits, paper_table, setting_key_from_result
+from .spec import setting_key_from_overrides
+from .stats import MCNEMAR_METHODS, holm_adjust, mcnemar, wilson_interval
+from .store import CorruptResult, ResultStore
+
+log = logging.getLogger("wmquant.study")
+
+DEFAULT_COLUMNS = {"wall": (0, 5, 10, 20, 30, 40, 50), "pusht": (0, 5, 10, 20, 30)}
+METHOD_DISPLAY = {v: k for k, v in PAPER_METHOD_NAMES.items()}
+MCNEMAR_SCOPES = ("final", "all")
+COLUMN_NOTE = ('Column "k iters" is the success rate after MPC iteration max(k, 1), i.e. entry max(k-1, 0) '
+               'of success_rate_by_iter; "0 iters" is the first MPC round.')
+BITS_NOTE = "Bit width 32 means not quantized (float), as in the paper; #G \u2013 means per output channel."
+
+
+def column_index(k: int) -> int:
+    """Index into the per-iteration lists for the paper's "k iters" column."""
+    return max(k - 1, 0)
+
+
+@dataclass
+class Cell:
+    successes: int
+    n: int
+    lo: float
+    hi: float
+    p_vs_fp: float | None = None  # McNemar p-value against the FP baseline, where tested
+    b: int | None = None          # episodes this run solved and FP did not
+    c: int | None = None          # episodes FP solved and this run did not
+
+    @property
+    def rate(self) -> float:
+        return self.successes / self.n
+
+
+@dataclass
+class Row:
+    run_id: str
+    key: SettingKey
+    result: Mapping[str, Any] | None  # None: planned, no valid result yet
+    status: str                        # done | pending | failed | corrupt
+    note: str = ""
+    cells: dict[int, Cell] = field(default_factory=dict)
+    paper: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class Comparison:
+    """McNemar test between two runs at one bit setting (final common column)."""
+
+    setting: str
+    run_a: str
+    method_a: str
+    run_b: str
+    method_b: str
+    column: int
+    rate_a: float
+    rate_b: float
+    b: int
+    c: int
+    p_value: float
+    p_holm: float = 1.0
+
+
+@dataclass
+class Report:
+    title: str
+    description: str
+    env: str | None
+    columns: list[int]
+    rows: list[Row]
+    baseline: Row | None
+    comparisons: list[Comparison]
+    corrupt: list[CorruptResult]
+    paper_table: int | None
+    alpha: float
+    mcnemar_scope: str
+    mcnemar_method: str
+    unpaired: list[str]  # runs that could not be paired with the baseline
+
+    @property
+    def module_layout(self) -> bool:
+        """Tables 7-8 layout: encoder and predictor bits in separate columns."""
+        return any((r.key.enc_w, r.key.enc_a) != (r.key.pred_w, r.key.pred_a) for r in self.rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building
+
+def _paired(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return a["eval_seeds"] == b["eval_seeds"]
+
+
+def _outcomes(result: Mapping[str, Any], k: int) -> list[int] | None:
+    series = result["success_by_iter"]
+    index = column_index(k)
+    return series[index] if index < len(series) else None
+
+
+def _report_columns(spec_columns: Sequence[int], results: Sequence[Mapping[str, Any]]) -> list[int]:
+    """The spec's columns that some result reaches, plus the last iteration when a shorter
+    budget (planner.max_iter) ends between two columns."""
+    longest = max(len(r["success_by_iter"]) for r in results)
+    columns = [k for k in spec_columns if column_index(k) < longest]
+    if not columns or column_index(columns[-1]) < longest - 1:
+        columns.append(longest)
+    return columns
+
+
+def _last_common_column(columns: Sequence[int], a: Mapping[str, Any], b: Mapping[str, Any]) -> int | None:
+    common = [k for k in columns if _outcomes(a, k) is not None and _outcomes(b, k) is not None]
+    return common[-1] if common else None
+
+
+def build_report(sweep_dir: str | os.PathLike, alpha: float = 0.05, mcnemar_scope: str = "final",
+                 mcnemar_method: str = "exact") -> Report:
+    """Collect results, intervals, paper numbers and McNemar tests of a sweep directory."""
+    if mcnemar_scope not in MCNEMAR_SCOPES:
+        raise StudyError(f"unknown McNemar scope {mcnemar_scope!r}; valid: {', '.join(MCNEMAR_SCOPES)}")
+    if mcnemar_method not in MCNEMAR_METHODS:
+        raise StudyError(f"unknown McNemar method {mcnemar_method!r}; valid: {', '.join(MCNEMAR_METHODS)}")
+    store = ResultStore(sweep_dir)
+    if not store.root.is_dir():
+        raise StudyError(f"sweep directory {store.root} does not exist")
+    sweep = store.read_sweep() or {}
+    results, corrupt = store.load_results()
+    for bad in corrupt:
+        log.warning("skipping corrupt result %s: %s", bad.path, bad.reason)
+    if not results:
+        detail = ""
+        if corrupt:
+            detail = f"; {len(corrupt)} corrupt result file(s): " + "; ".join(f"{p}: {r}" for p, r in corrupt)
+        planned = len(sweep.get("runs", []))
+        raise StudyError(f"no results in {store.root} ({planned} planned run(s), none complete{detail}); "
+                         "run `wmquant sweep` into this directory first")
+    env = sweep.get("env") or results[0]["env"]
+    columns = _report_columns(sweep.get("columns") or DEFAULT_COLUMNS.get(env, (0,)), results)
+    table = sweep.get("paper_table")
+    published = paper_table(table) if table else {}
+    rows = _rows(store, sweep, results, corrupt, columns, published)
+    baseline = next((r for r in rows if r.result is not None and r.key.method == "fp"), None)
+    unpaired = _test_against_baseline(rows, baseline, columns, mcnemar_scope, mcnemar_method)
+    comparisons = _pairwise(rows, columns, mcnemar_method)
+    return Report(title=f"Study {sweep.get('spec', store.root.name)}", description=sweep.get("description", ""),
+                  env=env, columns=columns, rows=rows, baseline=baseline, comparisons=comparisons,
+                  corrupt=corrupt, paper_table=table, alpha=alpha, mcnemar_scope=mcnemar_scope,
+                  mcnemar_method=mcnemar_method, unpaired=unpaired)
+
+
+def _rows(store: ResultStore, sweep: Mapping[str, Any], results: list[dict], corrupt: list[CorruptResult],
+          columns: list[int], published: Mapping[SettingKey, dict[int, float]]) -> list[Row]:
+    by_id = {r["run_id"]: r for r in results}
+    corrupt_by_id = {c.path.parent.name: c.reason for c in corrupt}
+    failures = store.failures(completed=set(by_id))
+    planned = [(p["run_id"], p["overrides"]) for p in sweep.get("runs", [])]
+    planned_ids = {run_id for run_id, _ in planned}
+    order = planned + [(run_id, None) for run_id in sorted(by_id) if run_id not in planned_ids]
+    rows = []
+    for run_id, overrides in order:
+        result = by_id.get(run_id)
+        if result is not None:
+            row = Row(run_id, setting_key_from_result(result), result, "done")
+            for k in columns:
+                outcomes = _outcomes(result, k)
+                if outcomes is not None:
+                    successes = int(sum(outcomes))
+                    row.cells[k] = Cell(successes, len(outcomes), *wilson_interval(successes, len(outcomes)))
+        else:
+            status = "corrupt" if run_id in corrupt_by_id else "failed" if run_id in failures else "pending"
+            row = Row(run_id, setting_key_from_overrides(overrides), None, status,
+                      note=corrupt_by_id.get(run_id) or failures.get(run_id, ""))
+        row.paper = dict(published.get(row.key, {}))
+        rows.append(row)
+    return rows
+
+
+def _test_against_baseline(rows: list[Row], baseline: Row | None, columns: list[int], scope: str,
+                           method: str) -> list[str]:
+    unpaired = []
+    if baseline is None:
+        return unpaired
+    for row in rows:
+        if row.result is None or row is baseline:
+            continue
+        if not _paired(row.result, baseline.result):
+            unpaired.append(row.run_id)
+            continue
+        final = _last_common_column(columns, row.result, baseline.result)
+        for k in columns if scope == "all" else [final] if final is not None else []:
+            ours, theirs = _outcomes(row.result, k), _outcomes(baseline.result, k)
+            if ours is None or theirs is None:
+                continue
+            test = mcnemar(ours, theirs, method=method)
+            row.cells[k].p_vs_fp, row.cells[k].b, row.cells[k].c = test["p_value"], test["b"], test["c"]
+    return unpaired
+
+
+def _pairwise(rows: list[Row], columns: list[int], method: str) -> list[Comparison]:
+    groups: dict[tuple, list[Row]] = {}
+    for row in rows:
+        if row.result is not None and row.key.method != "fp":
+            groups.setdefault(row.key.setting, []).append(row)
+    comparisons = []
+    for members in groups.values():
+        for first, second in itertools.combinations(members, 2):
+            if not _paired(first.result, second.result):
+                continue
+            k = _last_common_column(columns, first.result, second.result)
+            if k is None:
+                continue
+            a, b = _outcomes(first.result, k), _outcomes(second.result, k)
+            test = mcnemar(a, b, method=method)
+            comparisons.append(Comparison(first.key.label(), first.run_id, first.key.method, second.run_id,
+                                          second.key.method, k, sum(a) / len(a), sum(b) / len(b),
+                                          test["b"], test["c"], test["p_value"]))
+    for comparison, adjusted in zip(comparisons, holm_adjust([c.p_value for c in comparisons])):
+        comparison.p_holm = adjusted
+    return comparisons
+
+
+# ---------------------------------------------------------------------------------------------
+# Text of cells and setting columns (shared by every format)
+
+def setting_columns(report: Report) -> list[str]:
+    if report.module_layout:
+        return ["Method", "#W_Enc", "#A_Enc", "#W_Pred", "#A_Pred", "#G", "AQG"]
+    return ["Method", "#W", "#A", "#G", "AQG"]
+
+
+def setting_values(report: Report, key: SettingKey) -> list[str]:
+    method = METHOD_DISPLAY.get(key.method, key.method)
+    group = str(key.group) if key.group else "\u2013"
+    aqg = key.aqg.replace("_", "-") if key.aqg else "\u2013"
+    if report.module_layout:
+        bits = [paper_bits(b) for b in (key.enc_w, key.enc_a, key.pred_w, key.pred_a)]
+        return [method, *bits, group, aqg]
+    return [method, paper_bits(key.pred_w), paper_bits(key.pred_a), group, aqg]
+
+
+def _significant(report: Report, cell: Cell | None) -> bool:
+    return cell is not None and cell.p_vs_fp is not None and cell.p_vs_fp < report.alpha
+
+
+def cell_text(report: Report, row: Row, k: int) -> str:
+    """ "0.94* [0.84, 0.98] (0.94)": ours, mark, Wilson interval, (paper)."""
+    cell = row.cells.get(k)
+    paper = f" ({row.paper[k]:.2f})" if k in row.paper else ""
+    if cell is None:
+        return f"\u2014{paper}"
+    mark = "*" if _significant(report, cell) else ""
+    return f"{cell.rate:.2f}{mark} [{cell.lo:.2f}, {cell.hi:.2f}]{paper}"
+
+
+def _status_text(row: Row) -> str:
+    if row.status == "done":
+        return f"n={row.result['n_evals']}"
+    return row.status + (f": {row.note}" if row.note else "")
+
+
+def footnotes(report: Report) -> list[str]:
+    paper = (f" (paper Table {report.paper_table})." if report.paper_table
+             else "; this spec names no paper table.")
+    notes = [COLUMN_NOTE, "Cells: success rate [Wilson 95% interval]" + paper, BITS_NOTE]
+    if report.baseline is None:
+        notes.append("No FP baseline result: no McNemar tests against FP.")
+    else:
+        where = "the last column both runs reach" if report.mcnemar_scope == "final" else "every column"
+        test = ("exact test" if report.mcnemar_method == "exact"
+                else "chi-square test with continuity correction")
+        notes.append(f"* McNemar's {test} on per-episode outcomes against the FP baseline "
+                     f"({report.baseline.run_id}) at {where}: p < {report.alpha}. Only runs evaluated on the "
+                     "same episodes (eval_seeds) are tested; no correction for multiple comparisons.")
+    if report.unpaired:
+        notes.append("Not paired with the FP baseline (different episodes), so not tested: "
+                     + ", ".join(report.unpaired))
+    return notes
+
+
+def main_table(report: Report) -> tuple[list[str], list[list[str]]]:
+    header = setting_columns(report) + [f"{k} iters" for k in report.columns] + ["Run", "Status"]
+    body = [setting_values(report, row.key) + [cell_text(report, row, k) for k in report.columns]
+            + [row.run_id, _status_text(row)] for row in report.rows]
+    return header, body
+
+
+def comparison_table(report: Report) -> tuple[list[str], list[list[str]]]:
+    header = ["Setting", "A", "B", "iters", "success A", "success B", "A only", "B only", "p", "p (Holm)", ""]
+    body = [[c.setting, METHOD_DISPLAY.get(c.method_a, c.method_a), METHOD_DISPLAY.get(c.method_b, c.method_b),
+             str(c.column), f"{c.rate_a:.2f}", f"{c.rate_b:.2f}", str(c.b), str(c.c), f"{c.p_value:.3g}",
+             f"{c.p_holm:.3g}", "*" if c.p_value < report.alpha else ""] for c in report.comparisons]
+    return header, body
+
+
+# ---------------------------------------------------------------------------------------------
+# Formats
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def _corrupt_lines(report: Report) -> list[str]:
+    lines = [f"- `{p}`: {reason}" for p, reason in report.corrupt]
+    return lines
+
+
+def render_markdown(report: Report, figures: Mapping[str, Path], relative_to: Path) -> str:
+    parts = [f"# {report.title}", ""]
+    if report.description:
+        parts += [report.description, ""]
+    parts += [f"Environment: {report.env}. Runs: {sum(r.result is not None for r in report.rows)} complete of "
+              f"{len(report.rows)}.", "", _md_table(*main_table(report)), ""]
+    parts += ["- " + note.replace("*", "\\*") for note in footnotes(report)] + [""]
+    if report.corrupt:
+        parts += ["## Corrupt result files (excluded)", ""] + _corrupt_lines(report) + [""]
+    parts += [f"## Methods compared at the same setting (McNemar, {report.mcnemar_method})", ""]
+    if report.comparisons:
+        parts += [_md_table(*comparison_table(report)), "",
+                  f"A only / B only: episodes solved by one run and not the other. * p < {report.alpha}; "
+                  "p (Holm): adjusted over all comparisons of this report.", ""]
+    else:
+        parts += ["No two methods share a bit setting with paired episodes.", ""]
+    parts += ["## Figures", ""]
+    for name, path in figures.items():
+        parts += [f"![{name}]({os.path.relpath(path, relative_to)})", ""]
+    return "\n".join(parts)
+
+
+def render_csv(report: Report) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    header = ["run_id", "status", "method", "enc_w", "enc_a", "pred_w", "pred_a", "group", "aqg", "n_evals"]
+    for k in report.columns:
+        header += [f"it{k}_success", f"it{k}_lo", f"it{k}_hi", f"it{k}_paper", f"it{k}_p_vs_fp"]
+    writer.writerow(header)
+    for row in report.rows:
+        key = row.key
+        line = [row.run_id, row.status, key.method, key.enc_w, key.enc_a, key.pred_w, key.pred_a,
+                key.group or "", key.aqg or "", row.result["n_evals"] if row.result else ""]
+        for k in report.columns:
+            cell = row.cells.get(k)
+            line += ([f"{cell.rate:.4f}", f"{cell.lo:.4f}", f"{cell.hi:.4f}"] if cell else ["", "", ""])
+            line += [f"{row.paper[k]:.2f}" if k in row.paper else "",
+                     f"{cell.p_vs_fp:.4g}" if cell and cell.p_vs_fp is not None else ""]
+        writer.writerow(line)
+    return buffer.getvalue()
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "\u2013": "--", "\u2014": "---"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def _latex_cell(report: Report, row: Row, k: int) -> str:
+    cell = row.cells.get(k)
+    paper = f" ({row.paper[k]:.2f})" if k in row.paper else ""
+    if cell is None:
+        return "---" + paper
+    mark = "$^{*}$" if _significant(report, cell) else ""
+    return f"{cell.rate:.2f}{mark} {{\\scriptsize [{cell.lo:.2f}, {cell.hi:.2f}]{paper}}}"
+
+
+def render_latex(report: Report) -> str:
+    settings = setting_columns(report)
+    spec = "l" + "c" * (len(settings) - 1 + len(report.columns))
+    header = " & ".join(latex_escape(h) for h in settings + [f"{k} iters" for k in report.columns])
+    lines = ["% Requires \\usepackage{booktabs}.", "\\begin{table*}[t]", "\\centering", "\\scriptsize",
+             f"\\caption{{{latex_escape(report.title)}: success rate [Wilson 95\\% interval] (paper). "
+             f"{latex_escape(COLUMN_NOTE)} $^{{*}}$: McNemar p $<$ {report.alpha} against FP.}}",
+             f"\\begin{{tabular}}{{{spec}}}", "\\toprule", header + " \\\\", "\\midrule"]
+    for row in report.rows:
+        values = [latex_escape(v) for v in setting_values(report, row.key)]
+        lines.append(" & ".join(values + [_latex_cell(report, row, k) for k in report.columns]) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table*}", ""]
+    return "\n".join(lines)
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; font-size: 12px; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: center; white-space: nowrap; }
+th { background: #f0f0f0; }
+td.sig { font-weight: bold; background: #fff3d6; }
+td.missing { color: #999; }
+span.ci { color: #666; font-size: 11px; }
+span.paper { color: #1f5fa8; font-size: 11px; }
+p.note { font-size: 12px; color: #444; margin: 0.2em 0; }
+img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
+"""
+
+
+def _html_table(header: Sequence[str], body_html: Sequence[str]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body_html)}</tbody></table>"
+
+
+def _html_cell(report: Report, row: Row, k: int) -> str:
+    cell = row.cells.get(k)
+    paper = f' <span class="paper">({row.paper[k]:.2f})</span>' if k in row.paper else ""
+    if cell is None:
+        return f'<td class="missing">\u2014{paper}</td>'
+    title = ""
+    if cell.p_vs_fp is not None:
+        title = f' title="McNemar vs FP: p={cell.p_vs_fp:.3g}, only this run {cell.b}, only FP {cell.c}"'
+    sig = _significant(report, cell)
+    css = ' class="sig"' if sig else ""
+    return (f"<td{css}{title}>{cell.rate:.2f}{'*' if sig else ''} "
+            f'<span class="ci">[{cell.lo:.2f}, {cell.hi:.2f}]</span>{paper}</td>')
+
+
+def render_html(report: Report, figures: Mapping[str, bytes]) -> str:
+    """One HTML page with every figure inlined as base64 PNG: no external asset, opens offline."""
+    header, _ = main_table(report)
+    rows_html = []
+    for row in report.rows:
+        cells = "".join(f"<td>{html.escape(v)}</td>" for v in setting_values(report, row.key))
+        cells += "".join(_html_cell(report, row, k) for k in report.columns)
+        cells += f"<td><code>{html.escape(row.run_id)}</code></td><td>{html.escape(_status_text(row))}</td>"
+        rows_html.append(f"<tr>{cells}</tr>")
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>{html.escape(report.title)}</title><style>{_CSS}</style></head><body>",
+             f"<h1>{html.escape(report.title)}</h1>"]
+    if report.description:
+        parts.append(f"<p>{html.escape(report.description)}</p>")
+    parts.append(_html_table(header, rows_html))
+    parts += [f'<p class="note">{html.escape(note)}</p>' for note in footnotes(report)]
+    if report.corrupt:
+        parts.append("<h2>Corrupt result files (excluded)</h2><ul>")
+        parts += [f"<li><code>{html.escape(str(p))}</code>: {html.escape(reason)}</li>" for p, reason in report.corrupt]
+        parts.append("</ul>")
+    parts.append(f"<h2>Methods compared at the same setting (McNemar, {report.mcnemar_method})</h2>")
+    comp_header, comp_body = comparison_table(report)
+    if comp_body:
+        parts.append(_html_table(comp_header, ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + "</tr>"
+                                               for line in comp_body]))
+    else:
+        parts.append("<p>No two methods share a bit setting with paired episodes.</p>")
+    parts.append("<h2>Figures</h2>")
+    for name, png in figures.items():
+        encoded = base64.b64encode(png).decode("ascii")
+        parts.append(f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{encoded}">'
+                     f"<figcaption>{html.escape(name)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def write_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, alpha: float = 0.05,
+                 mcnemar_scope: str = "final", mcnemar_method: str = "exact") -> dict[str, Path]:
+    """Write report.md, report.csv, report.tex, report.html and the figures (PNG) of a sweep.
+
+    out_dir defaults to SWEEP_DIR/report. PNGs already in SWEEP_DIR/figures (e.g. rollout grids or
+    activation outliers made by other commands) are embedded in the HTML page as well.
+    mcnemar_scope: "final" (the last column both runs reach) or "all" columns, against FP.
+    mcnemar_method: "exact" (binomial) or "chi2_cc".
+    Returns {"md", "csv", "tex", "html", "success_curves", "latent_mse_and_loss"} -> path.
+    Raises StudyError when the directory holds no valid result.
+    """
+    report = build_report(sweep_dir, alpha=alpha, mcnemar_scope=mcnemar_scope, mcnemar_method=mcnemar_method)
+    out = Path(out_dir) if out_dir is not None else Path(sweep_dir) / "report"
+    results = [row.result for row in report.rows if row.result is not None]
+    figures = {
+        "success_curves": plot_success_curves(results, out / "figures" / "success_curves.png"),
+        "latent_mse_and_loss": plot_latent_mse_and_loss(results, out / "figures" / "latent_mse_and_loss.png"),
+    }
+    extra = sorted((Path(sweep_dir) / "figures").glob("*.png"))
+    embedded = {name: path.read_bytes() for name, path in figures.items()}
+    embedded.update({path.stem: path.read_bytes() for path in extra})
+    paths = {"md": out / "report.md", "csv": out / "report.csv", "tex": out / "report.tex", "html": out / "report.html"}
+    write_text(paths["md"], render_markdown(report, {**figures, **{p.stem: p for p in extra}}, out))
+    write_text(paths["csv"], render_csv(report))
+    write_text(paths["tex"], render_latex(report))
+    write_text(paths["html"], render_html(report, embedded))
+    return {**paths, **figures}

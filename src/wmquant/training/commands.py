@@ -1,0 +1,210 @@
+"""`wmquant train`: pretrain the encoder (temporal-metric objective), freeze it, train the world model.
+
+    wmquant train --config-name train_wall.yaml dataset_path=DATA output_dir=RUN [key=value ...]
+
+Output directory:
+    encoder/encoder.safetensors   the frozen encoder (after the unit-variance scale is folded in)
+    encoder/landscape.json|png    its goal-cost landscape (Wall and PushT)
+    model/model.safetensors       the world model, loadable with `model_name=RUN/model`
+    model/config.yaml
+    train_log.jsonl               losses, one JSON line per log step
+    checkpoints/                  resumable state (re-running the same command continues)
+    train_summary.json            times, final losses, the command
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .. import io as wio
+from ..errors import ConfigError
+from .batches import EpisodeTensors
+from .encoder import MetricPretrainConfig, pretrain_metric_encoder, unit_variance_scale
+from .state import load_state, rng_state, save_state, set_rng_state
+from .world_model import WorldModelTrainConfig, make_optimizers, train_world_model
+
+STAGES = ("encoder", "world_model")
+
+
+class JsonlLog:
+    def __init__(self, path: Path, stage: str) -> None:
+        self.path = path
+        self.stage = stage
+
+    def __call__(self, entry: dict[str, Any]) -> None:
+        # Appending a whole line at a time; a killed run loses at most the line being written.
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps({"stage": self.stage, **entry}) + "\n")
+
+
+def _device(name: str) -> torch.device:
+    from ..planning.engine import resolve_device
+
+    return resolve_device(name)
+
+
+def _encoder_module(model_cfg: dict[str, Any]):
+    from ..models.checkpoint import build_encoder, resolve_model_config
+
+    resolved = resolve_model_config(model_cfg)
+    return build_encoder(resolved, load_weights=False), resolved
+
+
+def _fold_scale(encoder: torch.nn.Module, scale: float) -> None:
+    """Multiply the encoder's output by `scale` by rescaling its last affine map."""
+    last = encoder.head if getattr(encoder, "head", None) is not None else encoder.norm
+    with torch.no_grad():
+        last.weight.mul_(scale)
+        if last.bias is not None:
+            last.bias.mul_(scale)
+
+
+def run_encoder_stage(cfg: DictConfig, out: Path, train: EpisodeTensors, log: JsonlLog, progress: bool) -> torch.nn.Module:
+    from safetensors.torch import load_file, save_file
+
+    final = out / "encoder" / "encoder.safetensors"
+    encoder, resolved = _encoder_module(OmegaConf.to_container(cfg.model, resolve=True))
+    if final.exists():
+        encoder.load_state_dict(load_file(str(final)))
+        return encoder.to(train.device).eval()
+    if cfg.encoder_checkpoint:
+        encoder.load_state_dict(load_file(str(cfg.encoder_checkpoint)))
+        encoder = encoder.to(train.device).eval()
+    else:
+        pre = MetricPretrainConfig(**OmegaConf.to_container(cfg.encoder_pretrain, resolve=True))
+        ckpt_dir = out / "checkpoints" / "encoder"
+        start, optimizer = 0, None
+        encoder.to(train.device)
+        if cfg.resume and (ckpt_dir / "trainer_state.json").exists():
+            state = load_state(ckpt_dir)
+            encoder.load_state_dict(state["encoder"])
+            optimizer = torch.optim.AdamW(encoder.parameters(), lr=pre.lr, betas=tuple(pre.betas), weight_decay=pre.weight_decay)
+            optimizer.load_state_dict(state["optimizer"])
+            set_rng_state(state["rng"])
+            start = int(state["step"])
+
+        def checkpoint(step: int, opt: torch.optim.Optimizer) -> None:
+            save_state(ckpt_dir, {"step": step, "encoder": encoder.state_dict(), "optimizer": opt.state_dict(), "rng": rng_state()})
+
+        pretrain_metric_encoder(encoder, train, int(cfg.model.img_size), pre, log=log, progress=progress,
+                                start_step=start, optimizer=optimizer, checkpoint=checkpoint,
+                                checkpoint_every=int(cfg.checkpoint_every))
+        scale = unit_variance_scale(encoder, train, int(cfg.model.img_size))
+        _fold_scale(encoder, scale)
+        log({"step": pre.steps, "unit_variance_scale": scale})
+    with wio.atomic_path(final) as tmp:
+        save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(tmp))
+    return encoder.eval()
+
+
+def run_world_model_stage(cfg: DictConfig, out: Path, encoder: torch.nn.Module, train: EpisodeTensors,
+                          val: EpisodeTensors | None, normalization, log: JsonlLog, progress: bool):
+    from ..models.checkpoint import build_world_model, save_world_model
+
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg["encoder"]["weights"] = None
+    model = build_world_model(model_cfg, load_encoder_weights=False)
+    model.encoder.load_state_dict(encoder.state_dict())
+    for p in model.encoder.parameters():
+        p.requires_grad_(False)
+    model.to(train.device)
+    tcfg = WorldModelTrainConfig(**OmegaConf.to_container(cfg.training, resolve=True))
+    ckpt_dir = out / "checkpoints" / "world_model"
+    start, optimizers = 0, None
+    if cfg.resume and (ckpt_dir / "trainer_state.json").exists():
+        state = load_state(ckpt_dir)
+        model.load_state_dict(state["model"])
+        optimizers = make_optimizers(model, tcfg)
+        for opt, opt_state in zip(optimizers, state["optimizers"]):
+            opt.load_state_dict(opt_state)
+        set_rng_state(state["rng"])
+        start = int(state["step"])
+
+    def checkpoint(step: int, opts: list) -> None:
+        save_state(ckpt_dir, {"step": step, "model": model.state_dict(), "optimizers": [o.state_dict() for o in opts],
+                              "rng": rng_state()})
+
+    train_world_model(model, train, val, int(cfg.model.img_size), tcfg, log=log, progress=progress, start_step=start,
+                      optimizers=optimizers, checkpoint=checkpoint, checkpoint_every=int(cfg.checkpoint_every))
+    planning = {
+        "env": str(cfg.env),
+        "img_size": int(cfg.model.img_size),
+        "frameskip": int(cfg.model.frameskip),
+        "action_dim": int(cfg.model.action_dim),
+        "render_size": cfg.render_size,
+        "normalization": normalization.as_dict(),
+    }
+    save_world_model(model.cpu(), model_cfg, out / "model", extra={"planning": planning, "training": {
+        "dataset_path": str(cfg.dataset_path), "seed": int(cfg.seed),
+        "command": "wmquant train " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+    }})
+    return model
+
+
+def run_training(cfg: DictConfig, progress: bool = True) -> dict[str, Any]:
+    from ..data import load_dataset
+
+    for stage in cfg.stages:
+        if stage not in STAGES:
+            raise ConfigError(f"unknown training stage {stage!r}; valid: {', '.join(STAGES)}")
+    if not cfg.dataset_path or not cfg.output_dir:
+        raise ConfigError("wmquant train needs dataset_path=DIR and output_dir=DIR")
+    device = _device(str(cfg.device))
+    torch.manual_seed(int(cfg.seed))
+    out = Path(str(cfg.output_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    wio.write_text(out / "train_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    log_path = out / "train_log.jsonl"
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    train_ds = load_dataset(str(cfg.env), str(cfg.dataset_path), split="train")
+    val_ds = load_dataset(str(cfg.env), str(cfg.dataset_path), split="val")
+    train = EpisodeTensors.from_dataset(train_ds, device)
+    val = EpisodeTensors.from_dataset(val_ds, device) if len(val_ds) else None
+    timings["load_seconds"] = time.perf_counter() - start
+    encoder = None
+    t0 = time.perf_counter()
+    if "encoder" in cfg.stages or "world_model" in cfg.stages:
+        encoder = run_encoder_stage(cfg, out, train, JsonlLog(log_path, "encoder"), progress)
+    timings["encoder_seconds"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if "world_model" in cfg.stages:
+        run_world_model_stage(cfg, out, encoder, train, val, train_ds.normalization, JsonlLog(log_path, "world_model"), progress)
+    timings["world_model_seconds"] = time.perf_counter() - t0
+    last: dict[str, Any] = {}
+    if log_path.exists():
+        for line in log_path.read_text().splitlines():
+            entry = json.loads(line)
+            last[entry["stage"]] = entry
+    summary = {
+        "env": str(cfg.env),
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        **{k: round(v, 2) for k, v in timings.items()},
+        "total_seconds": round(time.perf_counter() - start, 2),
+        "final_log": last,
+        "train_episodes": len(train_ds),
+        "val_episodes": len(val_ds),
+    }
+    wio.write_json(out / "train_summary.json", summary)
+    return summary
+
+
+def train_command(config_name: str | None, overrides: Sequence[str]) -> int:
+    from ..cli import compose_config
+
+    if config_name is None:
+        env = next((o.split("=", 1)[1] for o in overrides if o.startswith("env=")), "wall")
+        config_name = f"train_{env}"
+    cfg = compose_config(config_name, overrides)
+    summary = run_training(cfg)
+    print(json.dumps(summary, indent=2))
+    print(f"model: {Path(str(cfg.output_dir)) / 'model'}")
+    return 0

@@ -1,0 +1,170 @@
+"""World-model training with a frozen encoder (spec 3.9): latent MSE with teacher forcing on visual
+and proprio features, plus decoder reconstruction on detached latents.
+
+The encoder is frozen, so its latents of every frame are computed once and kept on the device
+(`cache_latents`); each step then costs only the predictor, the embeddings and the decoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.transforms import to_model_input
+from ..errors import ConfigError
+from .batches import EpisodeTensors, WindowSampler
+from .state import cosine_lr
+
+
+@dataclass
+class WorldModelTrainConfig:
+    steps: int = 3000
+    batch_size: int = 256
+    predictor_lr: float = 1e-3
+    action_encoder_lr: float = 1e-3
+    decoder_lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+    grad_clip: float = 1.0
+    seed: int = 0
+    amp_bf16: bool = True
+    cache_latents: bool = True
+    log_every: int = 50
+    val_batches: int = 4
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError(f"training.steps and training.batch_size must be positive, got {self.steps}, {self.batch_size}")
+
+
+@torch.no_grad()
+def encode_all_frames(model, episodes: EpisodeTensors, img_size: int, batch: int = 1024) -> torch.Tensor:
+    """Frozen-encoder latents of every frame: (E, T, N, D) float32 on the episodes' device."""
+    e, t = episodes.visual.shape[:2]
+    flat = episodes.visual.flatten(0, 1)
+    out = []
+    for i in range(0, flat.shape[0], batch):
+        frames = to_model_input(flat[i : i + batch], img_size)
+        out.append(model.encoder(model.resize_for_encoder(frames)).float())
+    z = torch.cat(out)
+    return z.view(e, t, *z.shape[1:])
+
+
+def make_optimizers(model, cfg: WorldModelTrainConfig) -> list[torch.optim.Optimizer]:
+    """Upstream's split: AdamW for the predictor and for the action+proprio encoders, Adam for the decoder."""
+    optimizers = [
+        torch.optim.AdamW(model.predictor.parameters(), lr=cfg.predictor_lr, weight_decay=cfg.weight_decay),
+        torch.optim.AdamW(
+            [*model.action_encoder.parameters(), *model.proprio_encoder.parameters()],
+            lr=cfg.action_encoder_lr, weight_decay=cfg.weight_decay,
+        ),
+    ]
+    if model.decoder is not None:
+        optimizers.append(torch.optim.Adam(model.decoder.parameters(), lr=cfg.decoder_lr))
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group.setdefault("base_lr", group["lr"])
+    return optimizers
+
+
+class LatentWindows:
+    """Training windows whose visual part comes from cached encoder latents."""
+
+    def __init__(self, sampler: WindowSampler, latents: torch.Tensor | None, img_size: int) -> None:
+        self.sampler = sampler
+        self.latents = latents
+        self.img_size = img_size
+
+    def batch(self, size: int) -> dict[str, torch.Tensor]:
+        episode, start = self.sampler.sample_indices(size)
+        data = self.sampler.gather(episode, start, self.img_size)
+        if self.latents is not None:
+            f = self.sampler.frameskip
+            frame_t = start[:, None] + f * torch.arange(self.sampler.num_frames, device=start.device)[None]
+            data["visual_latent"] = self.latents[episode[:, None], frame_t]
+        return data
+
+
+def losses_for_batch(model, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    obs = {"visual": data["visual"], "proprio": data["proprio"]}
+    if "visual_latent" in data:
+        obs["visual_latent"] = data["visual_latent"]
+    return model(obs, data["actions"])
+
+
+def train_world_model(
+    model,
+    train: EpisodeTensors,
+    val: EpisodeTensors | None,
+    img_size: int,
+    cfg: WorldModelTrainConfig,
+    log: Callable[[dict], None] | None = None,
+    progress: bool = True,
+    start_step: int = 0,
+    optimizers: list[torch.optim.Optimizer] | None = None,
+    checkpoint: Callable[[int, list], None] | None = None,
+    checkpoint_every: int = 0,
+) -> list[torch.optim.Optimizer]:
+    device = train.device
+    model.to(device)
+    num_frames = model.num_hist + model.num_pred
+    train_windows = LatentWindows(
+        WindowSampler(train, num_frames, model.frameskip, seed=cfg.seed + start_step),
+        encode_all_frames(model, train, img_size) if cfg.cache_latents else None, img_size,
+    )
+    val_windows = None
+    if val is not None and len(val.lengths):
+        val_windows = LatentWindows(
+            WindowSampler(val, num_frames, model.frameskip, seed=cfg.seed + 1),
+            encode_all_frames(model, val, img_size) if cfg.cache_latents else None, img_size,
+        )
+    optimizers = optimizers or make_optimizers(model, cfg)
+    warmup = int(cfg.warmup_fraction * cfg.steps)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp_bf16 and device.type == "cuda")
+    trainable = [p for p in model.parameters() if p.requires_grad and not any(p is q for q in model.encoder.parameters())]
+    bar = tqdm(range(start_step, cfg.steps), desc="world model", disable=not progress, dynamic_ncols=True,
+               initial=start_step, total=cfg.steps)
+    model.train()
+    for step in bar:
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(step, cfg.steps, warmup, group["base_lr"])
+        data = train_windows.batch(cfg.batch_size)
+        with autocast:
+            losses = losses_for_batch(model, data)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+        for opt in optimizers:
+            opt.step()
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            entry = {"step": step, **{f"train/{k}": v.item() for k, v in losses.items()}}
+            if val_windows is not None:
+                entry.update(evaluate(model, val_windows, cfg))
+                model.train()
+            bar.set_postfix(z=f"{entry['train/z_loss']:.4f}")
+            if log is not None:
+                log(entry)
+        if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < cfg.steps:
+            checkpoint(step + 1, optimizers)
+    model.eval()
+    return optimizers
+
+
+@torch.no_grad()
+def evaluate(model, windows: LatentWindows, cfg: WorldModelTrainConfig) -> dict[str, float]:
+    model.eval()
+    state = windows.sampler.generator.get_state()
+    windows.sampler.generator.manual_seed(cfg.seed + 12345)  # the same validation windows every time
+    totals: dict[str, float] = {}
+    for _ in range(cfg.val_batches):
+        losses = losses_for_batch(model, windows.batch(cfg.batch_size))
+        for k, v in losses.items():
+            totals[f"val/{k}"] = totals.get(f"val/{k}", 0.0) + v.item() / cfg.val_batches
+    windows.sampler.generator.set_state(state)
+    return totals

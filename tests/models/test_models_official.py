@@ -1,0 +1,267 @@
+"""Official DINO-WM runs: a run directory written in the official format (pickled upstream modules,
+accelerate-wrapped optimizers, hydra.yaml) loads through the restricted unpickler and reproduces
+upstream's computations; malicious or unknown pickled globals are refused without running."""
+
+from __future__ import annotations
+
+import os
+import sys
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from wmquant.errors import CheckpointError, ConfigError
+from wmquant.models import load_official_run, load_world_model, save_world_model
+
+MODEL_NAME = "2024-05-01/10-11-12"  # hydra's date/time run folder, as plan.py's model_name
+IMG_SIZE, NUM_HIST, FRAMESKIP, PROPRIO_DIM, ACTION_DIM = 64, 3, 5, 4, 2
+PREDICTOR = {"depth": 2, "heads": 4, "dim_head": 16, "mlp_dim": 64}
+
+
+@pytest.fixture(scope="module")
+def dinov2_file(tmp_path_factory, reference):
+    """A torch-hub ViT-S/14 state dict with random weights (the full 12-block layout)."""
+    state = reference.random_dinov2_state(384, 12, 6, seed=7)
+    path = tmp_path_factory.mktemp("hub") / "dinov2_vits14_pretrain.pth"
+    torch.save(state, path)
+    return path, state
+
+
+def _perturbed(module: nn.Module, seed: int) -> nn.Module:
+    """Random values everywhere (LayerNorms and biases start at 1 / 0), in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=g) * 0.1)
+    return module.eval()
+
+
+def _hydra_config(base, **overrides) -> dict:
+    config = {
+        "ckpt_base_path": str(base),
+        "img_size": IMG_SIZE,
+        "frameskip": FRAMESKIP,
+        "concat_dim": 1,
+        "normalize_action": True,
+        "action_emb_dim": 10,
+        "num_action_repeat": 1,
+        "proprio_emb_dim": 10,
+        "num_proprio_repeat": 1,
+        "num_hist": NUM_HIST,
+        "num_pred": 1,
+        "has_predictor": True,
+        "has_decoder": True,
+        "encoder": {"_target_": "models.dino.DinoV2Encoder", "name": "dinov2_vits14", "feature_key": "x_norm_patchtokens"},
+        "predictor": {"_target_": "models.vit.ViTPredictor", **PREDICTOR, "dropout": 0.1, "emb_dropout": 0, "pool": "mean"},
+        "decoder": {"_target_": "models.vqvae.VQVAE", "channel": 16, "n_embed": 32, "n_res_block": 2, "n_res_channel": 8, "quantize": False},
+        "proprio_encoder": {"_target_": "models.proprio.ProprioceptiveEmbedding", "num_frames": 1, "tubelet_size": 1, "use_3d_pos": False},
+        "action_encoder": {"_target_": "models.proprio.ProprioceptiveEmbedding", "num_frames": 1, "tubelet_size": 1, "use_3d_pos": False},
+        "model": {"_target_": "models.visual_world_model.VWorldModel", "image_size": IMG_SIZE, "num_hist": NUM_HIST, "num_pred": 1},
+        "env": {"name": "pusht"},
+        "training": {"seed": 0, "epochs": 100, "batch_size": 32},
+        "saved_folder": str(base / "outputs" / MODEL_NAME),
+    }
+    config.update(overrides)
+    return config
+
+
+def write_official_run(base, upstream, extra_entries=None, hydra_overrides=None, epoch=7):
+    """Write `{base}/outputs/{MODEL_NAME}/` like DINO-WM's train.py; return the pickled modules."""
+    upstream.install()
+    try:
+        torch.manual_seed(0)
+        num_patches = (IMG_SIZE // 16) ** 2
+        modules = {
+            "predictor": _perturbed(
+                upstream.ViTPredictor(num_patches=num_patches, num_frames=NUM_HIST, dim=404, dropout=0.1, emb_dropout=0.0, pool="mean", **PREDICTOR), 1
+            ),
+            "decoder": _perturbed(upstream.VQVAE(channel=16, n_res_block=2, n_res_channel=8, emb_dim=384, n_embed=32, quantize=False), 2),
+            "action_encoder": _perturbed(upstream.ProprioceptiveEmbedding(num_frames=1, in_chans=ACTION_DIM * FRAMESKIP, emb_dim=10), 3),
+            "proprio_encoder": _perturbed(upstream.ProprioceptiveEmbedding(num_frames=1, in_chans=PROPRIO_DIM, emb_dim=10), 4),
+        }
+        predictor_optimizer = torch.optim.AdamW(modules["predictor"].parameters(), lr=5e-4)
+        modules["predictor"](torch.randn(1, num_patches, 404)).square().mean().backward()
+        predictor_optimizer.step()  # optimizer state now holds tensors, as after training
+        checkpoint = {
+            "epoch": epoch,
+            "predictor": modules["predictor"],
+            "predictor_optimizer": upstream.AcceleratedOptimizer(predictor_optimizer),
+            "decoder": modules["decoder"],
+            "decoder_optimizer": upstream.AcceleratedOptimizer(torch.optim.Adam(modules["decoder"].parameters(), lr=3e-4)),
+            "action_encoder": modules["action_encoder"],
+            "proprio_encoder": modules["proprio_encoder"],
+            **(extra_entries or {}),
+        }
+        run_dir = base / "outputs" / MODEL_NAME
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        torch.save(checkpoint, run_dir / "checkpoints" / "model_latest.pth")
+        torch.save(checkpoint, run_dir / "checkpoints" / f"model_{epoch}.pth")
+        (run_dir / "hydra.yaml").write_text(yaml.safe_dump(_hydra_config(base, **(hydra_overrides or {}))))
+    finally:
+        upstream.uninstall()
+    return modules
+
+
+def _upstream_rollout(modules, dinov2_reference, dinov2_state, obs_0, act):
+    """VWorldModel.rollout with the upstream modules and the reference DINOv2 (spec 3.2-3.10)."""
+    b, n = obs_0["visual"].shape[:2]
+    frames = F.interpolate(obs_0["visual"].flatten(0, 1), size=(56, 56), mode="bilinear", antialias=True)
+    visual = dinov2_reference(dinov2_state, frames, heads=6).unflatten(0, (b, n))
+    patches = visual.shape[2]
+
+    def tile(embedding):
+        return embedding[:, :, None, :].expand(-1, -1, patches, -1)
+
+    def predict(z):
+        t = z.shape[1]
+        return modules["predictor"](z.flatten(1, 2)).unflatten(1, (t, patches))
+
+    z = torch.cat([visual, tile(modules["proprio_encoder"](obs_0["proprio"])), tile(modules["action_encoder"](act[:, :n]))], dim=-1)
+    for t in range(n, act.shape[1]):
+        z_new = predict(z[:, -NUM_HIST:])[:, -1:].clone()
+        z_new[..., -10:] = tile(modules["action_encoder"](act[:, t : t + 1]))
+        z = torch.cat([z, z_new], dim=1)
+    z = torch.cat([z, predict(z[:, -NUM_HIST:])[:, -1:]], dim=1)
+    return z
+
+
+def _inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    obs = {"visual": torch.rand(2, 1, 3, IMG_SIZE, IMG_SIZE, generator=g) * 2 - 1, "proprio": torch.randn(2, 1, PROPRIO_DIM, generator=g)}
+    return obs, torch.randn(2, 4, ACTION_DIM * FRAMESKIP, generator=g)
+
+
+def test_official_run_loads_and_reproduces_upstream(tmp_path, upstream, dinov2_file, reference):
+    weights, dinov2_state = dinov2_file
+    modules = write_official_run(tmp_path, upstream)
+    assert "models.vit" not in sys.modules  # the stand-ins are gone: nothing to import
+    model, cfg = load_official_run(tmp_path, MODEL_NAME, dinov2_weights=weights)
+    assert not model.training
+    assert (model.num_hist, model.frameskip, model.encoder_img_size) == (NUM_HIST, FRAMESKIP, 56)
+    assert (cfg["img_size"], cfg["frameskip"], cfg["env"]["name"]) == (IMG_SIZE, FRAMESKIP, "pusht")  # hydra.yaml
+    assert cfg["wmquant"]["epoch"] == 7 and cfg["wmquant"]["model"]["action_dim"] == ACTION_DIM
+    assert cfg["wmquant"]["model"]["predictor"] == {**PREDICTOR, "dropout": 0.1, "emb_dropout": 0.0}
+
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randn(2, 2 * 16, 404, generator=g)
+    latents = torch.randn(2, 3, 16, 384, generator=g)
+    proprio, act = torch.randn(2, 3, PROPRIO_DIM, generator=g), torch.randn(2, 3, ACTION_DIM * FRAMESKIP, generator=g)
+    obs, actions = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(model.predictor(tokens), modules["predictor"](tokens), atol=1e-5, rtol=1e-5)
+        expected_images = modules["decoder"](latents)[0].unflatten(0, (2, 3))
+        torch.testing.assert_close(model.decode_visual(latents), expected_images, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.encode_act(act), modules["action_encoder"](act), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(model.proprio_encoder(proprio), modules["proprio_encoder"](proprio), atol=1e-6, rtol=1e-6)
+        _, z = model.rollout(obs, actions)
+        expected_z = _upstream_rollout(modules, reference.dinov2, dinov2_state, obs, actions)
+    assert z.shape == (2, 5, 16, 404)
+    # float32 rounding of 12 encoder blocks (about 5e-5 at unit scale) grows through four
+    # autoregressive predictor calls; a wrong weight or layout would differ by order 1.
+    torch.testing.assert_close(z[:, 0], expected_z[:, 0], atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(z, expected_z, atol=2e-3, rtol=1e-3)
+
+    # The loaded run converts to a wmquant checkpoint with identical outputs.
+    out = save_world_model(model, cfg["wmquant"]["model"], tmp_path / "converted", extra={"official_run": cfg["wmquant"]["run_dir"]})
+    converted, _ = load_world_model(out)
+    with torch.no_grad():
+        assert torch.equal(converted.rollout(obs, actions)[1], z)
+
+
+def test_epoch_selection_and_missing_files(tmp_path, upstream, dinov2_file):
+    weights, _ = dinov2_file
+    write_official_run(tmp_path, upstream, epoch=4)
+    model, cfg = load_official_run(tmp_path, MODEL_NAME, model_epoch=4, dinov2_weights=weights)
+    assert cfg["wmquant"]["checkpoint"].endswith("model_4.pth")
+    with pytest.raises(CheckpointError, match=r"model_5\.pth: missing checkpoint file"):
+        load_official_run(tmp_path, MODEL_NAME, model_epoch=5, dinov2_weights=weights)
+    with pytest.raises(CheckpointError, match=r"outputs/nope/hydra\.yaml: missing"):
+        load_official_run(tmp_path, "nope", dinov2_weights=weights)
+    with pytest.raises(CheckpointError, match=r"pass dinov2_weights=.*dinov2_vits14_pretrain\.pth"):
+        load_official_run(tmp_path, MODEL_NAME)
+
+
+def test_truncated_checkpoint_is_refused(tmp_path, upstream, dinov2_file):
+    write_official_run(tmp_path, upstream)
+    path = tmp_path / "outputs" / MODEL_NAME / "checkpoints" / "model_latest.pth"
+    path.write_bytes(path.read_bytes()[:3000])
+    with pytest.raises(CheckpointError, match=r"model_latest\.pth: cannot read the checkpoint, truncated or corrupt"):
+        load_official_run(tmp_path, MODEL_NAME, dinov2_weights=dinov2_file[0])
+
+
+def test_config_that_disagrees_with_the_weights(tmp_path, upstream, dinov2_file):
+    predictor = {"_target_": "models.vit.ViTPredictor", **PREDICTOR, "heads": 8}
+    write_official_run(tmp_path, upstream, hydra_overrides={"predictor": predictor})
+    with pytest.raises(CheckpointError, match="hydra.yaml says heads=8 but the weights have heads=4"):
+        load_official_run(tmp_path, MODEL_NAME, dinov2_weights=dinov2_file[0])
+    write_official_run(tmp_path, upstream, hydra_overrides={"img_size": 96})  # 36 patches per frame
+    with pytest.raises(CheckpointError, match="pos_embedding has 48 positions, not a multiple of 36 patches"):
+        load_official_run(tmp_path, MODEL_NAME, dinov2_weights=dinov2_file[0])
+    write_official_run(tmp_path, upstream, hydra_overrides={"encoder": {"name": "resnet18"}})
+    with pytest.raises(ConfigError, match="encoder 'resnet18' is not a DINOv2 preset"):
+        load_official_run(tmp_path, MODEL_NAME, dinov2_weights=dinov2_file[0])
+
+
+class _RunsShellCommand:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path, upstream, dinov2_file):
+    marker = tmp_path / "pwned"
+    # The payload is live: plain unpickling runs the command.
+    pickle.loads(pickle.dumps(_RunsShellCommand(marker)))
+    assert marker.exists()
+    marker.unlink()
+
+    write_official_run(tmp_path, upstream, extra_entries={"notes": _RunsShellCommand(marker)})
+    with pytest.raises(CheckpointError, match=r"model_latest\.pth: refused to unpickle global '(posix|os)\.system'"):
+        load_official_run(tmp_path, MODEL_NAME, dinov2_weights=dinov2_file[0])
+    assert not marker.exists()
+
+
+class _CallsEval:
+    def __reduce__(self):
+        return (eval, ("1 + 1",))
+
+
+def test_other_forbidden_globals(tmp_path, upstream, dinov2_file):
+    write_official_run(tmp_path, upstream, extra_entries={"x": _CallsEval()})
+    with pytest.raises(CheckpointError, match=r"refused to unpickle global 'builtins\.eval'"):
+        load_official_run(tmp_path, MODEL_NAME, dinov2_weights=dinov2_file[0])
+
+
+def test_unknown_upstream_class_is_refused(tmp_path, upstream, dinov2_file):
+    class Backdoor(nn.Module):
+        pass
+
+    original_install = upstream.install
+
+    def install_with_backdoor():
+        original_install()
+        Backdoor.__module__, Backdoor.__qualname__ = "models.vit", "Backdoor"
+        sys.modules["models.vit"].Backdoor = Backdoor
+
+    upstream.install = install_with_backdoor
+    write_official_run(tmp_path, upstream, extra_entries={"extra_module": Backdoor()})
+    with pytest.raises(CheckpointError, match=r"refused to unpickle global 'models\.vit\.Backdoor'"):
+        load_official_run(tmp_path, MODEL_NAME, dinov2_weights=dinov2_file[0])
+
+
+def test_a_module_in_the_wrong_slot_is_refused(tmp_path, upstream, dinov2_file):
+    modules = write_official_run(tmp_path, upstream)
+    upstream.install()
+    try:
+        path = tmp_path / "outputs" / MODEL_NAME / "checkpoints" / "model_latest.pth"
+        torch.save({"epoch": 1, "predictor": modules["decoder"]}, path)
+    finally:
+        upstream.uninstall()
+    with pytest.raises(CheckpointError, match=r"'predictor' is models\.vqvae\.VQVAE, expected models\.vit\.ViTPredictor"):
+        load_official_run(tmp_path, MODEL_NAME, dinov2_weights=dinov2_file[0])

@@ -1,0 +1,150 @@
+"""Quantized layers: same parameters, correct fake quantization, observer states, weight cache."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wmquant.errors import QuantizationError
+from wmquant.quant import qmath
+from wmquant.quant.config import QuantScheme
+from wmquant.quant.layers import ActQuantizer, QuantConv1d, QuantConv2d, QuantLinear, WeightQParams, WeightQuantizer
+
+D = torch.float64
+
+
+def test_quant_linear_keeps_parameters_and_state_dict_keys():
+    linear = nn.Linear(6, 4).double()
+    q = QuantLinear.from_float(linear, QuantScheme(w_bits=4, a_bits=8), "layer")
+    assert q.weight is linear.weight and q.bias is linear.bias
+    assert list(q.state_dict()) == list(linear.state_dict())
+
+
+def test_quant_linear_forward_matches_manual_fake_quant():
+    torch.manual_seed(0)
+    linear = nn.Linear(12, 5).double()
+    scheme = QuantScheme(w_bits=3, a_bits=4, w_group_size=5, a_granularity="per_token")
+    q = QuantLinear.from_float(linear, scheme, "layer")
+    q.input_quantizer.set_mode("quant")
+    x = torch.randn(2, 7, 12, dtype=D)
+    expected = F.linear(qmath.per_token_fake_quantize(x, 4), qmath.fake_quantize_weight(linear.weight, 3, 5), linear.bias)
+    assert torch.equal(q(x), expected)
+
+
+def test_weight_cache_follows_in_place_edits():
+    torch.manual_seed(1)
+    linear = nn.Linear(8, 3).double()
+    q = QuantLinear.from_float(linear, QuantScheme(w_bits=4), "layer")
+    x = torch.randn(5, 8, dtype=D)
+    with torch.no_grad():
+        first = q(x)
+        q.weight.mul_(3.0)  # a later transform edits the weight in place
+        second = q(x)
+    expected = F.linear(x, qmath.fake_quantize_weight(linear.weight.detach(), 4, None), linear.bias)
+    assert torch.allclose(second, expected, rtol=0, atol=1e-12)
+    assert not torch.allclose(first, second)
+
+
+def test_fixed_qparams_and_clip_ratios():
+    w = torch.tensor([[4.0, -2.0, 1.0, 0.5]], dtype=D)
+    quantizer = WeightQuantizer(QuantScheme(w_bits=4, w_group_size=2))
+    quantizer.load_qparams(WeightQParams(scale=torch.tensor([[1.0, 0.25]], dtype=D)), w)
+    assert quantizer(w).tolist() == [[4.0, -2.0, 1.0, 0.5]]
+    quantizer.load_qparams(WeightQParams(clip_max=torch.tensor([[0.5, 1.0]], dtype=D),
+                                         clip_min=torch.tensor([[0.5, 1.0]], dtype=D)), w)
+    # group 0: absmax 4 * 0.5 = 2 -> scale 2/7; 4 clamps to 7 * 2/7 = 2
+    assert quantizer(w)[0, 0].item() == pytest.approx(2.0)
+    with pytest.raises(QuantizationError, match="shape"):
+        quantizer.load_qparams(WeightQParams(scale=torch.ones(1, 3, dtype=D)), w)
+    with pytest.raises(QuantizationError):
+        WeightQParams(scale=torch.ones(1, 2), clip_max=torch.ones(1, 2))
+
+
+def test_omse_weight_observer_equals_explicit_search():
+    torch.manual_seed(2)
+    w = torch.randn(4, 20, dtype=D) ** 3
+    quantizer = WeightQuantizer(QuantScheme(w_bits=3, w_group_size=8, w_observer="omse"))
+    ratios = qmath.search_weight_clip_ratios(w, 3, 8)
+    assert torch.equal(quantizer(w), qmath.fake_quantize_weight(w, 3, 8, clip_max=ratios, clip_min=ratios))
+
+
+def test_quant_conv2d_quantizes_rows_of_flattened_kernels_and_tokens_over_channels():
+    torch.manual_seed(3)
+    conv = nn.Conv2d(3, 4, 2, 2).double()
+    scheme = QuantScheme(w_bits=4, a_bits=4, a_granularity="per_token")
+    q = QuantConv2d.from_float(conv, scheme, "conv")
+    x = torch.randn(2, 3, 4, 4, dtype=D)
+    w_hat = qmath.fake_quantize_weight(conv.weight.reshape(4, -1), 4, None).reshape(conv.weight.shape)
+    x_hat = qmath.per_token_fake_quantize(x.movedim(1, -1), 4).movedim(-1, 1)
+    assert torch.equal(q(x), F.conv2d(x_hat, w_hat, conv.bias, stride=2))
+
+
+def test_quant_conv1d_kernel_one_equals_linear_per_position():
+    torch.manual_seed(4)
+    conv = nn.Conv1d(5, 3, 1).double()
+    q = QuantConv1d.from_float(conv, QuantScheme(w_bits=3), "conv")
+    x = torch.randn(2, 5, 6, dtype=D)
+    w_hat = qmath.fake_quantize_weight(conv.weight[:, :, 0], 3, None)
+    expected = (x.transpose(1, 2) @ w_hat.T + conv.bias).transpose(1, 2)
+    assert torch.allclose(q(x), expected, atol=1e-12)
+
+
+def test_act_quantizer_per_tensor_lifecycle():
+    act = ActQuantizer(4, granularity="per_tensor", name="enc.act")
+    x1 = torch.tensor([[-1.0, 2.0]], dtype=D)
+    x2 = torch.tensor([[0.5, 14.0]], dtype=D)
+    assert act(x1) is x1  # off
+    with pytest.raises(QuantizationError, match="enc.act"):
+        act.set_mode("quant")
+    with pytest.raises(QuantizationError, match="enc.act.*no calibration data"):
+        act.freeze()
+    act.set_mode("observe")
+    assert torch.equal(act(x1), x1) and torch.equal(act(x2), x2)
+    act.freeze()
+    assert act.scale.item() == pytest.approx(1.0)  # running range [-1, 14] over both calls -> 15/15
+    assert act.zero_point.item() == 1.0
+    act.set_mode("quant")
+    assert act(torch.tensor([2.4, 20.0, -3.0], dtype=D)).tolist() == pytest.approx([2.0, 14.0, -1.0])
+    with pytest.raises(QuantizationError, match="mode"):
+        act.set_mode("calibrate")
+
+
+def test_act_quantizer_per_token_needs_no_calibration():
+    act = ActQuantizer(4, granularity="per_token")
+    assert not act.needs_calibration
+    act.set_mode("quant")
+    x = torch.tensor([[-5.0, 0.0, 2.5, 10.0]], dtype=D)
+    assert act(x).tolist() == [[-5.0, 0.0, 2.0, 10.0]]
+
+
+def test_act_quantizer_omse_freeze_not_worse_than_minmax_on_its_sample():
+    torch.manual_seed(5)
+    act = ActQuantizer(4, observer="omse", sample_size=4096)
+    act.set_mode("observe")
+    for _ in range(3):
+        x = torch.randn(64, 32, dtype=D)
+        x[0, 0] = 30.0
+        act(x)
+    sample = act.sample.clone()
+    act.freeze()
+    minmax = qmath.qparams_from_range(act.running_min, act.running_max, 4, False)
+    err = lambda s, z: (qmath.fake_quantize(sample, s, z, 4, False) - sample).pow(2).mean()  # noqa: E731
+    assert err(act.scale, act.zero_point) < err(*minmax)
+
+
+def test_calibrated_under_inference_mode_then_differentiable_for_a_gd_planner():
+    torch.manual_seed(6)
+    linear = nn.Linear(8, 4)
+    q = QuantLinear.from_float(linear, QuantScheme(w_bits=4, a_bits=8), "layer")
+    with torch.inference_mode():
+        q.input_quantizer.set_mode("observe")
+        q(torch.randn(16, 8))
+        q.input_quantizer.freeze()
+        q.input_quantizer.set_mode("quant")
+        q(torch.randn(2, 8))  # fills the weight cache in inference mode
+    x = torch.randn(3, 8, requires_grad=True)
+    q(x).sum().backward()
+    # straight-through: inside the calibrated range the gradient is that of the float layer
+    inside = (x.detach() > q.input_quantizer.running_min) & (x.detach() < q.input_quantizer.running_max)
+    expected = q.weight_quantizer(q.weight).sum(dim=0).expand(3, 8)
+    assert torch.allclose(x.grad[inside], expected[inside])

@@ -1,0 +1,150 @@
+"""Reports: numbers, intervals, paper numbers and McNemar marks in every format."""
+
+import csv
+import io
+
+import pytest
+from fake_runner import build_result
+
+from wmquant.errors import StudyError
+from wmquant.io import write_json
+from wmquant.study.report import build_report, column_index, write_report
+from wmquant.study.spec import load_spec
+from wmquant.study.store import ResultStore
+
+OVERRIDES = {"n_evals": 10, "planner.max_iter": 5}
+
+
+def _series(final, first=None):
+    """Five iterations of ten episodes: `first` at iteration 1, `final` from iteration 2 on."""
+    first = final if first is None else first
+    return [first] + [final] * 4
+
+
+def _find(runs, method, w, a, aqg="per_tensor"):
+    mode = {"per_tensor": "layer_wise", "per_token": "token_wise"}[aqg]
+    return next(r for r in runs if r.overrides["method"] == method and r.overrides.get("predictor_wbit") == w
+                and r.overrides.get("predictor_abit") == a and r.overrides.get("calib_mode_a") == mode)
+
+
+@pytest.fixture()
+def sweep(tmp_path):
+    spec = load_spec("table3")
+    runs = spec.expand(OVERRIDES)
+    store = ResultStore(tmp_path / "sweep")
+    store.bind(spec, OVERRIDES, runs)
+
+    def put(run, series, seeds=None):
+        store.prepare_run(run)
+        result = build_result(run.overrides, run.run_id, success_by_iter=series)
+        if seeds is not None:
+            result["eval_seeds"] = seeds
+        write_json(store.result_path(run.run_id), result)
+        return run.run_id
+
+    ids = {
+        "fp": put(runs[0], _series([1] * 9 + [0], first=[1] * 5 + [0] * 5)),
+        "rtn88": put(_find(runs, "rtn", 8, 8), _series([1] * 9 + [0])),
+        "omse44": put(_find(runs, "omse", 4, 4), _series([0] * 10)),
+        "sq44": put(_find(runs, "smoothquant", 4, 4), _series([1] * 3 + [0] * 7)),
+        "omni44": put(_find(runs, "omniquant", 4, 4), _series([0] * 10), seeds=list(range(500, 510))),
+    }
+    corrupt = _find(runs, "rtn", 6, 6)
+    store.prepare_run(corrupt)
+    store.result_path(corrupt.run_id).write_text('{"schema": "wmquant.result/1", "run_id": ')
+    ids["corrupt"] = corrupt.run_id
+    return store, runs, ids
+
+
+def test_column_mapping():
+    assert [column_index(k) for k in (0, 1, 5, 50)] == [0, 0, 4, 49]
+
+
+def test_report_numbers_intervals_paper_and_mcnemar(sweep):
+    store, runs, ids = sweep
+    report = build_report(store.root)
+    assert report.columns == [0, 5]  # planner.max_iter=5 reaches the "5 iters" column, no further
+    rows = {row.run_id: row for row in report.rows}
+    assert len(report.rows) == len(runs) == 33
+    fp = rows[ids["fp"]]
+    assert (fp.cells[0].successes, fp.cells[5].successes) == (5, 9)
+    assert (fp.cells[0].lo, fp.cells[0].hi) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert fp.paper == {0: 0.48, 5: 0.94, 10: 0.94, 20: 0.94, 30: 0.94, 40: 0.94, 50: 0.94}
+    omse = rows[ids["omse44"]].cells[5]
+    assert (omse.b, omse.c, omse.p_vs_fp) == (0, 9, pytest.approx(2 / 2 ** 9))
+    assert rows[ids["rtn88"]].cells[5].p_vs_fp == 1.0
+    assert rows[ids["omse44"]].cells[0].p_vs_fp is None  # final column only by default
+    assert rows[ids["omni44"]].cells[5].p_vs_fp is None and report.unpaired == [ids["omni44"]]
+    assert rows[ids["corrupt"]].status == "corrupt" and rows[ids["corrupt"]].paper[50] == 0.88
+    pending = [row for row in report.rows if row.status == "pending"]
+    assert len(pending) == 33 - 6 and all(row.paper for row in pending)
+    pairs = {(c.method_a, c.method_b): c for c in report.comparisons}
+    assert set(pairs) == {("omse", "smoothquant")}  # omniquant's episodes differ: not paired
+    assert (pairs["omse", "smoothquant"].b, pairs["omse", "smoothquant"].c) == (0, 3)
+    assert pairs["omse", "smoothquant"].p_value == pytest.approx(0.25)
+    chi2 = {row.run_id: row for row in build_report(store.root, mcnemar_method="chi2_cc").rows}
+    assert chi2[ids["omse44"]].cells[5].p_vs_fp == pytest.approx(0.00766, abs=5e-5)  # (|0-9|-1)^2/9 = 7.11
+    with pytest.raises(StudyError, match="unknown McNemar method"):
+        build_report(store.root, mcnemar_method="z")
+    every = build_report(store.root, mcnemar_scope="all")
+    assert {row.run_id: row for row in every.rows}[ids["omse44"]].cells[0].p_vs_fp == pytest.approx(2 / 2 ** 5)
+
+
+def test_report_files(sweep):
+    store, runs, ids = sweep
+    (store.root / "figures").mkdir()
+    (store.root / "figures" / "rollouts.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    paths = write_report(store.root)
+    assert paths["md"].parent == store.root / "report"
+    md = paths["md"].read_text()
+    assert "| FP32 | 32 | 32 | \u2013 | \u2013 | 0.50 [0.24, 0.76] (0.48) | 0.90 [0.60, 0.98] (0.94) |" in md
+    assert "| OMSE | 4 | 4 | \u2013 | per-tensor | 0.00* [0.00, 0.28] (0.00) | 0.00* [0.00, 0.28] (0.06) |" not in md
+    assert "| OMSE | 4 | 4 | \u2013 | per-tensor | 0.00 [0.00, 0.28] (0.00) | 0.00* [0.00, 0.28] (0.06) |" in md
+    assert "| RTN | 8 | 8 | \u2013 | per-tensor | 0.90 [0.60, 0.98] (0.48) | 0.90 [0.60, 0.98] (0.94) |" in md
+    assert "| RTN | 6 | 6 | \u2013 | per-tensor | \u2014 (0.24) | \u2014 (0.78) |" in md
+    assert "McNemar" in md and "max(k-1, 0)" in md and str(store.result_path(ids["corrupt"])) in md
+    assert "](figures/success_curves.png)" in md
+
+    table = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
+    by_id = {row["run_id"]: row for row in table}
+    assert len(table) == 33
+    assert by_id[ids["fp"]]["it0_success"] == "0.5000" and by_id[ids["fp"]]["it0_paper"] == "0.48"
+    assert float(by_id[ids["omse44"]]["it5_p_vs_fp"]) == pytest.approx(2 / 2 ** 9, rel=1e-3)
+    assert float(by_id[ids["omse44"]]["it5_hi"]) == pytest.approx(0.2775, abs=1e-4)
+    assert by_id[ids["corrupt"]]["status"] == "corrupt" and by_id[ids["corrupt"]]["it5_success"] == ""
+
+    tex = paths["tex"].read_text()
+    assert "0.00$^{*}$ {\\scriptsize [0.00, 0.28] (0.06)}" in tex and "\\#W" in tex and "\\toprule" in tex
+
+    page = paths["html"].read_text()
+    assert page.count("data:image/png;base64,") == 3  # two report figures and the extra PNG
+    assert "http://" not in page and "https://" not in page and "<link" not in page and "<script" not in page
+    assert "0.00*" in page and "p=0.00391" in page and ids["corrupt"] in page
+    assert paths["success_curves"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_module_ablation_layout(tmp_path):
+    spec = load_spec("table7")
+    runs = spec.expand(OVERRIDES)
+    store = ResultStore(tmp_path / "t7")
+    store.bind(spec, OVERRIDES, runs)
+    for run in runs[:3]:
+        store.prepare_run(run)
+        write_json(store.result_path(run.run_id), build_result(run.overrides, run.run_id))
+    md = write_report(store.root, out_dir=tmp_path / "out")["md"].read_text()
+    assert "| Method | #W_Enc | #A_Enc | #W_Pred | #A_Pred | #G | AQG |" in md
+    assert "| RTN | 6 | 8 | 8 | 8 | \u2013 | per-tensor |" in md and "(0.42)" in md
+
+
+def test_empty_or_missing_directories(tmp_path):
+    with pytest.raises(StudyError, match="does not exist"):
+        write_report(tmp_path / "nowhere")
+    spec = load_spec("table2")
+    store = ResultStore(tmp_path / "empty")
+    store.bind(spec, {}, spec.runs)
+    with pytest.raises(StudyError, match="no results in .*17 planned run"):
+        write_report(store.root)
+    store.prepare_run(spec.runs[0])
+    store.result_path(spec.runs[0].run_id).write_text("{}")
+    with pytest.raises(StudyError, match="1 corrupt result file.*result.json: schema"):
+        write_report(store.root)
