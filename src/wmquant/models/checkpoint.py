@@ -334,6 +334,10 @@ def save_world_model(model: WorldModel, cfg: Mapping | Any, out_dir: str | os.Pa
 # --- loading --------------------------------------------------------------------------------------
 
 
+# The original study's README names the Wall checkpoint `wall_single` in its quantization commands.
+SHIPPED_ALIASES = {"wall_single": "wall"}
+
+
 def _shipped_models_root():
     return resources.files("wmquant") / "assets" / "models"
 
@@ -397,6 +401,7 @@ def load_world_model(name_or_path: str | os.PathLike, device: str | torch.device
     if "/" in text or os.sep in text:
         raise CheckpointError(f"{path}: no such model directory")
     names = shipped_model_names()
+    text = SHIPPED_ALIASES.get(text, text)
     if text not in names:
         shipped = ", ".join(names) if names else "none"
         raise CheckpointError(f"unknown model name {text!r}: not a directory and not a shipped model (shipped: {shipped})")

@@ -154,9 +154,25 @@ KNOWN_KEYS: dict[str, Callable[[str, Any], Any]] = {
     "tag": _text,
     "n_evals": _positive,
     "seed": _non_negative,
+    # run settings that do not change what a run measures, or that a study may fix
+    "goal_source": _text,
+    "goal_H": _positive,
+    "dataset_path": _text,
+    "render_size": _scalar,
+    "ckpt_base_path": _text,
+    "model_epoch": _scalar,
+    "dinov2_weights": _text,
+    "act_scales_dir": _text,
+    "sta_scale": _boolean,
+    "save_plots": _boolean,
+    "save_video": _boolean,
+    "n_plot_samples": _non_negative,
+    "quant_targets": lambda key, value: value,
 }
 # Planner settings are many and belong to the planner's config; any `planner.*` key passes through.
-KNOWN_PREFIXES: dict[str, Callable[[str, Any], Any]] = {"planner.": _scalar}
+KNOWN_PREFIXES: dict[str, Callable[[str, Any], Any]] = {
+    "planner.": _scalar, "engine.": _scalar, "objective.": _scalar, "method_options.": _scalar,
+}
 KNOWN_PREFIX_KEYS: dict[str, Callable[[str, Any], Any]] = {
     "planner.max_iter": _positive,
     "planner.sub_planner.opt_steps": _positive,
