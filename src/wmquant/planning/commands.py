@@ -18,7 +18,8 @@ from typing import Any, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError
-from .results import build_result, new_run_dir, success_table, write_figures, write_logs, write_result
+from .results import (build_result, new_run_dir, progress_writer, success_table, write_figures, write_logs,
+                      write_result)
 from .session import PlanningSession
 
 # Seed README compatibility: the original scripts chose the method through w_quant_method.
@@ -30,11 +31,20 @@ def _compose(config_name: str | None, overrides: Sequence[str]) -> DictConfig:
     from ..cli import compose_config
 
     if config_name is None:
-        env = next((o.split("=", 1)[1] for o in overrides if o.startswith("env=")), "wall")
-        config_name = f"plan_{env}"
+        config_name = f"plan_{env_from_overrides(overrides)}"
     # method_options is an open mapping of method hyper-parameters: `method_options.alpha=0.8` adds a key.
     overrides = [f"+{o}" if o.startswith("method_options.") else o for o in overrides]
     return compose_config(config_name, overrides)
+
+
+def env_from_overrides(overrides: Sequence[str], default: str = "wall") -> str:
+    """The env an override list names (`env=...`), to pick plan_<env>.yaml / train_<env>.yaml."""
+    from ..envs import ENV_NAMES
+
+    env = next((o.split("=", 1)[1] for o in overrides if o.startswith("env=")), default)
+    if env not in ENV_NAMES:
+        raise ConfigError(f"unknown env {env!r}; valid envs: {', '.join(ENV_NAMES)}")
+    return env
 
 
 def _explicit(overrides: Sequence[str], key: str) -> bool:
@@ -48,7 +58,8 @@ def run_plan(cfg: DictConfig, progress: bool = True, session: PlanningSession | 
     start = time.perf_counter()
     episodes, env = session.episodes("evaluation")
     try:
-        trace = session.plan(episodes, env, progress=progress, plot_episodes=int(cfg.n_plot_samples))
+        trace = session.plan(episodes, env, progress=progress, plot_episodes=int(cfg.n_plot_samples),
+                             on_iteration=progress_writer(run_dir, start))
     finally:
         env.close()
     seconds = time.perf_counter() - start
@@ -187,7 +198,8 @@ def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession |
     calib_seconds = time.perf_counter() - start
     episodes, env = session.episodes("evaluation")
     try:
-        trace = session.plan(episodes, env, progress=progress, plot_episodes=int(cfg.n_plot_samples))
+        trace = session.plan(episodes, env, progress=progress, plot_episodes=int(cfg.n_plot_samples),
+                             on_iteration=progress_writer(run_dir, start))
     finally:
         env.close()
     seconds = time.perf_counter() - start

@@ -130,6 +130,23 @@ def write_figures(run_dir: Path, trace: PlanningTrace, model, title: str) -> lis
     return paths
 
 
+def progress_writer(run_dir: Path, started: float):
+    """An MPC callback that keeps `progress.json` (success so far) current, so that an interrupted
+    run still shows what it had measured. `result.json` alone marks a finished run."""
+    import time
+
+    def write(iteration: int, trace: PlanningTrace) -> None:
+        wio.write_json(run_dir / "progress.json", {
+            "iterations_done": iteration + 1,
+            "success_rate_by_iter": trace.success_rate_by_iter,
+            "success_by_iter": trace.success_by_iter,
+            "latent_mse_by_iter": trace.latent_mse_by_iter,
+            "seconds": time.perf_counter() - started,
+        })
+
+    return write
+
+
 def write_result(run_dir: Path, result: dict[str, Any]) -> Path:
     path = run_dir / "result.json"
     wio.write_json(path, result)

@@ -212,6 +212,7 @@ class PlanningSession:
         progress: bool = True,
         desc: str = "MPC",
         plot_episodes: int = 0,
+        on_iteration=None,
     ) -> PlanningTrace:
         mpc = self.cfg.planner.name == "mpc"
         config = MPCConfig(
@@ -221,7 +222,7 @@ class PlanningSession:
         )
         return run_mpc(
             self.engine, self.planner(), env, episodes, config, self.bundle.frameskip, int(self.cfg.seed),
-            progress=progress, desc=desc, plot_episodes=plot_episodes,
+            progress=progress, desc=desc, plot_episodes=plot_episodes, on_iteration=on_iteration,
         )
 
 

@@ -201,8 +201,9 @@ def train_command(config_name: str | None, overrides: Sequence[str]) -> int:
     from ..cli import compose_config
 
     if config_name is None:
-        env = next((o.split("=", 1)[1] for o in overrides if o.startswith("env=")), "wall")
-        config_name = f"train_{env}"
+        from ..planning.commands import env_from_overrides
+
+        config_name = f"train_{env_from_overrides(overrides)}"
     cfg = compose_config(config_name, overrides)
     summary = run_training(cfg)
     print(json.dumps(summary, indent=2))

@@ -1,0 +1,77 @@
+"""`wmquant train` end to end on the CPU: pretrain a tiny encoder, train a tiny world model, save,
+load by path, and plan with it; resume continues where a run stopped."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from wmquant.cli import main
+from wmquant.models.checkpoint import load_world_model
+
+TINY = [
+    "model.img_size=32", "model.encoder.dim=32", "model.encoder.depth=1", "model.encoder.heads=2", "model.encoder.out_dim=16",
+    "model.predictor.depth=1", "model.predictor.heads=2", "model.predictor.dim_head=8", "model.predictor.mlp_dim=32",
+    "model.decoder.channel=16", "model.decoder.n_res_block=1", "model.decoder.n_res_channel=8",
+    "model.decoder.upsample_stride=2", "model.decoder.decode_stride=4",
+    "encoder_pretrain.batch_size=8", "training.batch_size=8", "training.log_every=1", "training.val_batches=1",
+    "device=cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def wall_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "wall"
+    assert main(["data", "--env", "wall", "--out", str(out), "--episodes", "10", "--steps", "25", "--seed", "3",
+                 "--workers", "1", "--quiet"]) == 0
+    return out
+
+
+def _train(data, out, steps):
+    return main(["train", "--config-name", "train_wall.yaml", f"dataset_path={data}", f"output_dir={out}",
+                 f"encoder_pretrain.steps={steps}", f"training.steps={steps}", "checkpoint_every=2", *TINY])
+
+
+def test_train_end_to_end_and_plan(wall_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(wall_data, out, 3) == 0
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["train_episodes"] == 9 and summary["val_episodes"] == 1
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert {entry["stage"] for entry in log} == {"encoder", "world_model"}
+    assert all(torch.isfinite(torch.tensor(e["train/z_loss"])) for e in log if "train/z_loss" in e)
+    model, cfg = load_world_model(out / "model")
+    assert cfg["planning"]["env"] == "wall" and cfg["planning"]["frameskip"] == 5
+    # the frozen encoder in the world model is the pretrained one, bit for bit
+    from safetensors.torch import load_file
+
+    encoder = load_file(str(out / "encoder" / "encoder.safetensors"))
+    for name, tensor in model.encoder.state_dict().items():
+        assert torch.equal(tensor, encoder[name]), name
+    assert main(["plan", "--config-name", "plan_wall.yaml", f"model_name={out / 'model'}", "n_evals=2",
+                 "planner.max_iter=1", "planner.sub_planner.num_samples=8", "planner.sub_planner.topk=2",
+                 "planner.sub_planner.opt_steps=1", f"output_dir={tmp_path / 'plan'}", "save_plots=false"]) == 0
+    assert (tmp_path / "plan" / "result.json").exists()
+
+
+def test_training_resumes_from_its_checkpoint(wall_data, tmp_path):
+    out = tmp_path / "run"
+    assert _train(wall_data, out, 3) == 0
+    first = (out / "model" / "model.safetensors").read_bytes()
+    # a longer run in the same directory continues from step 3 of the world-model stage checkpoint
+    # (the encoder stage is complete and is not redone)
+    assert (out / "checkpoints" / "world_model" / "trainer_state.json").exists()
+    encoder_before = (out / "encoder" / "encoder.safetensors").read_bytes()
+    assert _train(wall_data, out, 5) == 0
+    assert (out / "encoder" / "encoder.safetensors").read_bytes() == encoder_before
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    wm_steps = [e["step"] for e in log if e["stage"] == "world_model" and "train/loss" in e]
+    assert wm_steps[-1] == 4 and 2 in wm_steps[len(wm_steps) // 2:], wm_steps
+    assert (out / "model" / "model.safetensors").read_bytes() != first
+
+
+def test_train_refuses_missing_paths(tmp_path, capsys):
+    assert main(["train", "--config-name", "train_wall.yaml", f"output_dir={tmp_path}"]) == 2
+    assert "dataset_path" in capsys.readouterr().err
