@@ -34,7 +34,7 @@ WALL_COMMANDS = {
                    "calib_mode_a=layer_wise quant_iter=2 scale_tag=iter2_opt10_eval50 method=smoothquant "
                    "tag=smooth_quant_Pw8a8_Ew8a8_per_tensor_iter2",
     "omniquant": "quant --config-name plan_wall.yaml model_name=wall_single quant=True quant_encoder=True predictor_wbit=8 "
-                 "predictor_abit=8 encoder_wbit=8 encoder_abit=8 w_quant_method=omniquant a_quant_method=minmax "
+                 "predictor_abit=8 encoder_wbit=8 encoder_abit=8 w_quant_method=omniquant a_quant_method=omniquant "
                  "calib_mode_a=layer_wise quant_iter=2 scale_tag=iter2_opt10_eval50 "
                  "tag=omni_quant_Pw8a8_Ew8a8_per_tensor_iter2 method_options.epochs=1 method_options.n_samples=4",
     "awq": "quant --config-name plan_wall.yaml model_name=wall_single quant=True quant_encoder=True predictor_wbit=8 "

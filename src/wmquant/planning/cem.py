@@ -79,8 +79,23 @@ class CEMPlanner:
             [torch.randn((cfg.opt_steps, cfg.num_samples, cfg.horizon, self.action_dim), generator=g) for g in generators]
         )
         device = engine.device
-        mu, sigma, noise = mu.to(device), sigma.to(device), noise.to(device)
-        best = torch.full((episodes,), float("inf"), device=device)
+        mu, best = self.optimize(engine, z0, z_goal, mu.to(device), sigma.to(device), noise.to(device))
+        return PlanResult(actions=mu.cpu(), best_cost=best.cpu())
+
+    def optimize(
+        self,
+        engine: Engine,
+        z0: dict[str, torch.Tensor],
+        z_goal: dict[str, torch.Tensor],
+        mu: torch.Tensor,
+        sigma: torch.Tensor,
+        noise: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The CEM iterations, all on the engine's device: mu, sigma (E, H, A), noise (E, steps, S, H, A)
+        -> (final mu (E, H, A), lowest sampled cost at the last step (E,)). Nothing here reads a
+        device value on the host, so a GPU runs the whole loop from one queue of work."""
+        cfg = self.config
+        best = torch.full((mu.shape[0],), float("inf"), device=mu.device)
         for step in range(cfg.opt_steps):
             samples = mu[:, None] + sigma[:, None] * noise[:, step]
             samples[:, 0] = mu
@@ -90,4 +105,4 @@ class CEMPlanner:
             mu = elites.mean(dim=1)
             sigma = elites.std(dim=1)
             best = torch.gather(costs, 1, order[:, :1]).squeeze(1)
-        return PlanResult(actions=mu.cpu(), best_cost=best.cpu())
+        return mu, best

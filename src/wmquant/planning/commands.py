@@ -25,6 +25,7 @@ from .session import PlanningSession
 # Seed README compatibility: the original scripts chose the method through w_quant_method.
 METHOD_FROM_W_QUANT_METHOD = {"minmax": "rtn", "omse": "omse", "awq": "awq", "omniquant": "omniquant"}
 A_GRANULARITY = {"layer_wise": "per_tensor", "token_wise": "per_token"}
+A_OBSERVER = {"minmax": "minmax", "omse": "omse", "awq": "minmax", "omniquant": "minmax"}
 
 
 def _compose(config_name: str | None, overrides: Sequence[str]) -> DictConfig:
@@ -146,13 +147,17 @@ def build_quant_config(cfg: DictConfig, method: str):
     if isinstance(group, bool) or not isinstance(group, int) or (group != -1 and group < 1):
         raise ConfigError(f"W_GROUP_SIZE must be -1 (per-channel) or a positive integer, got {group!r}")
     w_observer = "omse" if method == "omse" or cfg.w_quant_method == "omse" else "minmax"
+    # QuantWM's observer registry maps `awq` and `omniquant` to min/max (spec quantwm.md section 2).
+    a_observer = A_OBSERVER.get(str(cfg.a_quant_method))
+    if a_observer is None:
+        raise ConfigError(f"unknown a_quant_method {cfg.a_quant_method!r}; valid: {', '.join(A_OBSERVER)}")
 
     def scheme(on: bool, wbit: int, abit: int) -> QuantScheme:
         if not on:
             return QuantScheme()
         return QuantScheme(
             w_bits=int(wbit), a_bits=int(abit), w_group_size=None if group == -1 else int(group),
-            a_granularity=granularity, w_observer=w_observer, a_observer=str(cfg.a_quant_method),
+            a_granularity=granularity, w_observer=w_observer, a_observer=a_observer,
         )
 
     targets = cfg.quant_targets
@@ -165,6 +170,7 @@ def build_quant_config(cfg: DictConfig, method: str):
 
 
 def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession | None = None) -> tuple[dict, Path]:
+    from ..kernels.real import apply_engine_backend_
     from ..quant.calibration import calibrate_and_quantize
     from ..quant.methods import get_method
     from ..quant.stats import load_act_stats
@@ -195,6 +201,7 @@ def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession |
         )
     finally:
         calib_env.close()
+    apply_engine_backend_(session.model, str(cfg.engine.get("backend", "fake")))  # engine.backend=real: real low-bit kernels
     calib_seconds = time.perf_counter() - start
     episodes, env = session.episodes("evaluation")
     try:
