@@ -16,7 +16,8 @@ Sections (`--sections`, default all):
   bytes) and their agreement with fake quantization.
 
 `--quick` shrinks everything to CPU-sized shapes (a smoke run, < 60 s on 2 cores). The report is
-printed as a table and written as JSON (`--json`, atomically, after every section).
+printed as a table and written as JSON (`--json`, atomically, after every measurement, so a run
+cut short keeps what it measured).
 """
 
 from __future__ import annotations
@@ -135,12 +136,13 @@ def peak_memory(device: torch.device, out: dict[str, Any]) -> Any:
 
 @contextlib.contextmanager
 def tf32(enabled: bool):
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = enabled
+    """TF32 for matmuls and cuDNN convolutions (the encoder's patch embedding) on or off."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 # --- settings ---------------------------------------------------------------------------------------
@@ -258,7 +260,7 @@ def quantize_for(variant: Variant, model: nn.Module) -> nn.Module:
     else:
         scheme = QuantScheme(w_bits=4, w_group_size=128)
     quantized = quantize_(copy.deepcopy(model), QuantConfig(predictor=scheme))
-    return to_real_backend_(quantized, int4_kernel="dequant" if variant.quant == "w4a16_dequant" else "int4pack")
+    return to_real_backend_(quantized, int4_kernel="dequant" if variant.quant == "w4a16_dequant" else "auto")
 
 
 # --- measurements -----------------------------------------------------------------------------------
@@ -287,7 +289,7 @@ def measure_cem_step(case: Case, variant: Variant, settings: Settings, peaks: di
     encode = time_calls(lambda i: engine.encode(_random_obs(case, episodes, i)), device, 1, settings.repeats)
     z0, goal = engine.encode(_random_obs(case, episodes, 1)), engine.encode(_random_obs(case, episodes, 2))
     result: dict[str, Any] = {"episodes": episodes, "samples": samples, "horizon": settings.horizon,
-                              "chunk_episodes": engine._chunk(episodes, samples, settings.horizon)}
+                              "chunk_episodes": engine.episodes_per_call(episodes, samples, settings.horizon)}
     with peak_memory(device, result):
         timing = time_calls(lambda i: planner.plan(engine, z0, goal, [noise_generator(0, e, i) for e in range(episodes)]),
                             device, settings.warmup, settings.repeats)
@@ -305,11 +307,25 @@ def measure_cem_step(case: Case, variant: Variant, settings: Settings, peaks: di
         "peak": variant.peak,
         "compile_status": engine.compile_status,
     })
+    if variant.compile:
+        actions = torch.randn(episodes, samples, settings.horizon, case.action_width,
+                              generator=torch.Generator().manual_seed(9)).to(device)
+        result["compiled_vs_eager_max_rel_diff"] = _compiled_vs_eager(engine, z0, goal, actions)
     if variant.quant:
         from .kernels.real import real_weight_bytes
 
         result["weight_bytes"] = real_weight_bytes(model)
     return result
+
+
+def _compiled_vs_eager(engine, z0: dict[str, torch.Tensor], goal: dict[str, torch.Tensor], actions: torch.Tensor) -> float:
+    """max |compiled - eager| / max |eager| over the costs of one batch of samples: a compiler that
+    ran but computed something else shows here."""
+    from dataclasses import replace
+
+    compiled = engine.sample_costs(z0, goal, actions)
+    eager = replace(engine, compile=False).sample_costs(z0, goal, actions)
+    return float((compiled - eager).abs().max() / eager.abs().max())
 
 
 def measure_original(case: Case, settings: Settings, peaks: dict[str, Any]) -> dict[str, Any]:
@@ -357,15 +373,17 @@ def measure_original(case: Case, settings: Settings, peaks: dict[str, Any]) -> d
 
 
 def _gemm_rate(dtype: str, n: int, device: torch.device, repeats: int) -> dict[str, Any]:
-    gen = torch.Generator(device="cpu").manual_seed(n)
+    """Rate of n x n x n products on random data (two input pairs in turn, so no repeat reads a
+    cache the previous one filled): TFLOP/s, or INT8 TOP/s through torch._int_mm."""
+    gen = torch.Generator(device=device).manual_seed(n)
     if dtype == "int8":
-        pairs = [(torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=gen).to(device),
-                  torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=gen).to(device)) for _ in range(2)]
+        pairs = [tuple(torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=gen, device=device)
+                       for _ in range(2)) for _ in range(2)]
         fn = lambda i: torch._int_mm(pairs[i % 2][0], pairs[i % 2][1].t())  # noqa: E731
     else:
         torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
-        pairs = [(torch.randn(n, n, generator=gen).to(device, torch_dtype),
-                  torch.randn(n, n, generator=gen).to(device, torch_dtype)) for _ in range(2)]
+        pairs = [tuple(torch.randn(n, n, generator=gen, device=device).to(torch_dtype) for _ in range(2))
+                 for _ in range(2)]
         fn = lambda i: pairs[i % 2][0] @ pairs[i % 2][1]  # noqa: E731
     with tf32(dtype == "tf32"):
         timing = time_calls(fn, device, 2, repeats)
@@ -404,19 +422,21 @@ def _error_text(err: BaseException) -> str:
 # --- sections ---------------------------------------------------------------------------------------
 
 def _variants_for(case_key: str, settings: Settings) -> list[Variant]:
-    variants = [Variant("fp32"), Variant("tf32", precision="tf32"), Variant("bf16", precision="bf16")]
-    if case_key in settings.compile_cases:
-        variants += [Variant("fp32_compiled", compile=True), Variant("bf16_compiled", precision="bf16", compile=True)]
-    return variants
+    """Most important first (a run cut short keeps those): the exact default, BF16, then the rest."""
+    if case_key not in settings.compile_cases:
+        return [Variant("fp32"), Variant("bf16", precision="bf16"), Variant("tf32", precision="tf32")]
+    return [Variant("fp32"), Variant("bf16", precision="bf16"), Variant("bf16_compiled", precision="bf16", compile=True),
+            Variant("tf32", precision="tf32"), Variant("fp32_compiled", compile=True)]
 
 
 def _kernel_variants(settings: Settings) -> list[Variant]:
+    """Real-kernel rollouts; the rest of the model runs in BF16 on CUDA (FP32 on the CPU)."""
     half = "bf16" if settings.device.type == "cuda" else "fp32"
     variants = [Variant("w8a8_real", precision=half, quant="w8a8"),
                 Variant("w4a16_real", precision=half, quant="w4a16", peak="bf16"),
                 Variant("w4a16_real_dequant", precision=half, quant="w4a16_dequant", peak="bf16")]
     if settings.device.type == "cuda":
-        variants.insert(1, Variant("w8a8_real_compiled", precision=half, quant="w8a8", compile=True))
+        variants.insert(0, Variant("w8a8_real_compiled", precision=half, quant="w8a8", compile=True))
     return variants
 
 
@@ -468,60 +488,67 @@ class Bench:
                 continue
             start = time.perf_counter()
             self.log(f"[bench] {section} ...")
-            self.report["sections"][section] = getattr(self, f"section_{section}")()
+            getattr(self, f"section_{section}")(self.report["sections"].setdefault(section, {}))
             self.report["section_seconds"][section] = time.perf_counter() - start
             self.save()
         return self.report
 
-    def section_peaks(self) -> dict[str, Any]:
-        return measure_peaks(self.settings)
+    def measure(self, out: dict[str, Any], key: str, label: str, fn: Callable[[], dict[str, Any]]) -> None:
+        """out[key] = fn() (or its failure), then save: a benchmark cut short keeps what it measured."""
+        self.log(f"[bench]   {label}")
+        out[key] = _guarded(fn)
+        self.save()
+
+    def section_peaks(self, out: dict[str, Any]) -> None:
+        out.update(measure_peaks(self.settings))
 
     def _require_peaks(self) -> None:
-        if "peaks" not in self.report["sections"]:
+        if not self.report["sections"].get("peaks"):
             self.report["sections"]["peaks"] = measure_peaks(self.settings)
 
-    def section_cem(self) -> dict[str, Any]:
+    def section_cem(self, out: dict[str, Any]) -> None:
         self._require_peaks()
-        out: dict[str, Any] = {}
         for key in self.settings.cases:
             case = self.case(key)
-            entry: dict[str, Any] = {"description": case.description,
-                                     "predictor_flops_per_rollout": predictor_flops(case.model, self.settings.horizon),
-                                     "variants": {}}
-            for variant in _variants_for(key, self.settings):
-                self.log(f"[bench]   cem {key} {variant.name}")
-                entry["variants"][variant.name] = _guarded(lambda: measure_cem_step(case, variant, self.settings, self.peaks))
+            entry = out.setdefault(key, {"description": case.description,
+                                         "predictor_flops_per_rollout": predictor_flops(case.model, self.settings.horizon),
+                                         "variants": {}})
             if self.settings.original and key.startswith(("dinowm", "tiny")):
-                self.log(f"[bench]   cem {key} original procedure")
-                entry["original"] = _guarded(lambda: measure_original(case, self.settings, self.peaks))
-            entry["protocol_estimates"] = protocol_estimates(case.model, entry)
-            out[key] = entry
-        return out
+                self.measure(entry, "original", f"cem {key} original procedure",
+                             lambda: measure_original(case, self.settings, self.peaks))
+            for variant in _variants_for(key, self.settings):
+                self.measure(entry["variants"], variant.name, f"cem {key} {variant.name}",
+                             lambda: measure_cem_step(case, variant, self.settings, self.peaks))
+                entry["protocol_estimates"] = protocol_estimates(case.model, entry)
 
-    def section_protocol(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"wall": _guarded(lambda: run_protocol_pair("wall", self.settings))}
-        if self.settings.pusht_data:
-            out["pusht"] = _guarded(lambda: run_protocol_pair("pusht", self.settings, both=False))
-        return out
+    def section_protocol(self, out: dict[str, Any]) -> None:
+        for env, both in (("wall", True), ("pusht", False)):
+            if env == "pusht" and not self.settings.pusht_data:
+                continue
+            self.log(f"[bench]   protocol {env} (skipping on{', then off' if both else ''})")
+            entry = out.setdefault(env, {})
+            try:
+                run_protocol_pair(env, self.settings, entry, self.save, both=both)
+            except Exception as err:  # noqa: BLE001 - keep the other numbers
+                entry.update({"error": _error_text(err), "traceback": traceback.format_exc(limit=4)})
+            self.save()
 
-    def section_kernels(self) -> dict[str, Any]:
+    def section_kernels(self, out: dict[str, Any]) -> None:
         self._require_peaks()
         key = self.settings.kernel_case
         case = self.case(key)
+        out.update({"model": key, "float_weight_bytes": _float_weight_bytes(case.model)})
+        variants = out.setdefault("variants", {})
         cem = self.report["sections"].get("cem", {}).get(key, {}).get("variants", {})
-        variants: dict[str, Any] = {}
         for name in ("fp32", "bf16", "bf16_compiled"):
             if name in cem and "error" not in cem[name]:
                 variants[name] = {**cem[name], "reused_from": "cem"}
         baseline = [Variant("fp32"), Variant("bf16", precision="bf16")]
         for variant in [v for v in baseline if v.name not in variants] + _kernel_variants(self.settings):
-            self.log(f"[bench]   kernels {key} {variant.name}")
-            variants[variant.name] = _guarded(lambda: measure_cem_step(case, variant, self.settings, self.peaks))
-        out: dict[str, Any] = {"model": key, "variants": variants,
-                               "agreement": _guarded(lambda: kernel_agreement(case, self.settings)),
-                               "float_weight_bytes": _float_weight_bytes(case.model)}
-        out["speedups"] = kernel_speedups(variants)
-        return out
+            self.measure(variants, variant.name, f"kernels {key} {variant.name}",
+                         lambda: measure_cem_step(case, variant, self.settings, self.peaks))
+            out["speedups"] = kernel_speedups(variants)
+        self.measure(out, "agreement", f"kernels {key} real vs fake agreement", lambda: kernel_agreement(case, self.settings))
 
 
 def _device_text(device: torch.device) -> str:
@@ -629,11 +656,12 @@ def _planned_episode_steps(success_by_iter: list[list[int]], opt_steps: int, ski
     return int((before == 0).sum() * opt_steps)
 
 
-def run_protocol_pair(env: str, settings: Settings, both: bool = True) -> dict[str, Any]:
-    """The protocol with success-skipping on (and off), checking identical recorded results."""
-    out: dict[str, Any] = {}
+def run_protocol_pair(env: str, settings: Settings, out: dict[str, Any], save: Callable[[], None],
+                      both: bool = True) -> None:
+    """The protocol with success-skipping on (and off) into `out`, saving after each run; checks
+    that both record identical results (AssertionError otherwise)."""
+    runs = {}
     with tempfile.TemporaryDirectory(prefix="wmquant-bench-") as tmp:
-        runs = {}
         for skip in ((True, False) if both else (True,)):
             result, seconds = run_protocol(env, settings, skip, Path(tmp) / f"skip_{skip}")
             opt_steps = int(result["config"]["planner"]["sub_planner"]["opt_steps"])
@@ -646,6 +674,7 @@ def run_protocol_pair(env: str, settings: Settings, both: bool = True) -> dict[s
                 "n_evals": result["n_evals"],
                 "max_iter": int(result["config"]["planner"]["max_iter"]),
             }
+            save()
     if both:
         identical = runs[True]["success_by_iter"] == runs[False]["success_by_iter"]
         out["identical_success_by_iter"] = identical
@@ -653,7 +682,6 @@ def run_protocol_pair(env: str, settings: Settings, both: bool = True) -> dict[s
         out["speedup_skip_on_vs_off"] = out["skip_off"]["wall_seconds"] / out["skip_on"]["wall_seconds"]
         if not identical:
             raise AssertionError(f"{env}: success_by_iter differs with success-skipping on and off")
-    return out
 
 
 # --- targets and consistency ---------------------------------------------------------------------------

@@ -135,15 +135,18 @@ def test_int8_layer_matches_fake_quant_with_a_static_range():
 ], ids=["w4_channel", "w4_g32_asym", "w4_g64_ragged", "w3_g128_asym"])
 def test_int4_layer_matches_fake_quant(scheme, in_features):
     layer = _quantized_layer(scheme, in_features=in_features, out_features=36)
-    converted = to_real_backend_(_wrap(layer)).layer
+    converted = to_real_backend_(_wrap(layer), int4_kernel="int4pack").layer
     assert isinstance(converted, Int4WeightOnlyLinear) and converted.kernel == "int4pack"
     # The stored codes describe exactly the fake-quant weight ...
     assert torch.equal(converted.dequantized_weight(), layer.weight_quantizer(layer.weight))
     # ... and the packed kernel computes with it.
     x = torch.randn(2, 45, in_features)
     _assert_layer_close(converted(x), layer(x))
-    dequant = to_real_backend_(_wrap(layer), int4_kernel="dequant").layer
-    _assert_layer_close(dequant(x), layer(x))
+    for kernel in ("dequant", "auto"):
+        _assert_layer_close(to_real_backend_(_wrap(layer), int4_kernel=kernel).layer(x), layer(x))
+    bf16 = converted(x.bfloat16())  # the packed kernel with bf16 activations: bf16 accuracy
+    assert bf16.dtype == torch.bfloat16
+    assert (bf16.float() - layer(x)).norm() / layer(x).norm() < 2e-2
 
 
 def test_real_layers_survive_state_dict_round_trip_and_moves():
@@ -332,8 +335,8 @@ def test_cuda_int8_layer_matches_cpu(rows):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_int4_kernel_matches_its_weights_in_bf16():
     layer = _quantized_layer(QuantScheme(w_bits=4, w_group_size=128, w_symmetric=False), in_features=404, out_features=1024)
-    real = copy.deepcopy(to_real_backend_(_wrap(layer)).layer).cuda()
-    assert real.kernel == "int4pack", real.kernel_note
+    real = copy.deepcopy(to_real_backend_(_wrap(layer), int4_kernel="int4pack").layer).cuda()
+    assert real.kernel == "int4pack" and real.kernel_weight is not None, real.kernel_note
     x = torch.randn(500, 404, device="cuda")
     reference = x.double() @ layer.weight_quantizer(layer.weight).double().t().cuda() + layer.bias.double().cuda()
     out = real(x).double()

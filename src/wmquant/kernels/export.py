@@ -137,7 +137,7 @@ def _plain(obj: Any) -> Any:
 
 
 def load_real_quantized(
-    path: str | os.PathLike, device: str | torch.device = "cpu", int4_kernel: str = "int4pack"
+    path: str | os.PathLike, device: str | torch.device = "cpu", int4_kernel: str = "auto"
 ) -> tuple[nn.Module, dict[str, Any]]:
     """(model in eval mode with real layers, config.yaml as a dict) from an exported directory.
 

@@ -6,11 +6,13 @@ output channel). Both factors pull out of the sum over k:
 
     y = s_x * s_w * (sum_k q_x q_w  -  z_x * sum_k q_w) + b
 
-The bracket is an exact integer: one INT8 x INT8 -> INT32 matmul (`torch._int_mm`) minus a
-zero-point correction with the weight's precomputed row sums. Unsigned activation codes
-(asymmetric, 0 .. 2^b - 1) are shifted by 2^(b-1) into int8 first; the shift moves into the zero
-point, so the result is unchanged. Only the final scaling is floating point, so the output agrees
-with the fake-quant output to float32 rounding.
+The first sum is one exact INT8 x INT8 -> INT32 matmul (`torch._int_mm`); the zero-point term
+uses the weight's precomputed row sums. Unsigned activation codes (asymmetric, 0 .. 2^b - 1) are
+shifted by 2^(b-1) into int8 first; the shift moves into the zero point, so the result is
+unchanged. The scaling is floating point, so the output agrees with the fake-quant output to
+float32 rounding. It is written as `mul(_int_mm(a, b), s_x)` followed by pointwise ops, the shape
+torch.compile's inductor fuses into the GEMM's epilogue (`enable_inductor_int8_fusion`), so the
+INT32 product need not make a round trip through memory.
 
 `torch._int_mm` on CUDA needs K and N multiples of 8 and more than 16 rows: weights are stored
 zero-padded to multiples of 8 (zero columns add nothing) and short inputs are padded with rows.
@@ -47,11 +49,12 @@ def int_mm_runs_on_cpu() -> bool:
     return bool(torch.equal(out, a.to(torch.int32) @ b.to(torch.int32).t()))
 
 
-def int8_matmul(a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def int8_matmul(a: torch.Tensor, weight: torch.Tensor, use_int_mm: bool | None = None) -> torch.Tensor:
     """Exact a @ weight^T: a (M, K) int8, weight (N, K) int8 -> (M, N) int32.
 
     CUDA: `torch._int_mm` (K, N multiples of 8; rows are padded up to 17 when fewer). CPU:
-    `torch._int_mm` where it runs, else an int32 matmul (same result, slower).
+    `torch._int_mm` where it runs, else an int32 matmul (same result, slower). `use_int_mm`
+    passes that choice in (a constant for torch.compile); None decides here.
     """
     rows = a.shape[0]
     if a.device.type == "cuda":
@@ -60,9 +63,22 @@ def int8_matmul(a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         # The weight is passed as a transposed view of its row-major storage: the column-major
         # B operand that the INT8 tensor-core GEMMs read directly.
         return torch._int_mm(a, weight.t())[:rows]
-    if int_mm_runs_on_cpu():
+    if use_int_mm if use_int_mm is not None else int_mm_runs_on_cpu():
         return torch._int_mm(a, weight.t())
     return a.to(torch.int32) @ weight.to(torch.int32).t()
+
+
+def enable_inductor_int8_fusion() -> bool:
+    """Ask torch.compile's inductor to fuse `_int_mm(a, b) * scale` into one GEMM with an epilogue
+    (torchao's setting for dynamic INT8). No effect without compile; False where this torch lacks it."""
+    try:
+        from torch._inductor import config
+    except ImportError:  # pragma: no cover - inductor ships with torch
+        return False
+    if not hasattr(config, "force_fuse_int_mm_with_mul"):
+        return False
+    config.force_fuse_int_mm_with_mul = True
+    return True
 
 
 def quantize_rows(
@@ -100,7 +116,8 @@ class Int8Linear(nn.Module):
     Stored (state dict): `qweight` int8 (out, in), `weight_scale` float32 (out,), `bias`, and for
     a static activation range `input_scale` / `input_zero_point` (float32 scalars, unshifted
     qmath values). Derived (`prepare`): the weight padded to multiples of 8 (`kernel_weight`,
-    whose top-left block *is* `qweight`) and its int32 row sums for the zero-point correction.
+    whose top-left block *is* `qweight`), and padded to the same width: the scales, the row sums
+    of the codes (for the zero-point term; exact integers in float32) and the bias.
     """
 
     def __init__(
@@ -125,6 +142,7 @@ class Int8Linear(nn.Module):
         self.a_bits = a_bits
         self.a_symmetric = a_symmetric
         self.a_granularity = a_granularity
+        self.use_int_mm = True
         self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
         if a_granularity == "per_tensor":
@@ -134,8 +152,8 @@ class Int8Linear(nn.Module):
             self.input_scale = None
             self.input_zero_point = None
         self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False) if bias else None
-        self.register_buffer("kernel_weight", None, persistent=False)
-        self.register_buffer("weight_row_sum", None, persistent=False)
+        for name in ("kernel_weight", "kernel_scale", "kernel_row_sum", "kernel_bias"):
+            self.register_buffer(name, None, persistent=False)
         self.prepare()
 
     def extra_repr(self) -> str:
@@ -148,6 +166,7 @@ class Int8Linear(nn.Module):
         """Derive the kernel's tensors from `qweight` (after construction, loading, or a move)."""
         if self.qweight.device.type == "meta":
             return
+        self.use_int_mm = self.qweight.device.type == "cuda" or int_mm_runs_on_cpu()
         with torch.no_grad():
             rows = round_up(self.out_features, INT_MM_ALIGN)
             cols = round_up(self.in_features, INT_MM_ALIGN)
@@ -158,7 +177,10 @@ class Int8Linear(nn.Module):
                 self.qweight = padded[: self.out_features, : self.in_features]
             else:
                 self.kernel_weight = self.qweight
-            self.weight_row_sum = self.qweight.sum(dim=1, dtype=torch.int32)
+            width = rows - self.out_features
+            self.kernel_scale = F.pad(self.weight_scale.float(), (0, width))
+            self.kernel_row_sum = F.pad(self.qweight.sum(dim=1, dtype=torch.int32).float(), (0, width))
+            self.kernel_bias = None if self.bias is None else F.pad(self.bias.detach().float(), (0, width))
 
     reset_derived_buffers = prepare
 
@@ -183,14 +205,13 @@ class Int8Linear(nn.Module):
         padded_cols = self.kernel_weight.shape[1]
         if padded_cols != self.in_features:
             codes = F.pad(codes, (0, padded_cols - self.in_features))
-        acc = int8_matmul(codes, self.kernel_weight)[:, : self.out_features]
+        y = int8_matmul(codes, self.kernel_weight, self.use_int_mm) * act_scale  # (M, out padded), float32
         if not self.a_symmetric:
-            # z_x * sum_k q_w, in int32: exact, so the bracket stays an exact integer.
-            acc = acc - zero_point.to(torch.int32) * self.weight_row_sum
-        y = acc.float() * (act_scale * self.weight_scale)
-        if self.bias is not None:
-            y = y + self.bias.float()
-        return y.to(out_dtype).reshape(*lead, self.out_features)
+            y = y - (zero_point * act_scale) * self.kernel_row_sum
+        y = y * self.kernel_scale
+        if self.kernel_bias is not None:
+            y = y + self.kernel_bias
+        return y[:, : self.out_features].to(out_dtype).reshape(*lead, self.out_features)
 
     # -- accounting ----------------------------------------------------------------------------------
     def weight_bytes(self) -> int:
@@ -199,4 +220,4 @@ class Int8Linear(nn.Module):
 
     def resident_weight_bytes(self) -> int:
         """Bytes the layer keeps on its device for the weight (padded codes, scales, row sums)."""
-        return tensor_bytes(self.kernel_weight, self.weight_scale, self.weight_row_sum)
+        return tensor_bytes(self.kernel_weight, self.weight_scale, self.kernel_scale, self.kernel_row_sum)

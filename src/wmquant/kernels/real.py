@@ -37,7 +37,7 @@ from ..quant.api import active_targets
 from ..quant.config import QuantConfig
 from ..quant.layers import QUANTIZED_LAYER_TYPES, ActQuantizer, QuantLinear
 from .int4 import Int4WeightOnlyLinear, kernel_layout
-from .int8 import Int8Linear
+from .int8 import Int8Linear, enable_inductor_int8_fusion
 
 ENGINE_BACKENDS = ("fake", "real")
 KIND_INT8 = "int8_gemm"
@@ -146,7 +146,7 @@ def spec_of(layer: nn.Module) -> RealLinearSpec:
 
 
 def build_real_linear(spec: RealLinearSpec, device: torch.device | str | None = None,
-                      int4_kernel: str = "int4pack") -> nn.Module:
+                      int4_kernel: str = "auto") -> nn.Module:
     """An empty real layer for `spec` (codes zero), e.g. to load an exported checkpoint into."""
     if spec.kind == KIND_INT8:
         return Int8Linear(spec.in_features, spec.out_features, spec.bias, spec.w_bits, spec.a_bits,
@@ -170,24 +170,23 @@ def _weight_codes(layer: QuantLinear) -> tuple[torch.Tensor, torch.Tensor, torch
     return qmath.from_groups(codes, weight2d.shape[1]), scale, zero_point
 
 
-def real_linear_from_quant(layer: QuantLinear, spec: RealLinearSpec, int4_kernel: str = "int4pack") -> nn.Module:
+def real_linear_from_quant(layer: QuantLinear, spec: RealLinearSpec, int4_kernel: str = "auto") -> nn.Module:
     """A real layer computing what the frozen fake-quant `layer` computes (see the module docstring)."""
     device = layer.weight.device
     real = build_real_linear(spec, device=device, int4_kernel=int4_kernel)
     codes, scale, zero_point = _weight_codes(layer)
     with torch.no_grad():
-        if spec.kind == KIND_INT8:
-            real.qweight.copy_(codes.to(torch.int8))
-            real.weight_scale.copy_(scale[:, 0])
-            acts = layer.input_quantizer
-            if spec.a_granularity == "per_tensor":
-                real.input_scale.copy_(acts.scale.reshape(()))
-                real.input_zero_point.copy_(acts.zero_point.reshape(()))
-            real.prepare()
-        else:
-            real.set_codes(codes, scale, None if spec.w_symmetric else zero_point)
         if layer.bias is not None:
             real.bias.copy_(layer.bias.detach())
+        if spec.kind == KIND_INT4:
+            real.set_codes(codes, scale, None if spec.w_symmetric else zero_point)
+            return real
+        real.qweight.copy_(codes.to(torch.int8))
+        real.weight_scale.copy_(scale[:, 0])
+        if spec.a_granularity == "per_tensor":
+            real.input_scale.copy_(layer.input_quantizer.scale.reshape(()))
+            real.input_zero_point.copy_(layer.input_quantizer.zero_point.reshape(()))
+    real.prepare()  # the kernel's padded scales, row sums and bias derive from what was just stored
     return real
 
 
@@ -219,13 +218,16 @@ def check_real_backend(model: nn.Module) -> dict[str, RealLinearSpec]:
     return specs
 
 
-def to_real_backend_(model: nn.Module, int4_kernel: str = "int4pack") -> nn.Module:
+def to_real_backend_(model: nn.Module, int4_kernel: str = "auto") -> nn.Module:
     """Replace every frozen fake-quantized Linear by its real-kernel layer, in place; returns `model`.
 
     Everything is checked before the first module is replaced, so a refused model stays as it was.
-    int4_kernel: "int4pack" (torch's int4 packed matmul) or "dequant" (dequantize, float matmul).
+    int4_kernel: "auto", "int4pack" (torch's int4 packed matmul) or "dequant" (dequantize, float
+    matmul); see `wmquant.kernels.int4.KERNELS`.
     """
     specs = check_real_backend(model)
+    if any(spec.kind == KIND_INT8 for spec in specs.values()):
+        enable_inductor_int8_fusion()
     for name, spec in specs.items():
         _set_submodule(model, name, real_linear_from_quant(model.get_submodule(name), spec, int4_kernel))
     return model

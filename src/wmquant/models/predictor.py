@@ -72,7 +72,8 @@ class ViTPredictor(nn.Module):
             raise ConfigError(
                 f"predictor input has {tokens} tokens; expected T*{self.num_patches} with T <= {self.num_frames} frames"
             )
-        attend = self.mask[:tokens, :tokens]
+        # One frame attends to all of itself: no mask, which lets fused kernels (flash) run.
+        attend = self.mask[:tokens, :tokens] if tokens > self.num_patches else None
         x = self.dropout(x + self.pos_embedding[:, :tokens])
         for block in self.blocks:
             x = block(x, attend)

@@ -170,7 +170,7 @@ def build_quant_config(cfg: DictConfig, method: str):
 
 
 def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession | None = None) -> tuple[dict, Path]:
-    from ..kernels.real import apply_engine_backend_
+    from ..kernels.real import apply_engine_backend_, check_engine_backend, check_real_config
     from ..quant.calibration import calibrate_and_quantize
     from ..quant.methods import get_method
     from ..quant.stats import load_act_stats
@@ -183,8 +183,12 @@ def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession |
     parsed_options = recipe.make_options(options)
     recipe.check_config(qconfig, parsed_options)
     act_stats = load_act_stats(act_stats_path(cfg)) if recipe.requirements(parsed_options).act_stats else None
+    backend = str(cfg.engine.backend)
+    check_engine_backend(backend)
 
     session = session or PlanningSession(cfg)
+    if backend == "real":
+        check_real_config(session.model, qconfig)  # refuse schemes the kernels cannot run, before calibrating
     run_dir = new_run_dir(cfg)
     start = time.perf_counter()
     calib_episodes, calib_env = session.episodes("calibration")
@@ -201,7 +205,7 @@ def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession |
         )
     finally:
         calib_env.close()
-    apply_engine_backend_(session.model, str(cfg.engine.get("backend", "fake")))  # engine.backend=real: real low-bit kernels
+    apply_engine_backend_(session.model, backend)  # engine.backend=real: swap in the int8 / int4 kernels
     calib_seconds = time.perf_counter() - start
     episodes, env = session.episodes("evaluation")
     try:
@@ -221,6 +225,7 @@ def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession |
         "method_report": report.get("method_report"),
         "calibration_seconds": calib_seconds,
         "quant_iter": int(cfg.quant_iter),
+        "backend": backend,
     }
     result = build_result(cfg, trace, episodes, seconds, method=method, quant=quant, calibration=calib_episodes,
                           run_id=run_dir.name)

@@ -164,7 +164,7 @@ class Engine:
         return self._compiled[1]
 
     def _compile_applies(self, grad: bool) -> bool:
-        return (bool(self.compile) and self.compile_status != "failed" and not grad and not self.model.training
+        return (bool(self.compile) and not self.compile_status.startswith("failed") and not grad and not self.model.training
                 and hasattr(self.model, "predict") and hasattr(self.model, "predictor")
                 and not _has_hooks(self.model))
 
@@ -179,7 +179,8 @@ class Engine:
         except torch.OutOfMemoryError:
             raise
         except Exception as err:  # a compiler failure must not end a planning run: fall back to eager
-            self.compile_status = f"failed: {type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}"
+            first_line = (str(err).strip().splitlines() or [""])[0][:200]
+            self.compile_status = f"failed: {type(err).__name__}: {first_line}"
             warnings.warn(f"engine.compile: torch.compile failed, running eagerly ({self.compile_status})", stacklevel=2)
         finally:
             del self.model.predict
@@ -201,7 +202,8 @@ class Engine:
             self._sequence_limit[horizon] = max(1, limit)
         return self._sequence_limit[horizon]
 
-    def _chunk(self, num_episodes: int, samples: int, horizon: int = 5) -> int:
+    def episodes_per_call(self, num_episodes: int, samples: int, horizon: int = 5) -> int:
+        """Episodes whose samples go through the predictor together (`chunk_episodes`)."""
         if self.chunk_episodes != "auto":
             return int(self.chunk_episodes)
         return max(1, min(num_episodes, self.max_sequences_per_call(horizon) // max(samples, 1)))
@@ -219,7 +221,7 @@ class Engine:
     ) -> torch.Tensor:
         """Cost of every sample. z0/z_goal: (E, n, ...) and (E, 1, ...); actions (E, S, H, A) -> (E, S)."""
         episodes, samples, horizon = actions.shape[:3]
-        chunk = self._chunk(episodes, samples, horizon)
+        chunk = self.episodes_per_call(episodes, samples, horizon)
         costs = []
         for start in range(0, episodes, chunk):
             sl = slice(start, start + chunk)

@@ -145,6 +145,7 @@ class PlanningSession:
             device=self.device,
             precision=str(cfg.engine.precision),
             chunk_episodes=chunk if chunk == "auto" else int(chunk),
+            compile=cfg.engine.get("compile", False),
         )
         self._datasets: dict[str, Any] = {}
 
