@@ -112,10 +112,7 @@ def test_recorded_predictor_inputs_carry_the_frame_causal_mask():
     assert {c.x.shape[1] for c in calls} == {16, 32}  # windows of 1 and 2 frames of 16 patches
     for call in calls:
         n = call.x.shape[1]
-        if n == 16:  # one frame attends to all of itself: the predictor passes no mask
-            assert call.args[0] is None
-        else:
-            assert torch.equal(call.args[0], model.predictor.mask[:n, :n])
+        assert torch.equal(call.args[0], model.predictor.mask[:n, :n])
 
 
 @pytest.mark.parametrize("method, options", [("smoothquant", {"fc_fc": True}), ("awq", {"clip": False}),

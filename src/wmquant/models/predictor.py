@@ -72,8 +72,7 @@ class ViTPredictor(nn.Module):
             raise ConfigError(
                 f"predictor input has {tokens} tokens; expected T*{self.num_patches} with T <= {self.num_frames} frames"
             )
-        # One frame attends to all of itself: no mask, which lets fused kernels (flash) run.
-        attend = self.mask[:tokens, :tokens] if tokens > self.num_patches else None
+        attend = self.mask[:tokens, :tokens]
         x = self.dropout(x + self.pos_embedding[:, :tokens])
         for block in self.blocks:
             x = block(x, attend)
