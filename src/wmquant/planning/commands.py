@@ -176,6 +176,9 @@ def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession |
     from ..quant.stats import load_act_stats
 
     # Everything that can be wrong with the request is checked before any planning starts.
+    if not cfg.quant and not cfg.quant_encoder:
+        raise ConfigError("nothing to quantize: quant=false and quant_encoder=false; set quant=true (predictor) "
+                          "and/or quant_encoder=true (encoder)")
     method = resolve_method(cfg)
     qconfig = build_quant_config(cfg, method)
     recipe = get_method(method)

@@ -14,9 +14,9 @@ from ..errors import ConfigError
 
 RUNS = (
     ("fp", "FP32", []),
-    ("rtn_w8a8", "RTN W8A8 (per-tensor)", ["method=rtn", "predictor_wbit=8", "predictor_abit=8", "encoder_wbit=8",
+    ("rtn_w8a8", "RTN W8A8 (per-tensor)", ["method=rtn", "quant=true", "quant_encoder=true", "predictor_wbit=8", "predictor_abit=8", "encoder_wbit=8",
                                           "encoder_abit=8", "calib_mode_a=layer_wise"]),
-    ("rtn_w4a16_g128", "RTN W4A16 G128", ["method=rtn", "predictor_wbit=4", "predictor_abit=16", "encoder_wbit=4",
+    ("rtn_w4a16_g128", "RTN W4A16 G128", ["method=rtn", "quant=true", "quant_encoder=true", "predictor_wbit=4", "predictor_abit=16", "encoder_wbit=4",
                                          "encoder_abit=16", "W_GROUP_SIZE=128"]),
 )
 
