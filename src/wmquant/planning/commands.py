@@ -10,7 +10,6 @@ observers watch, apply the recipe, switch quantization on, then plan on the eval
 from __future__ import annotations
 
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -53,30 +52,42 @@ def _explicit(overrides: Sequence[str], key: str) -> bool:
 
 
 # --- plan -----------------------------------------------------------------------------------------
-def run_plan(cfg: DictConfig, progress: bool = True, session: PlanningSession | None = None) -> tuple[dict, Path]:
-    session = session or PlanningSession(cfg)
-    run_dir = new_run_dir(cfg)
-    start = time.perf_counter()
+def evaluate_and_write(cfg: DictConfig, session: PlanningSession, run_dir: Path, start: float, progress: bool,
+                       method: str = "fp", quant: dict | None = None, calibration=None) -> dict:
+    """Plan on the evaluation episodes and write logs.json, the figures and (last) result.json."""
     episodes, env = session.episodes("evaluation")
     try:
         trace = session.plan(episodes, env, progress=progress, plot_episodes=int(cfg.n_plot_samples),
                              on_iteration=progress_writer(run_dir, start))
     finally:
         env.close()
-    seconds = time.perf_counter() - start
-    result = build_result(cfg, trace, episodes, seconds, method="fp", quant=None, run_id=run_dir.name)
+    result = build_result(cfg, trace, episodes, time.perf_counter() - start, method=method, quant=quant,
+                          calibration=calibration, run_id=run_dir.name)
     write_logs(run_dir, trace)
     if cfg.save_plots:
-        write_figures(run_dir, trace, session.model, f"{cfg.model_name} {cfg.tag}")
+        write_figures(run_dir, trace, session.model, f"{cfg.model_name} {method} {cfg.tag}")
     write_result(run_dir, result)
-    return result, run_dir
+    return result
+
+
+def print_result(label: str, result: dict, run_dir: Path) -> None:
+    print(success_table({label: result["success_rate_by_iter"]}))
+    bits = (result.get("quant") or {}).get("avg_bits_per_weight") or {}
+    if bits:
+        print("average bits per weight: " + ", ".join(f"{k} {v:.2f}" for k, v in bits.items()))
+    print(f"wrote {run_dir / 'result.json'} ({result['wall_seconds']:.1f} s)")
+
+
+def run_plan(cfg: DictConfig, progress: bool = True, session: PlanningSession | None = None) -> tuple[dict, Path]:
+    session = session or PlanningSession(cfg)
+    run_dir = new_run_dir(cfg)
+    return evaluate_and_write(cfg, session, run_dir, time.perf_counter(), progress), run_dir
 
 
 def plan_command(config_name: str | None, overrides: Sequence[str]) -> int:
     cfg = _compose(config_name, overrides)
     result, run_dir = run_plan(cfg)
-    print(success_table({f"{cfg.model_name} {result['method']}": result["success_rate_by_iter"]}))
-    print(f"wrote {run_dir / 'result.json'} ({result['wall_seconds']:.1f} s)")
+    print_result(f"{cfg.model_name} {result['method']}", result, run_dir)
     return 0
 
 
@@ -210,13 +221,6 @@ def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession |
         calib_env.close()
     apply_engine_backend_(session.model, backend)  # engine.backend=real: swap in the int8 / int4 kernels
     calib_seconds = time.perf_counter() - start
-    episodes, env = session.episodes("evaluation")
-    try:
-        trace = session.plan(episodes, env, progress=progress, plot_episodes=int(cfg.n_plot_samples),
-                             on_iteration=progress_writer(run_dir, start))
-    finally:
-        env.close()
-    seconds = time.perf_counter() - start
     quant = {
         "method": method,
         "quant_encoder": bool(cfg.quant_encoder),
@@ -230,12 +234,7 @@ def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession |
         "quant_iter": int(cfg.quant_iter),
         "backend": backend,
     }
-    result = build_result(cfg, trace, episodes, seconds, method=method, quant=quant, calibration=calib_episodes,
-                          run_id=run_dir.name)
-    write_logs(run_dir, trace)
-    if cfg.save_plots:
-        write_figures(run_dir, trace, session.model, f"{cfg.model_name} {method} {cfg.tag}")
-    write_result(run_dir, result)
+    result = evaluate_and_write(cfg, session, run_dir, start, progress, method, quant, calib_episodes)
     return result, run_dir
 
 
@@ -247,11 +246,7 @@ def quant_command(config_name: str | None, overrides: Sequence[str]) -> int:
             overrides.append(f"{key}=true")
     cfg = _compose(config_name, overrides)
     result, run_dir = run_quant(cfg)
-    label = f"{result['method']} {cfg.tag}"
-    print(success_table({label: result["success_rate_by_iter"]}))
-    bits = result["quant"].get("avg_bits_per_weight") or {}
-    print("average bits per weight: " + ", ".join(f"{k} {v:.2f}" for k, v in bits.items()))
-    print(f"wrote {run_dir / 'result.json'} ({result['wall_seconds']:.1f} s)", file=sys.stdout)
+    print_result(f"{result['method']} {cfg.tag}", result, run_dir)
     return 0
 
 
@@ -295,6 +290,5 @@ def run_ceiling_plan(cfg: DictConfig, progress: bool = True, session: PlanningSe
 def ceiling_command(config_name: str | None, overrides: Sequence[str]) -> int:
     cfg = _compose(config_name, overrides)
     result, run_dir = run_ceiling_plan(cfg)
-    print(success_table({f"{cfg.env} ceiling": result["success_rate_by_iter"]}))
-    print(f"wrote {run_dir / 'result.json'} ({result['wall_seconds']:.1f} s)")
+    print_result(f"{cfg.env} ceiling", result, run_dir)
     return 0
