@@ -1,9 +1,11 @@
-"""Helpers shared by the INT8 and INT4 linears: padding to kernel tile sizes, output dtype, bytes."""
+"""Helpers shared by the INT8 and INT4 linears: padding to kernel tile sizes, output dtype, bytes,
+and the re-derivation of kernel-ready tensors after moves and loads."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -28,3 +30,28 @@ def output_dtype(x: torch.Tensor) -> torch.dtype:
 
 def tensor_bytes(*tensors: torch.Tensor | None) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+class DerivedKernelState(nn.Module):
+    """A module whose kernel-ready tensors (packed weights, padded scales) are derived from its
+    stored state by `prepare()`; they are re-derived after every move/cast and every state-dict
+    load, so they always match the stored codes and the device."""
+
+    def prepare(self) -> None:
+        raise NotImplementedError
+
+    def reset_derived_buffers(self) -> None:
+        self.prepare()
+
+    def _drop_derived(self) -> None:
+        """Release derived tensors before a move (default: keep them; prepare() replaces them)."""
+
+    def _apply(self, fn, recurse=True):
+        self._drop_derived()
+        super()._apply(fn, recurse)
+        self.prepare()
+        return self
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.prepare()

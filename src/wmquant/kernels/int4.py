@@ -31,7 +31,7 @@ from torch import nn
 
 from ..errors import QuantizationError
 from ..quant import qmath
-from ._shared import output_dtype, pad_2d, round_up, tensor_bytes
+from ._shared import DerivedKernelState, output_dtype, pad_2d, round_up, tensor_bytes
 
 KERNEL_GROUP_SIZES = (32, 64, 128, 256)
 #: Output channels are padded to a multiple of this (the CPU packing needs 16, CUDA 8).
@@ -79,7 +79,7 @@ def unpack_nibbles(packed: torch.Tensor, cols: int) -> torch.Tensor:
     return both.reshape(packed.shape[0], -1)[:, :cols]
 
 
-class Int4WeightOnlyLinear(nn.Module):
+class Int4WeightOnlyLinear(DerivedKernelState):
     """A Linear whose weight is 4-bit codes with group-wise scales; activations stay float.
 
     x (..., in_features) -> (..., out_features), in the dtype a float Linear would return.
@@ -190,19 +190,10 @@ class Int4WeightOnlyLinear(nn.Module):
         self.kernel_weight = packed
         self.scale_and_zero = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(table_dtype)
 
-    reset_derived_buffers = prepare
-
-    def _apply(self, fn, recurse=True):
-        # The packed layout is device specific: drop it, move the stored codes, re-derive.
+    def _drop_derived(self) -> None:
+        # The packed layout is device specific: drop it before the stored codes move.
         self.kernel_weight = None
         self.scale_and_zero = None
-        super()._apply(fn, recurse)
-        self.prepare()
-        return self
-
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
-        self.prepare()
 
     # -- forward -------------------------------------------------------------------------------------
     def _matmul_dtype(self, x: torch.Tensor) -> torch.dtype:

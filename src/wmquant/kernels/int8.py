@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import QuantizationError
 from ..quant import qmath
-from ._shared import output_dtype, pad_2d, round_up, tensor_bytes
+from ._shared import DerivedKernelState, output_dtype, pad_2d, round_up, tensor_bytes
 
 #: torch._int_mm on CUDA: K and N must be multiples of this, and M larger than INT_MM_MIN_ROWS - 1.
 INT_MM_ALIGN = 8
@@ -107,7 +107,7 @@ def quantize_rows(
     return codes.to(torch.int8), scale, zero_point
 
 
-class Int8Linear(nn.Module):
+class Int8Linear(DerivedKernelState):  # prepare() re-aliases qweight and kernel_weight after a move
     """A Linear whose weight is int8 codes with one scale per output channel and whose input is
     quantized to int8 on the fly; the product runs as one INT8 GEMM.
 
@@ -181,18 +181,6 @@ class Int8Linear(nn.Module):
             self.kernel_scale = F.pad(self.weight_scale.float(), (0, width))
             self.kernel_row_sum = F.pad(self.qweight.sum(dim=1, dtype=torch.int32).float(), (0, width))
             self.kernel_bias = None if self.bias is None else F.pad(self.bias.detach().float(), (0, width))
-
-    reset_derived_buffers = prepare
-
-    def _apply(self, fn, recurse=True):
-        # A move copies qweight and kernel_weight separately; re-derive so they alias again.
-        super()._apply(fn, recurse)
-        self.prepare()
-        return self
-
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
-        self.prepare()
 
     # -- forward -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
