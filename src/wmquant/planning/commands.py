@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError
 from .results import (build_result, new_run_dir, progress_writer, success_table, write_figures, write_logs,
-                      write_result)
+                      write_open_loop, write_result)
 from .session import PlanningSession
 
 # Seed README compatibility: the original scripts chose the method through w_quant_method.
@@ -66,6 +66,7 @@ def evaluate_and_write(cfg: DictConfig, session: PlanningSession, run_dir: Path,
     write_logs(run_dir, trace)
     if cfg.save_plots:
         write_figures(run_dir, trace, session.model, f"{cfg.model_name} {method} {cfg.tag}")
+    write_open_loop(run_dir, session, episodes, int(cfg.seed))
     write_result(run_dir, result)
     return result
 

@@ -147,6 +147,42 @@ def progress_writer(run_dir: Path, started: float):
     return write
 
 
+OPEN_LOOP_STEPS = 10  # model steps of the open-loop rollout saved with every run (the paper's Fig. 2)
+
+
+def write_open_loop(run_dir: Path, session, episodes: EpisodeSet, seed: int, steps: int = OPEN_LOOP_STEPS) -> Path | None:
+    """`open_loop.npz`: the env's frames and the model's decoded imagination under one fixed action
+    sequence (normal in the normalised action space, drawn from `seed`) from the first evaluation
+    episode's start. Every run of a sweep uses the same actions, so a report can set the FP and the
+    quantized models' imaginations side by side. None for models without a decoder."""
+    import torch
+
+    model = session.model
+    if getattr(model, "decoder", None) is None or len(episodes) == 0:
+        return None
+    frameskip, action_dim = session.bundle.frameskip, session.bundle.action_dim
+    actions = torch.randn((1, steps, frameskip * action_dim), generator=torch.Generator().manual_seed(int(seed)))
+    first = {k: v[:1] for k, v in episodes.obs_0.items()}
+    z0 = session.engine.encode(first)
+    with torch.no_grad():
+        predicted = session.engine.rollout(z0, actions)
+        imagined = to_uint8_images(model.decode_visual(predicted["visual"].to(next(model.parameters()).device)))[0]
+    raw = session.bundle.normalization.denormalize_actions(actions.reshape(1, steps * frameskip, action_dim))
+    env = session.make_env(1)
+    try:
+        env.update_env(episodes.env_infos[:1])
+        obses, _ = env.rollout(episodes.init_states[:1], raw.double().numpy())
+    finally:
+        env.close()
+    real = obses["visual"][0, ::frameskip]
+    path = run_dir / "open_loop.npz"
+    with wio.atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, env_frames=real, imagined_frames=imagined, actions=actions.numpy(),
+                                episode_seed=np.int64(episodes.seeds[0]))
+    return path
+
+
 def write_result(run_dir: Path, result: dict[str, Any]) -> Path:
     path = run_dir / "result.json"
     wio.write_json(path, result)

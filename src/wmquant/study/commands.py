@@ -46,7 +46,16 @@ def report_main(argv: Sequence[str]) -> int:
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: SWEEP_DIR/report)")
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level of the McNemar marks")
+    parser.add_argument("--no-model-figures", action="store_true",
+                        help="skip Fig. 1 (activation outliers) and Fig. 2 (open-loop rollouts), which load the model")
     args = parser.parse_args(list(argv))
+    if not args.no_model_figures and args.sweep_dir.is_dir():
+        from .model_figures import write_model_figures
+        from .store import ResultStore
+
+        results, _ = ResultStore(args.sweep_dir).load_results()
+        for name, path in write_model_figures(args.sweep_dir, results).items():
+            print(f"{name:>20}: {path}")
     paths = write_report(args.sweep_dir, args.out, alpha=args.alpha)
     for kind, path in paths.items():
         print(f"{kind:>20}: {path}")
