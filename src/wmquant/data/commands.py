@@ -11,15 +11,6 @@ from typing import Sequence
 from ..errors import ConfigError
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise ConfigError(f"expected a positive integer, got {value}")
-    return value
-
 
 def data_main(argv: Sequence[str]) -> int:
     from ..cli import flag_parser
@@ -29,14 +20,18 @@ def data_main(argv: Sequence[str]) -> int:
     parser = flag_parser("wmquant data", "Generate trajectories and write them in DINO-WM's on-disk layout.")
     parser.add_argument("--env", required=True, help=f"one of {', '.join(ENV_NAMES)}")
     parser.add_argument("--out", required=True, type=Path, help="output directory (must not exist)")
-    parser.add_argument("--episodes", required=True, type=_positive, help="number of episodes")
+    parser.add_argument("--episodes", required=True, type=int, help="number of episodes")
     parser.add_argument("--seed", type=int, default=0, help="seed (generation is deterministic per seed)")
-    parser.add_argument("--steps", type=_positive, default=None, help="env steps per episode (default: per env)")
+    parser.add_argument("--steps", type=int, default=None, help="env steps per episode (default: per env)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
-    parser.add_argument("--render-size", type=_positive, default=None, help="PushT frame size in px (default 224)")
+    parser.add_argument("--render-size", type=int, default=None, help="PushT frame size in px (default 224)")
     parser.add_argument("--video", choices=("mp4", "pth"), default=None, help="PushT frame files: mp4 (as upstream) or pth (lossless)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(list(argv))
+    for flag in ("episodes", "steps", "render_size"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
     if args.env not in ENV_NAMES:
         raise ConfigError(f"unknown env {args.env!r}; valid envs: {', '.join(ENV_NAMES)}")
     kwargs = {}
