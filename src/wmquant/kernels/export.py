@@ -30,7 +30,8 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError, QuantizationError
 from ..io import atomic_directory
-from ..models.checkpoint import CHECKPOINT_VERSION, CONFIG_FILE, WEIGHTS_FILE, build_world_model, resolve_model_config
+from ..models.checkpoint import (CHECKPOINT_VERSION, CONFIG_FILE, WEIGHTS_FILE, build_world_model,
+                                resolve_model_config, yaml_ready)
 from ..models.loading import assign_exact, build_for_loading, first_line, read_yaml_mapping
 from ..quant.api import act_quantizers, quantized_layers
 from .real import (RealLinearSpec, build_real_linear, check_real_config, real_linears, real_weight_bytes, spec_of,
@@ -120,20 +121,8 @@ def export_quantized(
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in real_model.state_dict().items()}
     with atomic_directory(Path(out_dir), overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "wmquant_export": EXPORT_FORMAT})
-        (tmp / CONFIG_FILE).write_text(yaml.safe_dump(_plain(document), sort_keys=False))
+        (tmp / CONFIG_FILE).write_text(yaml.safe_dump(yaml_ready(document), sort_keys=False))
     return section
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return obj
 
 
 def load_real_quantized(
@@ -245,7 +234,7 @@ def export_main(argv: Sequence[str]) -> int:
         session.model, qconfig, args.out, session.bundle.config, overwrite=args.overwrite,
         extra={"export": {"method": method, "command": "wmquant export " + " ".join(argv),
                           "calibration": {"n_evals": int(cfg.n_evals), "quant_iter": int(cfg.quant_iter)},
-                          "method_report": _plain(report.get("method_report"))}},
+                          "method_report": yaml_ready(report.get("method_report"))}},
     )
     sizes = section["weight_bytes"]
     print(f"wrote {args.out} ({len(section['layers'])} real layers, method {method}, {time.perf_counter() - start:.1f} s)")

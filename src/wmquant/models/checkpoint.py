@@ -245,12 +245,12 @@ def build_world_model(model_cfg: Mapping | Any, load_encoder_weights: bool = Tru
 # --- saving ---------------------------------------------------------------------------------------
 
 
-def _yaml_ready(obj: Any) -> Any:
+def yaml_ready(obj: Any) -> Any:
     """Tensors, arrays and paths as plain lists / strings so that YAML stays readable and safe."""
     if isinstance(obj, Mapping):
-        return {str(k): _yaml_ready(v) for k, v in obj.items()}
+        return {str(k): yaml_ready(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_yaml_ready(v) for v in obj]
+        return [yaml_ready(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "tolist"):
@@ -327,7 +327,7 @@ def save_world_model(model: WorldModel, cfg: Mapping | Any, out_dir: str | os.Pa
     out_dir = Path(out_dir)
     with atomic_directory(out_dir, overwrite=True) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", _ALIASES_METADATA_KEY: json.dumps(aliases)})
-        (tmp / CONFIG_FILE).write_text(yaml.safe_dump(_yaml_ready(document), sort_keys=False))
+        (tmp / CONFIG_FILE).write_text(yaml.safe_dump(yaml_ready(document), sort_keys=False))
     return out_dir
 
 
