@@ -46,6 +46,19 @@ def quant_section(overrides: Mapping[str, Any]) -> dict | None:
             "avg_bits_per_weight": {"encoder": 8.0, "predictor": 8.0}, "options": {}}
 
 
+def nested_config(overrides: Mapping[str, Any]) -> dict:
+    """Dotted override keys as the nested mapping a resolved config has ("engine.backend" ->
+    {"engine": {"backend": ...}})."""
+    config: dict[str, Any] = {}
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return config
+
+
 def build_result(overrides: Mapping[str, Any], run_id: str,
                  success_by_iter: list[list[int]] | None = None) -> dict:
     """A schema-valid result; outcomes derived from the overrides unless given."""
@@ -71,7 +84,7 @@ def build_result(overrides: Mapping[str, Any], run_id: str,
         "success_rate_by_iter": rates, "success_by_iter": success_by_iter,
         "latent_mse_by_iter": [1.0 / (k + 1) + (1.0 - rate) for k, rate in enumerate(rates)],
         "planning_loss_by_iter": [2.0 / (k + 1) + (1.0 - rate) for k, rate in enumerate(rates)],
-        "wall_seconds": 0.01, "config": dict(overrides), "tag": overrides.get("tag", run_id),
+        "wall_seconds": 0.01, "config": nested_config(overrides), "tag": overrides.get("tag", run_id),
         "created": "2026-01-01T00:00:00+00:00", "wmquant_version": "0.1.0",
     }
 

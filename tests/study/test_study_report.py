@@ -148,3 +148,29 @@ def test_empty_or_missing_directories(tmp_path):
     store.result_path(spec.runs[0].run_id).write_text("{}")
     with pytest.raises(StudyError, match="1 corrupt result file.*result.json: schema"):
         write_report(store.root)
+
+
+def test_engine_variants_get_their_own_rows_and_paired_tests(tmp_path):
+    spec = load_spec("engines_wall")
+    runs = spec.expand(OVERRIDES)
+    store = ResultStore(tmp_path / "engines")
+    store.bind(spec, OVERRIDES, runs)
+    by_variant = {}
+    for run in runs[:5]:  # FP32, TF32, BF16, then W8A8 per-token with fake and with real kernels
+        store.prepare_run(run)
+        write_json(store.result_path(run.run_id), build_result(run.overrides, run.run_id))
+        by_variant[run.overrides.get("engine.precision", run.overrides.get("engine.backend", "fp32"))] = run.run_id
+    report = build_report(store.root)
+    labels = [(row.run_id, row.key.method, row.variant) for row in report.rows]
+    assert labels[:5] == [(by_variant["fp32"], "fp", ""), (by_variant["tf32"], "fp", "tf32"),
+                          (by_variant["bf16"], "fp", "bf16"), (by_variant["fake"], "rtn", ""),
+                          (by_variant["real"], "rtn", "real kernels")]
+    assert [row.status for row in report.rows[5:]] == ["pending", "pending"]
+    assert {row.variant for row in report.rows[5:]} == {"", "real kernels"}  # read from the planned overrides
+    assert report.baseline.run_id == by_variant["fp32"]  # never a TF32 / BF16 run
+    assert [(c.method_a, c.variant_a, c.method_b, c.variant_b) for c in report.comparisons] == [
+        ("rtn", "", "rtn", "real kernels")]
+    write_report(store.root, tmp_path / "out")
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| RTN (real kernels) | 8 | 8 |" in text and "(bf16) | 32 | 32 |" in text
+    assert "| RTN | RTN (real kernels) |" in text  # the paired test between the two backends

@@ -151,3 +151,29 @@ def test_parse_override_strings():
         "n_evals": 10, "planner.max_iter": 5, "quant_encoder": False, "tag": "a=b"}
     with pytest.raises(StudyError, match="key=value"):
         parse_override_strings(["n_evals"])
+
+
+def test_method_base_sets_keys_for_every_run_of_a_method_and_keeps_the_grid_order():
+    spec = parse_spec({**BASE, "method_base": {"omniquant": {"method_options.batch_size": 8}},
+                       "runs": [{"grid": {"w_bits": [8, 4], "method": ["rtn", "omniquant"]}},
+                                {"method": "omniquant", "w_bits": 3, "method_options.batch_size": 2}]})
+    assert [(r.overrides["method"], r.overrides["encoder_wbit"], r.overrides.get("method_options.batch_size"))
+            for r in spec.runs] == [("rtn", 8, None), ("omniquant", 8, 8), ("rtn", 4, None), ("omniquant", 4, 8),
+                                    ("omniquant", 3, 2)]  # a run's own keys win over method_base
+
+
+@pytest.mark.parametrize("method_base, message", [
+    ({"bogus": {"quant_iter": 2}}, "invalid value 'bogus' for method_base"),
+    ({"rtn": {"method": "awq"}}, "cannot set 'method'"),
+    ({"rtn": {"colour": 1}}, "unknown key 'colour'"),
+    ([1], "must be a mapping"),
+])
+def test_bad_method_base_is_refused(method_base, message):
+    with pytest.raises(StudyError, match=message):
+        parse_spec({**BASE, "method_base": method_base})
+
+
+def test_shipped_tables_train_omniquant_in_batches_of_eight():
+    for table in ("table1", "table3", "table4"):
+        omni = [r for r in load_spec(table).runs if r.overrides["method"] == "omniquant"]
+        assert omni and all(r.overrides["method_options.batch_size"] == 8 for r in omni)

@@ -12,6 +12,7 @@ same per-(seed, episode, iteration) generators as model-based planning.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -60,7 +61,9 @@ class CeilingConfig:
 
 
 def run_ceiling(env_name: str, env, episodes: EpisodeSet, normalization: Normalization, config: CeilingConfig,
-                seed: int, progress: bool = True) -> PlanningTrace:
+                seed: int, progress: bool = True,
+                on_iteration: Callable[[int, PlanningTrace], None] | None = None) -> PlanningTrace:
+    """MPC-CEM on the true dynamics; `on_iteration(k, trace)` runs after each MPC iteration."""
     n = len(episodes)
     cem = config.cem
     f = config.frameskip
@@ -104,6 +107,8 @@ def run_ceiling(env_name: str, env, episodes: EpisodeSet, normalization: Normali
             success_iter[i] = k
         succeeded[active] |= verdict["success"].astype(bool)
         trace.success_by_iter.append(succeeded.astype(int).tolist())
+        if on_iteration is not None:
+            on_iteration(k, trace)
     while len(trace.success_by_iter) < config.max_iter:
         trace.success_by_iter.append(list(trace.success_by_iter[-1]))
     trace.success_iter = success_iter

@@ -275,7 +275,8 @@ def run_ceiling_plan(cfg: DictConfig, progress: bool = True, session: PlanningSe
         n_taken_actions=int(cfg.goal_H), max_iter=int(cfg.planner.max_iter), frameskip=session.bundle.frameskip,
     )
     try:
-        trace = run_ceiling(str(cfg.env), env, episodes, session.bundle.normalization, config, int(cfg.seed), progress)
+        trace = run_ceiling(str(cfg.env), env, episodes, session.bundle.normalization, config, int(cfg.seed), progress,
+                            on_iteration=progress_writer(run_dir, start))
     finally:
         env.close()
     trace.latent_mse_by_iter = [float("nan")] * len(trace.success_by_iter)

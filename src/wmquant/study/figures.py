@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from ..errors import StudyError
 from ..io import atomic_path
-from .paper import SettingKey, setting_key_from_result
+from .paper import SettingKey, engine_variant, setting_key_from_result
 from .stats import wilson_interval
 
 METHOD_COLOURS = {"fp": "black", "rtn": "tab:blue", "omse": "tab:orange", "smoothquant": "tab:green",
@@ -66,7 +66,9 @@ def _style_iteration_axis(axis) -> None:
 
 
 def _label(result: Mapping[str, Any]) -> str:
-    return "FP" if result["method"] == "fp" else result["method"]
+    name = "FP" if result["method"] == "fp" else result["method"]
+    variant = engine_variant(result)
+    return f"{name} ({variant})" if variant else name
 
 
 def _success_line(axis, result: Mapping[str, Any], style: str = "-") -> None:

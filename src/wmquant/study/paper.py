@@ -140,6 +140,24 @@ def setting_key_from_result(result: Mapping[str, Any]) -> SettingKey:
                            predictor["a_bits"], source.get("w_group_size"), source.get("a_granularity"))
 
 
+def engine_variant(result: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None) -> str:
+    """How a run's engine differs from the exact default (FP32, fake quantization, eager), as a
+    short label: "" for the default; e.g. "tf32", "real kernels", "bf16, compiled". Read from a
+    result's resolved config, or from a planned run's `engine.*` overrides."""
+    if result is not None:
+        engine = (result.get("config") or {}).get("engine") or {}
+    else:
+        engine = {k.removeprefix("engine."): v for k, v in (overrides or {}).items() if k.startswith("engine.")}
+    parts = []
+    if engine.get("precision", "fp32") != "fp32":
+        parts.append(str(engine["precision"]))
+    if engine.get("backend", "fake") != "fake":
+        parts.append(f"{engine['backend']} kernels")
+    if engine.get("compile"):
+        parts.append("compiled")
+    return ", ".join(parts)
+
+
 # ---------------------------------------------------------------------------------------------
 # Parsing the paper's text
 

@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 from ..errors import StudyError
 from ..io import write_text
 from .figures import plot_latent_mse_and_loss, plot_success_curves
-from .paper import PAPER_METHOD_NAMES, SettingKey, paper_bits, paper_table, setting_key_from_result
+from .paper import PAPER_METHOD_NAMES, SettingKey, engine_variant, paper_bits, paper_table, setting_key_from_result
 from .spec import setting_key_from_overrides
 from .stats import MCNEMAR_METHODS, holm_adjust, mcnemar, wilson_interval
 from .store import CorruptResult, ResultStore
@@ -70,6 +70,7 @@ class Row:
     note: str = ""
     cells: dict[int, Cell] = field(default_factory=dict)
     paper: dict[int, float] = field(default_factory=dict)
+    variant: str = ""                  # engine mode other than the exact default, e.g. "bf16", "real kernels"
 
 
 @dataclass
@@ -88,6 +89,8 @@ class Comparison:
     c: int
     p_value: float
     p_holm: float = 1.0
+    variant_a: str = ""  # engine variants (Row.variant)
+    variant_b: str = ""
 
 
 @dataclass
@@ -166,7 +169,7 @@ def build_report(sweep_dir: str | os.PathLike, alpha: float = 0.05, mcnemar_scop
     table = sweep.get("paper_table")
     published = paper_table(table) if table else {}
     rows = _rows(store, sweep, results, corrupt, columns, published)
-    baseline = next((r for r in rows if r.result is not None and r.key.method == "fp"), None)
+    baseline = next((r for r in rows if r.result is not None and r.key.method == "fp" and not r.variant), None)
     unpaired = _test_against_baseline(rows, baseline, columns, mcnemar_scope, mcnemar_method)
     comparisons = _pairwise(rows, columns, mcnemar_method)
     return Report(title=f"Study {sweep.get('spec', store.root.name)}", description=sweep.get("description", ""),
@@ -187,7 +190,7 @@ def _rows(store: ResultStore, sweep: Mapping[str, Any], results: list[dict], cor
     for run_id, overrides in order:
         result = by_id.get(run_id)
         if result is not None:
-            row = Row(run_id, setting_key_from_result(result), result, "done")
+            row = Row(run_id, setting_key_from_result(result), result, "done", variant=engine_variant(result))
             for k in columns:
                 outcomes = _outcomes(result, k)
                 if outcomes is not None:
@@ -196,7 +199,8 @@ def _rows(store: ResultStore, sweep: Mapping[str, Any], results: list[dict], cor
         else:
             status = "corrupt" if run_id in corrupt_by_id else "failed" if run_id in failures else "pending"
             row = Row(run_id, setting_key_from_overrides(overrides), None, status,
-                      note=corrupt_by_id.get(run_id) or failures.get(run_id, ""))
+                      note=corrupt_by_id.get(run_id) or failures.get(run_id, ""),
+                      variant=engine_variant(overrides=overrides))
         row.paper = dict(published.get(row.key, {}))
         rows.append(row)
     return rows
@@ -240,7 +244,8 @@ def _pairwise(rows: list[Row], columns: list[int], method: str) -> list[Comparis
             test = mcnemar(a, b, method=method)
             comparisons.append(Comparison(first.key.label(), first.run_id, first.key.method, second.run_id,
                                           second.key.method, k, sum(a) / len(a), sum(b) / len(b),
-                                          test["b"], test["c"], test["p_value"]))
+                                          test["b"], test["c"], test["p_value"],
+                                          variant_a=first.variant, variant_b=second.variant))
     for comparison, adjusted in zip(comparisons, holm_adjust([c.p_value for c in comparisons])):
         comparison.p_holm = adjusted
     return comparisons
@@ -255,8 +260,14 @@ def setting_columns(report: Report) -> list[str]:
     return ["Method", "#W", "#A", "#G", "AQG"]
 
 
-def setting_values(report: Report, key: SettingKey) -> list[str]:
-    method = METHOD_DISPLAY.get(key.method, key.method)
+def method_label(method: str, variant: str = "") -> str:
+    """The paper's method name, with the engine variant if any: "RTN (real kernels)"."""
+    name = METHOD_DISPLAY.get(method, method)
+    return f"{name} ({variant})" if variant else name
+
+
+def setting_values(report: Report, key: SettingKey, variant: str = "") -> list[str]:
+    method = method_label(key.method, variant)
     group = str(key.group) if key.group else "\u2013"
     aqg = key.aqg.replace("_", "-") if key.aqg else "\u2013"
     if report.module_layout:
@@ -306,14 +317,14 @@ def footnotes(report: Report) -> list[str]:
 
 def main_table(report: Report) -> tuple[list[str], list[list[str]]]:
     header = setting_columns(report) + [f"{k} iters" for k in report.columns] + ["Run", "Status"]
-    body = [setting_values(report, row.key) + [cell_text(report, row, k) for k in report.columns]
+    body = [setting_values(report, row.key, row.variant) + [cell_text(report, row, k) for k in report.columns]
             + [row.run_id, _status_text(row)] for row in report.rows]
     return header, body
 
 
 def comparison_table(report: Report) -> tuple[list[str], list[list[str]]]:
     header = ["Setting", "A", "B", "iters", "success A", "success B", "A only", "B only", "p", "p (Holm)", ""]
-    body = [[c.setting, METHOD_DISPLAY.get(c.method_a, c.method_a), METHOD_DISPLAY.get(c.method_b, c.method_b),
+    body = [[c.setting, method_label(c.method_a, c.variant_a), method_label(c.method_b, c.variant_b),
              str(c.column), f"{c.rate_a:.2f}", f"{c.rate_b:.2f}", str(c.b), str(c.c), f"{c.p_value:.3g}",
              f"{c.p_holm:.3g}", "*" if c.p_value < report.alpha else ""] for c in report.comparisons]
     return header, body
@@ -406,7 +417,7 @@ def render_latex(report: Report) -> str:
              f"{latex_escape(COLUMN_NOTE)} $^{{*}}$: McNemar p $<$ {report.alpha} against FP.}}",
              f"\\begin{{tabular}}{{{spec}}}", "\\toprule", header + " \\\\", "\\midrule"]
     for row in report.rows:
-        values = [latex_escape(v) for v in setting_values(report, row.key)]
+        values = [latex_escape(v) for v in setting_values(report, row.key, row.variant)]
         lines.append(" & ".join(values + [_latex_cell(report, row, k) for k in report.columns]) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}", "\\end{table*}", ""]
     return "\n".join(lines)
@@ -450,7 +461,7 @@ def render_html(report: Report, figures: Mapping[str, bytes]) -> str:
     header, _ = main_table(report)
     rows_html = []
     for row in report.rows:
-        cells = "".join(f"<td>{html.escape(v)}</td>" for v in setting_values(report, row.key))
+        cells = "".join(f"<td>{html.escape(v)}</td>" for v in setting_values(report, row.key, row.variant))
         cells += "".join(_html_cell(report, row, k) for k in report.columns)
         cells += f"<td><code>{html.escape(row.run_id)}</code></td><td>{html.escape(_status_text(row))}</td>"
         rows_html.append(f"<tr>{cells}</tr>")

@@ -41,7 +41,7 @@ import yaml
 from ..errors import StudyError
 from .paper import OFF_BITS, SettingKey
 
-SPEC_SCHEMA_KEYS = ("name", "paper_table", "env", "description", "columns", "base", "runs")
+SPEC_SCHEMA_KEYS = ("name", "paper_table", "env", "description", "columns", "base", "method_base", "runs")
 ENVS = ("wall", "pusht")
 METHODS = ("fp", "rtn", "omse", "smoothquant", "awq", "omniquant", "gptq")
 # The original README's flags for each method (spec quantwm.md section 10).
@@ -438,6 +438,23 @@ def _expand_entry(entry: Any, index: int, name: str) -> list[dict[str, Any]]:
     return [{k: v for part in combo for k, v in part.items()} for combo in itertools.product(*axes)]
 
 
+def _parse_method_base(data: Any, name: str) -> dict[str, dict[str, Any]]:
+    """`method_base: {omniquant: {method_options.batch_size: 8}}`: settings for every run of a
+    method, whichever grid it comes from (so that a grid keeps its row order)."""
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise StudyError(f"study spec {name!r}: method_base must be a mapping of method: {{key: value}}, got {data!r}")
+    parsed = {}
+    for method, overrides in data.items():
+        _one_of(METHODS)("method_base", method)
+        flat = flatten_overrides(overrides, f"spec {name!r} method_base.{method}")
+        if "method" in flat:
+            raise StudyError(f"study spec {name!r}: method_base.{method} cannot set 'method'")
+        parsed[method] = flat
+    return parsed
+
+
 def parse_spec(data: Any, source: str = "<spec>") -> StudySpec:
     """Validate a spec mapping (as read from YAML) and expand its runs."""
     if not isinstance(data, Mapping):
@@ -466,8 +483,13 @@ def parse_spec(data: Any, source: str = "<spec>") -> StudySpec:
         raise StudyError(f"study spec {name!r}: base env={base['env']} contradicts env: {env}")
     if not isinstance(data["runs"], list) or not data["runs"]:
         raise StudyError(f"study spec {name!r}: runs must be a non-empty list")
-    merged = [{"env": env, **base, **entry}
-              for index, raw in enumerate(data["runs"]) for entry in _expand_entry(raw, index, name)]
+    method_base = _parse_method_base(data.get("method_base"), name)
+    merged = []
+    for index, raw in enumerate(data["runs"]):
+        for entry in _expand_entry(raw, index, name):
+            # base < the run's method's settings < the run's own keys
+            method = entry.get("method", base.get("method"))
+            merged.append({"env": env, **base, **method_base.get(method, {}), **entry})
     runs = _deduplicate([make_run_spec(normalise_run(m, f"spec {name!r}")) for m in merged], name)
     description = data.get("description") or ""
     return StudySpec(name=name, env=env, columns=tuple(columns), base=base, description=str(description).strip(),
