@@ -19,7 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 from ..errors import ConfigError
 from .results import (build_result, new_run_dir, progress_writer, success_table, write_figures, write_logs,
                       write_open_loop, write_result)
+from .checkpoint import CHECKPOINT_FILE, fingerprint
 from .session import PlanningSession
+
+#: Config keys that name where or how a run is shown, not what it measures.
+RUN_LOCAL_KEYS = ("output_dir", "save_plots", "save_video", "resume", "n_plot_samples")
 
 # Seed README compatibility: the original scripts chose the method through w_quant_method.
 METHOD_FROM_W_QUANT_METHOD = {"minmax": "rtn", "omse": "omse", "awq": "awq", "omniquant": "omniquant"}
@@ -56,18 +60,29 @@ def evaluate_and_write(cfg: DictConfig, session: PlanningSession, run_dir: Path,
                        method: str = "fp", quant: dict | None = None, calibration=None) -> dict:
     """Plan on the evaluation episodes and write logs.json, the figures and (last) result.json."""
     episodes, env = session.episodes("evaluation")
+    checkpoint = run_dir / CHECKPOINT_FILE if cfg.resume else None
+    # What makes the run this run: a checkpoint of anything else (another config, other weights, a
+    # quantization that came out differently, other episodes) is never continued.
+    identity = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in RUN_LOCAL_KEYS}
+    run_fingerprint = fingerprint(identity, session.model, episodes.seeds) if checkpoint is not None else ""
     try:
         trace = session.plan(episodes, env, progress=progress, plot_episodes=int(cfg.n_plot_samples),
-                             on_iteration=progress_writer(run_dir, start))
+                             on_iteration=progress_writer(run_dir, start),
+                             checkpoint=checkpoint, run_fingerprint=run_fingerprint)
     finally:
         env.close()
-    result = build_result(cfg, trace, episodes, time.perf_counter() - start, method=method, quant=quant,
-                          calibration=calibration, run_id=run_dir.name)
+    extra = None
+    if trace.resumed_from is not None:
+        extra = {"resumed": {"from_iteration": trace.resumed_from, "earlier_planning_seconds": trace.earlier_seconds}}
+    result = build_result(cfg, trace, episodes, time.perf_counter() - start + trace.earlier_seconds, method=method,
+                          quant=quant, calibration=calibration, run_id=run_dir.name, extra=extra)
     write_logs(run_dir, trace)
     if cfg.save_plots:
         write_figures(run_dir, trace, session.model, f"{cfg.model_name} {method} {cfg.tag}")
     write_open_loop(run_dir, session, episodes, int(cfg.seed))
     write_result(run_dir, result)
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)  # the result is the record now
     return result
 
 

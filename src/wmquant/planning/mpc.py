@@ -9,7 +9,9 @@ any recorded quantity; the test suite checks that both settings give identical r
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -18,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from .cem import noise_generator
+from .checkpoint import EPISODE_ARRAYS, MPCState, load_state, replay, save_state
 from .engine import Engine
 from .episodes import EpisodeSet
 
@@ -47,6 +50,8 @@ class PlanningTrace:
     final_states: np.ndarray | None = None
     executed_actions: np.ndarray | None = None  # raw env actions (E, steps, A)
     first_plan: dict[str, Any] = field(default_factory=dict)  # for the rollout grid
+    resumed_from: int | None = None  # first MPC iteration of this attempt, when it continued a checkpoint
+    earlier_seconds: float = 0.0     # planning time of the earlier attempts it continued
 
     @property
     def success_rate_by_iter(self) -> list[float]:
@@ -72,8 +77,14 @@ def run_mpc(
     desc: str = "MPC",
     plot_episodes: int = 0,
     on_iteration: Callable[[int, PlanningTrace], None] | None = None,
+    checkpoint: str | Path | None = None,
+    run_fingerprint: str = "",
 ) -> PlanningTrace:
-    """Plan and execute in `env` (a BatchEnv with one environment per episode, layouts already set)."""
+    """Plan and execute in `env` (a BatchEnv with one environment per episode, layouts already set).
+
+    checkpoint: a file (`mpc_state.npz`) saved after every MPC iteration; when it exists with the
+    same `run_fingerprint`, planning continues after its last iteration (see .checkpoint)."""
+    started = time.perf_counter()
     n = len(episodes)
     n_taken = config.n_taken_actions
     horizon = planner.config.horizon
@@ -97,8 +108,47 @@ def run_mpc(
     executed: list[np.ndarray] = []
     zero_env_action = np.zeros(env.action_dim)
     trace = PlanningTrace()
+    first_iteration, earlier_seconds = 0, 0.0
+    steps_per_iteration = n_taken * frameskip
+    saved = load_state(Path(checkpoint), run_fingerprint) if checkpoint is not None else None
+    if saved is not None and saved.iterations_done <= config.max_iter:
+        replayed = replay(env, episodes.init_states, saved, config.skip_succeeded, steps_per_iteration)
+        if replayed is None:  # the env did not reproduce its states: never continue from a wrong state
+            obs, states = env.reset_to(episodes.init_states)
+            cur_obs = {k: np.array(v) for k, v in obs.items()}
+            cur_states = np.array(states)
+        else:
+            cur_obs, cur_states = replayed
+            (succeeded, success_iter_array, latent_mse, plan_loss, visual_dist, proprio_dist, state_dist,
+             div_visual, div_proprio, final_states) = (saved.arrays[k].copy() for k in EPISODE_ARRAYS[:-1])
+            succeeded = succeeded.astype(bool)
+            success_iter = [None if i < 0 else int(i) for i in success_iter_array]
+            memo = None if saved.memo is None else torch.from_numpy(saved.memo)
+            executed = list(np.split(saved.executed, saved.iterations_done, axis=1)) if saved.iterations_done else []
+            trace.success_by_iter = saved.success_by_iter.tolist()
+            trace.latent_mse_by_iter = saved.latent_mse_by_iter.tolist()
+            trace.planning_loss_by_iter = saved.planning_loss_by_iter.tolist()
+            trace.logs = list(saved.logs)
+            if saved.first_plan:
+                trace.first_plan = {**saved.first_plan, "episodes": saved.first_plan["episodes"].tolist(),
+                                    "predicted_visual": torch.from_numpy(saved.first_plan["predicted_visual"])}
+            first_iteration, earlier_seconds = saved.iterations_done, saved.seconds
+            trace.resumed_from, trace.earlier_seconds = first_iteration, earlier_seconds
 
-    bar = tqdm(range(config.max_iter), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    def save(k: int) -> None:
+        arrays = dict(zip(EPISODE_ARRAYS, (
+            succeeded, np.array([-1 if i is None else i for i in success_iter]), latent_mse, plan_loss,
+            visual_dist, proprio_dist, state_dist, div_visual, div_proprio, final_states, cur_states)))
+        first = {k: (v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in trace.first_plan.items()}
+        save_state(Path(checkpoint), MPCState(
+            iterations_done=k + 1, arrays=arrays, memo=None if memo is None else memo.numpy(),
+            executed=np.concatenate(executed, axis=1), success_by_iter=np.array(trace.success_by_iter),
+            latent_mse_by_iter=np.array(trace.latent_mse_by_iter),
+            planning_loss_by_iter=np.array(trace.planning_loss_by_iter), logs=trace.logs, first_plan=first,
+            seconds=earlier_seconds + time.perf_counter() - started), run_fingerprint)
+
+    bar = tqdm(range(first_iteration, config.max_iter), desc=desc, disable=not progress, leave=False,
+               dynamic_ncols=True, initial=first_iteration, total=config.max_iter)
     for k in bar:
         active = np.flatnonzero(~succeeded) if config.skip_succeeded else np.arange(n)
         if active.size == 0:
@@ -177,6 +227,8 @@ def run_mpc(
                 "goal_frames": episodes.obs_g["visual"][active[:shown]],
             }
         bar.set_postfix(success=f"{succeeded.mean():.2f}")
+        if checkpoint is not None:
+            save(k)
         if on_iteration is not None:
             on_iteration(k, trace)
 

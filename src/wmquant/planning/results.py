@@ -141,7 +141,8 @@ def progress_writer(run_dir: Path, started: float):
             "success_rate_by_iter": trace.success_rate_by_iter,
             "success_by_iter": trace.success_by_iter,
             "latent_mse_by_iter": trace.latent_mse_by_iter,
-            "seconds": time.perf_counter() - started,
+            "seconds": time.perf_counter() - started + trace.earlier_seconds,
+            **({"resumed_from_iteration": trace.resumed_from} if trace.resumed_from is not None else {}),
         })
 
     return write

@@ -214,6 +214,8 @@ class PlanningSession:
         desc: str = "MPC",
         plot_episodes: int = 0,
         on_iteration=None,
+        checkpoint=None,
+        run_fingerprint: str = "",
     ) -> PlanningTrace:
         mpc = self.cfg.planner.name == "mpc"
         config = MPCConfig(
@@ -224,6 +226,7 @@ class PlanningSession:
         return run_mpc(
             self.engine, self.planner(), env, episodes, config, self.bundle.frameskip, int(self.cfg.seed),
             progress=progress, desc=desc, plot_episodes=plot_episodes, on_iteration=on_iteration,
+            checkpoint=checkpoint, run_fingerprint=run_fingerprint,
         )
 
 

@@ -1,0 +1,79 @@
+"""Resumable MPC: a run interrupted after some iterations continues from mpc_state.npz and ends with
+exactly the result of an uninterrupted run."""
+
+import json
+
+import numpy as np
+import pytest
+
+from wmquant.cli import main
+from wmquant.planning import commands
+from wmquant.planning.checkpoint import CHECKPOINT_FILE
+
+WALL = ["--config-name", "plan_wall.yaml", "model_name=wall", "n_evals=6", "planner.max_iter=5",
+        "planner.sub_planner.num_samples=60", "planner.sub_planner.topk=10", "planner.sub_planner.opt_steps=3",
+        "save_plots=false", "engine.device=cpu"]
+PUSHT = ["--config-name", "plan_pusht.yaml", "model_name=pusht", "goal_source=random_state", "n_evals=3",
+         "planner.max_iter=3", "planner.sub_planner.num_samples=20", "planner.sub_planner.topk=5",
+         "planner.sub_planner.opt_steps=2", "save_plots=false", "engine.device=cpu"]
+MEASURED = ("success_by_iter", "success_rate_by_iter", "latent_mse_by_iter", "planning_loss_by_iter", "eval_seeds")
+
+
+class Killed(Exception):
+    """Stands in for a time limit that ends the process after some MPC iteration."""
+
+
+def _interrupt_after(monkeypatch, iterations):
+    real = commands.progress_writer
+
+    def writer(run_dir, started):
+        write = real(run_dir, started)
+
+        def write_then_die(iteration, trace):
+            write(iteration, trace)
+            if iteration + 1 == iterations:
+                raise Killed
+        return write_then_die
+    monkeypatch.setattr(commands, "progress_writer", writer)
+
+
+def _result(path):
+    return json.loads((path / "result.json").read_text())
+
+
+@pytest.mark.parametrize("args, stop_after", [(WALL, 2), (PUSHT, 1)], ids=["wall", "pusht"])
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, args, stop_after):
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    assert main(["plan", *args, f"output_dir={reference}", "resume=false"]) == 0
+
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, stop_after)
+        with pytest.raises(Killed):
+            main(["plan", *args, f"output_dir={resumed}"])
+    assert not (resumed / "result.json").exists() and (resumed / CHECKPOINT_FILE).exists()
+    progress = json.loads((resumed / "progress.json").read_text())
+    assert progress["iterations_done"] == stop_after
+
+    assert main(["plan", *args, f"output_dir={resumed}"]) == 0
+    first, second = _result(reference), _result(resumed)
+    assert {k: first[k] for k in MEASURED} == {k: second[k] for k in MEASURED}
+    assert (reference / "logs.json").read_text() == (resumed / "logs.json").read_text()  # upstream's JSON lines
+    assert second["resumed"]["from_iteration"] == stop_after and "resumed" not in first
+    assert not (resumed / CHECKPOINT_FILE).exists()  # removed once the result is written
+    if args is WALL:  # the replay had to step only the episodes that were still active
+        rates = np.array(first["success_rate_by_iter"])
+        assert 0 < rates[stop_after - 1] < 1
+
+
+def test_a_checkpoint_of_another_run_is_not_continued(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, 2)
+        with pytest.raises(Killed):
+            main(["plan", *WALL, f"output_dir={out}"])
+    # Another CEM variance: the checkpoint's fingerprint differs, so planning starts over.
+    assert main(["plan", *WALL, f"output_dir={out}", "planner.sub_planner.var_scale=0.5"]) == 0
+    assert "resumed" not in _result(out)
+    fresh = tmp_path / "fresh"
+    assert main(["plan", *WALL, f"output_dir={fresh}", "planner.sub_planner.var_scale=0.5"]) == 0
+    assert _result(out)["success_by_iter"] == _result(fresh)["success_by_iter"]
