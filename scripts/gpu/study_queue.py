@@ -12,7 +12,7 @@ device call of limited time:
   at the end are killed (a killed run leaves no result, as in any sweep).
 
 Usage (device machine, after scripts/gpu/setup.sh):
-  python3 scripts/gpu/study_queue.py --seconds 520 --jobs 3 table7 table3 table1 table4 engines_wall
+  python3 scripts/gpu/study_queue.py --seconds 520 --jobs 3 --first engines_wall table7 table3 table1 table4 engines_wall
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--jobs", type=int, default=3, help="runs at a time (all on the visible GPUs)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="an override for every run (bound to the sweep dirs, as `wmquant sweep` does)")
+    parser.add_argument("--first", nargs="*", default=[], metavar="SPEC",
+                        help="specs whose runs go before all others (cheapest first among them too)")
     parser.add_argument("--min-start", type=float, default=45.0,
                         help="start no run with less than this many seconds left")
     args = parser.parse_args(argv)
@@ -89,7 +91,10 @@ def main(argv: list[str]) -> int:
                 copy_run(stores[done[0]].run_dir(run_id), stores[s].run_dir(run_id))
         return bool(done)
 
-    pending = sorted((r for r in homes if not share(r)), key=lambda r: cost_rank(overrides[r]))
+    def priority(run_id: str) -> tuple:
+        return (not any(s in args.first for s in homes[run_id]), *cost_rank(overrides[run_id]))
+
+    pending = sorted((r for r in homes if not share(r)), key=priority)
     print(f"{len(homes)} distinct runs in {len(args.specs)} specs, {len(pending)} to run, {args.jobs} at a time",
           flush=True)
     gpus = visible_gpus() or [""]

@@ -22,7 +22,7 @@ if [ ! -f act_scales/wm_act_scales_wall_iter2_opt10_eval50.safetensors ]; then
     act_scales_dir=act_scales 2>&1 | grep -v "it/s" | tail -3
 fi
 log "queue"
-python3 scripts/gpu/study_queue.py --seconds $((BUDGET - SECONDS)) --jobs $JOBS --set act_scales_dir=act_scales $SPECS \
+python3 scripts/gpu/study_queue.py --seconds $((BUDGET - SECONDS)) --jobs $JOBS --first engines_wall --set act_scales_dir=act_scales $SPECS \
   2>&1 | tee sweeps/queue_log_$(date +%H%M%S).txt
 (cd sweeps && find . -name result.json | sort) > /tmp/results_after.txt
 for spec in $SPECS; do
