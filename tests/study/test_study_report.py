@@ -2,6 +2,7 @@
 
 import csv
 import io
+import re
 
 import pytest
 from fake_runner import build_result
@@ -174,3 +175,39 @@ def test_engine_variants_get_their_own_rows_and_paired_tests(tmp_path):
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| RTN (real kernels) | 8 | 8 |" in text and "(bf16) | 32 | 32 |" in text
     assert "| RTN | RTN (real kernels) |" in text  # the paired test between the two backends
+
+
+def test_study_document_collects_several_sweeps(sweep, tmp_path):
+    from wmquant.cli import main
+
+    store, _, _ = sweep
+    spec = load_spec("table7")
+    runs = spec.expand(OVERRIDES)
+    second = ResultStore(tmp_path / "table7")
+    second.bind(spec, OVERRIDES, runs)
+    for run in runs[:3]:
+        second.prepare_run(run)
+        write_json(second.result_path(run.run_id), build_result(run.overrides, run.run_id))
+    preface = tmp_path / "preface.md"
+    preface.write_text("Our reading: **8 bits are free.**\n")
+    document = tmp_path / "docs" / "study.md"
+    assert main(["report", str(store.root), str(second.root), "--document", str(document), "--title", "Wall study",
+                 "--preface", str(preface), "--no-model-figures"]) == 0
+    text = document.read_text()
+    assert text.startswith("# Wall study\n\nOur reading: **8 bits are free.**")
+    assert text.index("## Study table3") < text.index("## Study table7")
+    assert "Runs: 5 complete of 33" in text and "Runs: 3 complete of 23" in text
+    for spec_name in ("table3", "table7"):  # every link of the document resolves, relative to it
+        assert (document.parent / "study" / spec_name / "report.html").is_file()
+    targets = re.findall(r"\]\(([^)]+)\)", text)
+    assert len(targets) >= 2 * 5  # per sweep: two figures and the HTML, CSV and LaTeX reports
+    for target in targets:
+        assert (document.parent / target).is_file(), target
+
+
+def test_report_refuses_several_sweeps_without_a_document(sweep, tmp_path, capsys):
+    from wmquant.cli import main
+
+    store, _, _ = sweep
+    assert main(["report", str(store.root), str(store.root)]) == 2
+    assert "need --document" in capsys.readouterr().err

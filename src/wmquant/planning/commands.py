@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError
+from ..hardware import describe_device
 from .results import (build_result, new_run_dir, progress_writer, success_table, write_figures, write_logs,
                       write_open_loop, write_result)
 from .checkpoint import CHECKPOINT_FILE, fingerprint
@@ -71,9 +72,9 @@ def evaluate_and_write(cfg: DictConfig, session: PlanningSession, run_dir: Path,
                              checkpoint=checkpoint, run_fingerprint=run_fingerprint)
     finally:
         env.close()
-    extra = None
+    extra = {"device": describe_device(session.engine.device)}
     if trace.resumed_from is not None:
-        extra = {"resumed": {"from_iteration": trace.resumed_from, "earlier_planning_seconds": trace.earlier_seconds}}
+        extra["resumed"] = {"from_iteration": trace.resumed_from, "earlier_planning_seconds": trace.earlier_seconds}
     result = build_result(cfg, trace, episodes, time.perf_counter() - start + trace.earlier_seconds, method=method,
                           quant=quant, calibration=calibration, run_id=run_dir.name, extra=extra)
     write_logs(run_dir, trace)

@@ -42,21 +42,40 @@ def report_main(argv: Sequence[str]) -> int:
     from ..cli import flag_parser
     from .report import write_report
 
-    parser = flag_parser("wmquant report", "Markdown, CSV, LaTeX and HTML tables and figures for a sweep.")
-    parser.add_argument("sweep_dir", type=Path)
-    parser.add_argument("--out", type=Path, default=None, help="output directory (default: SWEEP_DIR/report)")
+    parser = flag_parser("wmquant report", "Markdown, CSV, LaTeX and HTML tables and figures for sweeps.")
+    parser.add_argument("sweep_dirs", type=Path, nargs="+", metavar="SWEEP_DIR")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory of a single sweep's report (default: SWEEP_DIR/report)")
+    parser.add_argument("--document", type=Path, default=None, metavar="FILE.md",
+                        help="one study document for all the sweeps (their reports go to FILE/<spec>/)")
+    parser.add_argument("--title", default="Study", help="title of --document")
+    parser.add_argument("--preface", type=Path, default=None, metavar="FILE.md",
+                        help="Markdown put at the top of --document (the reading of the results)")
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level of the McNemar marks")
     parser.add_argument("--no-model-figures", action="store_true",
                         help="skip Fig. 1 (activation outliers) and Fig. 2 (open-loop rollouts), which load the model")
     args = parser.parse_args(list(argv))
-    if not args.no_model_figures and args.sweep_dir.is_dir():
-        from .model_figures import write_model_figures
-        from .store import ResultStore
+    if len(args.sweep_dirs) > 1 and args.document is None:
+        raise ConfigError(f"{len(args.sweep_dirs)} sweep directories need --document FILE.md (one document for all)")
+    if args.document is not None and args.out is not None:
+        raise ConfigError("--out and --document exclude each other (a document's reports go to FILE/<spec>/)")
+    if args.preface is not None and not args.preface.is_file():
+        raise ConfigError(f"--preface {args.preface}: no such file")
+    for sweep_dir in args.sweep_dirs:
+        if not args.no_model_figures and sweep_dir.is_dir():
+            from .model_figures import write_model_figures
+            from .store import ResultStore
 
-        results, _ = ResultStore(args.sweep_dir).load_results()
-        for name, path in write_model_figures(args.sweep_dir, results).items():
-            print(f"{name:>20}: {path}")
-    paths = write_report(args.sweep_dir, args.out, alpha=args.alpha)
+            results, _ = ResultStore(sweep_dir).load_results()
+            for name, path in write_model_figures(sweep_dir, results).items():
+                print(f"{name:>20}: {path}")
+    if args.document is not None:
+        from .report import write_study_document
+
+        preface = args.preface.read_text(encoding="utf-8") if args.preface else ""
+        paths = write_study_document(args.sweep_dirs, args.document, args.title, preface, alpha=args.alpha)
+    else:
+        paths = write_report(args.sweep_dirs[0], args.out, alpha=args.alpha)
     for kind, path in paths.items():
         print(f"{kind:>20}: {path}")
     return 0

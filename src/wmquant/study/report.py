@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import StudyError
-from ..io import write_text
+from ..io import write_bytes, write_text
 from .figures import plot_latent_mse_and_loss, plot_success_curves
 from .paper import PAPER_METHOD_NAMES, SettingKey, engine_variant, paper_bits, paper_table, setting_key_from_result
 from .spec import setting_key_from_overrides
@@ -348,23 +348,34 @@ def _corrupt_lines(report: Report) -> list[str]:
     return lines
 
 
-def render_markdown(report: Report, figures: Mapping[str, Path], relative_to: Path) -> str:
-    parts = [f"# {report.title}", ""]
+def timing_text(report: Report) -> str:
+    """Runs complete, their summed wall time (calibration + planning) and where they ran."""
+    done = [row.result for row in report.rows if row.result is not None]
+    seconds = sum(float(r.get("wall_seconds", 0.0)) for r in done)
+    devices = sorted({str(r["device"]) for r in done if r.get("device")})
+    where = f" on {', '.join(devices)}" if devices else ""
+    return (f"Environment: {report.env}. Runs: {len(done)} complete of {len(report.rows)}; "
+            f"their wall time {seconds / 60:.1f} min in all{where}.")
+
+
+def render_markdown(report: Report, figures: Mapping[str, Path], relative_to: Path, level: int = 1) -> str:
+    """The report as Markdown; `level` is the heading level of its title (2 inside a study document)."""
+    sub = "#" * (level + 1)
+    parts = [f"{'#' * level} {report.title}", ""]
     if report.description:
         parts += [report.description, ""]
-    parts += [f"Environment: {report.env}. Runs: {sum(r.result is not None for r in report.rows)} complete of "
-              f"{len(report.rows)}.", "", _md_table(*main_table(report)), ""]
+    parts += [timing_text(report), "", _md_table(*main_table(report)), ""]
     parts += ["- " + note.replace("*", "\\*") for note in footnotes(report)] + [""]
     if report.corrupt:
-        parts += ["## Corrupt result files (excluded)", ""] + _corrupt_lines(report) + [""]
-    parts += [f"## Methods compared at the same setting (McNemar, {report.mcnemar_method})", ""]
+        parts += [f"{sub} Corrupt result files (excluded)", ""] + _corrupt_lines(report) + [""]
+    parts += [f"{sub} Methods compared at the same setting (McNemar, {report.mcnemar_method})", ""]
     if report.comparisons:
         parts += [_md_table(*comparison_table(report)), "",
                   f"A only / B only: episodes solved by one run and not the other. * p < {report.alpha}; "
                   "p (Holm): adjusted over all comparisons of this report.", ""]
     else:
         parts += ["No two methods share a bit setting with paired episodes.", ""]
-    parts += ["## Figures", ""]
+    parts += [f"{sub} Figures", ""]
     for name, path in figures.items():
         parts += [f"![{name}]({os.path.relpath(path, relative_to)})", ""]
     return "\n".join(parts)
@@ -512,12 +523,46 @@ def write_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None
         "success_curves": plot_success_curves(results, out / "figures" / "success_curves.png"),
         "latent_mse_and_loss": plot_latent_mse_and_loss(results, out / "figures" / "latent_mse_and_loss.png"),
     }
-    extra = sorted((Path(sweep_dir) / "figures").glob("*.png"))
+    # Figures other commands left in the sweep (Fig. 1, Fig. 2) are copied next to the report, so
+    # that the report directory stands alone (e.g. under docs/ while the sweep stays unpublished).
+    for source in sorted((Path(sweep_dir) / "figures").glob("*.png")):
+        copy = out / "figures" / source.name
+        if copy.resolve() != source.resolve():
+            write_bytes(copy, source.read_bytes())
+        figures.setdefault(source.stem, copy)
     embedded = {name: path.read_bytes() for name, path in figures.items()}
-    embedded.update({path.stem: path.read_bytes() for path in extra})
     paths = {"md": out / "report.md", "csv": out / "report.csv", "tex": out / "report.tex", "html": out / "report.html"}
-    write_text(paths["md"], render_markdown(report, {**figures, **{p.stem: p for p in extra}}, out))
+    write_text(paths["md"], render_markdown(report, figures, out))
     write_text(paths["csv"], render_csv(report))
     write_text(paths["tex"], render_latex(report))
     write_text(paths["html"], render_html(report, embedded))
     return {**paths, **figures}
+
+
+def write_study_document(sweep_dirs: Sequence[str | os.PathLike], document: str | os.PathLike,
+                         title: str, preface: str = "", alpha: float = 0.05) -> dict[str, Path]:
+    """One Markdown document for several sweeps (a study note such as docs/study_wall.md).
+
+    Each sweep's full report (Markdown, CSV, LaTeX, HTML, figures) goes to DOCUMENT_STEM/<spec>/,
+    and the document holds, per sweep, its table with intervals and paper numbers, the paired
+    tests and the figures, after `preface` (the author's reading of the results, as Markdown).
+    Returns {"document": path, <spec>: that sweep's report.md}.
+    """
+    document = Path(document)
+    assets = document.with_suffix("")
+    parts = [f"# {title}", ""]
+    if preface.strip():
+        parts += [preface.strip(), ""]
+    written = {}
+    sections = []
+    for sweep_dir in sweep_dirs:
+        report = build_report(sweep_dir, alpha=alpha)
+        name = (ResultStore(sweep_dir).read_sweep() or {}).get("spec") or Path(sweep_dir).name
+        paths = write_report(sweep_dir, assets / name, alpha=alpha)
+        figures = {k: v for k, v in paths.items() if k not in ("md", "csv", "tex", "html")}
+        links = " \u00b7 ".join(f"[{kind.upper()}]({os.path.relpath(paths[kind], document.parent)})"
+                            for kind in ("html", "csv", "tex"))
+        sections += [render_markdown(report, figures, document.parent, level=2), f"Full report: {links}", ""]
+        written[name] = paths["md"]
+    write_text(document, "\n".join(parts + sections))
+    return {"document": document, **written}

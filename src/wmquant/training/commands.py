@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import io as wio
 from ..errors import ConfigError
+from ..hardware import describe_device
 from .batches import EpisodeTensors
 from .encoder import MetricPretrainConfig, pretrain_metric_encoder, unit_variance_scale
 from .state import load_state, rng_state, save_state, set_rng_state
@@ -186,7 +187,7 @@ def run_training(cfg: DictConfig, progress: bool = True) -> dict[str, Any]:
             last[entry["stage"]] = entry
     summary = {
         "env": str(cfg.env),
-        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "device": describe_device(device),
         **{k: round(v, 2) for k, v in timings.items()},
         "total_seconds": round(time.perf_counter() - start, 2),
         "final_log": last,
