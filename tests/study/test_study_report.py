@@ -124,14 +124,20 @@ def test_report_files(sweep):
     assert paths["success_curves"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_module_ablation_layout(tmp_path):
-    spec = load_spec("table7")
+def _sweep_with_results(root, spec_name, count):
+    """A sweep dir of the shipped spec whose first `count` runs have (synthetic) results."""
+    spec = load_spec(spec_name)
     runs = spec.expand(OVERRIDES)
-    store = ResultStore(tmp_path / "t7")
+    store = ResultStore(root)
     store.bind(spec, OVERRIDES, runs)
-    for run in runs[:3]:
+    for run in runs[:count]:
         store.prepare_run(run)
         write_json(store.result_path(run.run_id), build_result(run.overrides, run.run_id))
+    return store, runs
+
+
+def test_module_ablation_layout(tmp_path):
+    store, _ = _sweep_with_results(tmp_path / "t7", "table7", 3)
     md = write_report(store.root, out_dir=tmp_path / "out")["md"].read_text()
     assert "| Method | #W_Enc | #A_Enc | #W_Pred | #A_Pred | #G | AQG |" in md
     assert "| RTN | 6 | 8 | 8 | 8 | \u2013 | per-tensor |" in md and "(0.42)" in md
@@ -152,15 +158,10 @@ def test_empty_or_missing_directories(tmp_path):
 
 
 def test_engine_variants_get_their_own_rows_and_paired_tests(tmp_path):
-    spec = load_spec("engines_wall")
-    runs = spec.expand(OVERRIDES)
-    store = ResultStore(tmp_path / "engines")
-    store.bind(spec, OVERRIDES, runs)
-    by_variant = {}
-    for run in runs[:5]:  # FP32, TF32, BF16, then W8A8 per-token with fake and with real kernels
-        store.prepare_run(run)
-        write_json(store.result_path(run.run_id), build_result(run.overrides, run.run_id))
-        by_variant[run.overrides.get("engine.precision", run.overrides.get("engine.backend", "fp32"))] = run.run_id
+    # FP32, TF32, BF16, then W8A8 per-token with fake and with real kernels; W4A16 pending
+    store, runs = _sweep_with_results(tmp_path / "engines", "engines_wall", 5)
+    by_variant = {run.overrides.get("engine.precision", run.overrides.get("engine.backend", "fp32")): run.run_id
+                  for run in runs[:5]}
     report = build_report(store.root)
     labels = [(row.run_id, row.key.method, row.variant) for row in report.rows]
     assert labels[:5] == [(by_variant["fp32"], "fp", ""), (by_variant["tf32"], "fp", "tf32"),
@@ -181,13 +182,7 @@ def test_study_document_collects_several_sweeps(sweep, tmp_path):
     from wmquant.cli import main
 
     store, _, _ = sweep
-    spec = load_spec("table7")
-    runs = spec.expand(OVERRIDES)
-    second = ResultStore(tmp_path / "table7")
-    second.bind(spec, OVERRIDES, runs)
-    for run in runs[:3]:
-        second.prepare_run(run)
-        write_json(second.result_path(run.run_id), build_result(run.overrides, run.run_id))
+    second, _ = _sweep_with_results(tmp_path / "table7", "table7", 3)
     preface = tmp_path / "preface.md"
     preface.write_text("Our reading: **8 bits are free.**\n")
     document = tmp_path / "docs" / "study.md"
