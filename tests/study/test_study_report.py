@@ -174,7 +174,7 @@ def test_engine_variants_get_their_own_rows_and_paired_tests(tmp_path):
         ("rtn", "", "rtn", "real kernels")]
     write_report(store.root, tmp_path / "out")
     text = (tmp_path / "out" / "report.md").read_text()
-    assert "| RTN (real kernels) | 8 | 8 |" in text and "(bf16) | 32 | 32 |" in text
+    assert "| RTN (real kernels) | 8 | 8 |" in text and "| FP (bf16) | 32 | 32 |" in text
     assert "| RTN | RTN (real kernels) |" in text  # the paired test between the two backends
 
 

@@ -262,8 +262,10 @@ def setting_columns(report: Report) -> list[str]:
 
 def method_label(method: str, variant: str = "") -> str:
     """The paper's method name, with the engine variant if any: "RTN (real kernels)"."""
-    name = METHOD_DISPLAY.get(method, method)
-    return f"{name} ({variant})" if variant else name
+    if not variant:
+        return METHOD_DISPLAY.get(method, method)
+    # "FP32 (bf16)" would contradict itself: the float model in another precision is "FP (bf16)"
+    return f"{'FP' if method == 'fp' else METHOD_DISPLAY.get(method, method)} ({variant})"
 
 
 def setting_values(report: Report, key: SettingKey, variant: str = "") -> list[str]:
