@@ -111,6 +111,7 @@ def test_w_group_size_key_beats_nothing_and_minus_one_is_per_channel(tmp_path, s
     (["quant", "method=awq", "predictor_abit=8"], "weight-only"),
     (["quant", "method=smoothquant", "scale_tag=never_made"], "wmquant plan-act"),
     (["plan", "seed=1"], "seed"),
+    (["plan", "resume=maybe"], "resume='maybe' must be true or false"),
     (["frobnicate"], "unknown command"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, fragment, tmp_path, capsys, stats_dir):

@@ -73,6 +73,10 @@ def validate_planning_config(cfg: DictConfig) -> None:
             f"goal_source={cfg.goal_source} draws goals from a dataset: set dataset_path=DIR "
             f"(make one with `wmquant data --env {cfg.env} --out DIR`)"
         )
+    for key in ("resume", "planner.skip_succeeded"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be true or false")
     sub = cfg.planner.sub_planner
     if sub.name == "cem" and sub.topk > sub.num_samples:
         raise ConfigError(f"planner.sub_planner.topk={sub.topk} exceeds num_samples={sub.num_samples}; need topk <= num_samples")
