@@ -8,6 +8,8 @@ A spec is a YAML file (shipped ones live in `wmquant/conf/study/`):
     description: ...             # optional
     columns: [0, 5, 10, 50]      # required: the "k iters" columns of the report
     base: {key: value, ...}      # optional: overrides shared by every run
+    method_base:                 # optional: overrides for every run of one method (base < these < the run's)
+      omniquant: {method_options.batch_size: 8}
     runs:                        # required: explicit runs and/or grids, in report order
       - {method: fp}
       - grid:                    # cartesian product, first axis outermost
