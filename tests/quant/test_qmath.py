@@ -254,3 +254,24 @@ def test_check_finite():
 def test_straight_through_rounding_forward_is_exact():
     x = torch.randn(10000, dtype=torch.float32) * 300
     assert torch.equal(qmath.round_half_even(x, ste=True), torch.round(x))
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_fake_quantization_without_gradients_equals_the_straight_through_path(bits, symmetric):
+    """Planning runs under no_grad take the plain round and one aminmax pass; the values must be
+    those of the straight-through path, bit for bit (signed zeros included)."""
+    x = torch.randn(64, 200, 84) * 3
+    x[0, 0, :8] = torch.tensor([0.0, -0.0, 0.3, -0.3, 1e-8, -1e-8, 2.5, -2.5])
+    leaf = x.clone().requires_grad_(True)
+    with_grad = qmath.per_token_fake_quantize(leaf, bits, symmetric, ste=True)
+    with torch.no_grad():
+        without = qmath.per_token_fake_quantize(x, bits, symmetric, ste=True)
+    assert torch.equal(with_grad.detach(), without)
+    assert torch.equal(torch.signbit(with_grad.detach()), torch.signbit(without))
+    scale, zero = qmath.qparams_from_range(x.amin(), x.amax(), bits, symmetric)
+    with_grad = qmath.fake_quantize(leaf, scale, zero, bits, symmetric, ste=True)
+    with torch.no_grad():
+        without = qmath.fake_quantize(x, scale, zero, bits, symmetric, ste=True)
+    assert torch.equal(with_grad.detach(), without)
+    assert torch.equal(torch.signbit(with_grad.detach()), torch.signbit(without))

@@ -84,8 +84,10 @@ def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
 
 def round_half_even(x: torch.Tensor, ste: bool = False) -> torch.Tensor:
     """torch.round (half to even). With `ste`, the backward pass treats rounding as identity."""
-    if ste:
+    if ste and torch.is_grad_enabled() and x.requires_grad:
         # round(x) + 0 exactly in the forward pass (x - x.detach() is exactly zero); gradient 1.
+        # Without a gradient to pass (planning under no_grad) the plain round gives the same codes:
+        # quantize() adds the zero point next, which also turns round()'s -0.0 into +0.0.
         return torch.round(x).detach() + (x - x.detach())
     return torch.round(x)
 
@@ -272,9 +274,8 @@ def per_token_fake_quantize(x: torch.Tensor, bits: int, symmetric: bool = False,
     """Dynamic quantization with one scale per row of the last axis (per token)."""
     if not is_quantized(bits):
         return x
-    xmin = x.amin(dim=-1, keepdim=True)
-    xmax = x.amax(dim=-1, keepdim=True)
-    scale, zero_point = qparams_from_range(xmin.detach(), xmax.detach(), bits, symmetric)
+    xmin, xmax = torch.aminmax(x.detach(), dim=-1, keepdim=True)  # one pass over x for both
+    scale, zero_point = qparams_from_range(xmin, xmax, bits, symmetric)
     return fake_quantize(x, scale, zero_point, bits, symmetric, ste=ste)
 
 
