@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The shipped PushT model's full FP protocol (30 MPC iterations) and planning ceiling, across
-# device calls: the plan resumes from pusht_protocol/plan_fp/mpc_state.npz (carry pusht_protocol/
+# device calls: both resume from their mpc_state.npz under pusht_protocol/ (carry pusht_protocol/
 # back in), and time left after the plan goes to the Wall study queue (scripts/gpu/study_wall.sh).
 # Usage: bash scripts/gpu/pusht_protocol.sh [SECONDS]   (default 545)
 # Brings back $OUT/pusht_protocol.tgz (unpack in the repo root) and the study tarballs.

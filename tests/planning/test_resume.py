@@ -77,3 +77,19 @@ def test_a_checkpoint_of_another_run_is_not_continued(tmp_path, monkeypatch):
     fresh = tmp_path / "fresh"
     assert main(["plan", *WALL, f"output_dir={fresh}", "planner.sub_planner.var_scale=0.5"]) == 0
     assert _result(out)["success_by_iter"] == _result(fresh)["success_by_iter"]
+
+
+@pytest.mark.parametrize("args", [WALL, PUSHT], ids=["wall", "pusht"])
+def test_an_interrupted_ceiling_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, args):
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    args = [*args, "planner.max_iter=4"]
+    assert main(["ceiling", *args, f"output_dir={reference}", "resume=false"]) == 0
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, 1)
+        with pytest.raises(Killed):
+            main(["ceiling", *args, f"output_dir={resumed}"])
+    assert (resumed / CHECKPOINT_FILE).exists() and not (resumed / "result.json").exists()
+    assert main(["ceiling", *args, f"output_dir={resumed}"]) == 0
+    first, second = _result(reference), _result(resumed)
+    assert first["success_by_iter"] == second["success_by_iter"]
+    assert second["resumed"]["from_iteration"] == 1 and not (resumed / CHECKPOINT_FILE).exists()

@@ -11,7 +11,9 @@ same per-(seed, episode, iteration) generators as model-based planning.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -20,9 +22,12 @@ from tqdm.auto import tqdm
 
 from ..data.base import Normalization
 from .cem import CEMConfig, noise_generator
+from .checkpoint import MPCState, load_state, replay, save_state
 from .episodes import EpisodeSet
 from .mpc import PlanningTrace
 
+#: What a ceiling checkpoint keeps per episode (it has no model measurements).
+CEILING_ARRAYS = ("succeeded", "success_iter", "cur_states")
 # Weights of the state dimensions in the Euclidean cost. PushT: agent xy, block xy in px, and the
 # block angle converted to px with the success thresholds' ratio (20 px ~ pi/9 rad).
 STATE_COST_WEIGHTS = {"wall": np.array([1.0, 1.0]), "pusht": np.array([1.0, 1.0, 1.0, 1.0, 20.0 / (np.pi / 9)])}
@@ -62,20 +67,41 @@ class CeilingConfig:
 
 def run_ceiling(env_name: str, env, episodes: EpisodeSet, normalization: Normalization, config: CeilingConfig,
                 seed: int, progress: bool = True,
-                on_iteration: Callable[[int, PlanningTrace], None] | None = None) -> PlanningTrace:
-    """MPC-CEM on the true dynamics; `on_iteration(k, trace)` runs after each MPC iteration."""
+                on_iteration: Callable[[int, PlanningTrace], None] | None = None,
+                checkpoint: str | Path | None = None, run_fingerprint: str = "") -> PlanningTrace:
+    """MPC-CEM on the true dynamics; `on_iteration(k, trace)` runs after each MPC iteration.
+
+    checkpoint: `mpc_state.npz`, saved after every iteration and continued from as in `run_mpc`
+    (environments replayed with the executed actions, fingerprint checked)."""
+    started = time.perf_counter()
     n = len(episodes)
     cem = config.cem
     f = config.frameskip
     action_dim = env.action_dim
+    steps_per_iteration = config.n_taken_actions * f
     obs, states = env.reset_to(episodes.init_states)
     cur = np.array(states, dtype=np.float64)
     succeeded = np.zeros(n, dtype=bool)
     trace = PlanningTrace()
     success_iter: list[int | None] = [None] * n
+    executed: list[np.ndarray] = []
+    first_iteration = 0
+    saved = load_state(Path(checkpoint), run_fingerprint, CEILING_ARRAYS) if checkpoint is not None else None
+    if saved is not None and saved.iterations_done <= config.max_iter:
+        # The ceiling always skips succeeded episodes, so the replay steps the same batches.
+        replayed = replay(env, episodes.init_states, saved, True, steps_per_iteration)
+        if replayed is not None:
+            cur = replayed[1].astype(np.float64)
+            succeeded = saved.arrays["succeeded"].astype(bool)
+            success_iter = [None if i < 0 else int(i) for i in saved.arrays["success_iter"]]
+            executed = list(np.split(saved.executed, saved.iterations_done, axis=1))
+            trace.success_by_iter = saved.success_by_iter.tolist()
+            first_iteration = saved.iterations_done
+            trace.resumed_from, trace.earlier_seconds = first_iteration, saved.seconds
     std = normalization.action_std.double().numpy()
     mean = normalization.action_mean.double().numpy()
-    for k in tqdm(range(config.max_iter), desc="ceiling", disable=not progress, leave=False):
+    for k in tqdm(range(first_iteration, config.max_iter), desc="ceiling", disable=not progress, leave=False,
+                  initial=first_iteration, total=config.max_iter):
         active = np.flatnonzero(~succeeded)
         if active.size == 0:
             break
@@ -102,11 +128,22 @@ def run_ceiling(env_name: str, env, episodes: EpisodeSet, normalization: Normali
         for t in range(taken.shape[1]):
             obs, states = env.step(taken[:, t], indices=active)
         cur[active] = states
+        step_actions = np.zeros((n, taken.shape[1], action_dim))
+        step_actions[active] = taken
+        executed.append(step_actions)
         verdict = env.eval_state(episodes.goal_states[active], states)
         for i in active[verdict["success"].astype(bool)]:
             success_iter[i] = k
         succeeded[active] |= verdict["success"].astype(bool)
         trace.success_by_iter.append(succeeded.astype(int).tolist())
+        if checkpoint is not None:
+            arrays = {"succeeded": succeeded, "success_iter": np.array([-1 if i is None else i for i in success_iter]),
+                      "cur_states": cur}
+            save_state(Path(checkpoint), MPCState(
+                iterations_done=k + 1, arrays=arrays, memo=None, executed=np.concatenate(executed, axis=1),
+                success_by_iter=np.array(trace.success_by_iter), latent_mse_by_iter=np.zeros(0),
+                planning_loss_by_iter=np.zeros(0), logs=[], first_plan={},
+                seconds=trace.earlier_seconds + time.perf_counter() - started), run_fingerprint)
         if on_iteration is not None:
             on_iteration(k, trace)
     while len(trace.success_by_iter) < config.max_iter:

@@ -88,8 +88,9 @@ def save_state(path: Path, state: MPCState, run_fingerprint: str) -> None:
             np.savez(fh, **payload)
 
 
-def load_state(path: Path, run_fingerprint: str) -> MPCState | None:
-    """The saved state, or None (with a log line saying why) if there is none or it belongs elsewhere."""
+def load_state(path: Path, run_fingerprint: str, arrays: tuple[str, ...] = EPISODE_ARRAYS) -> MPCState | None:
+    """The saved state with the per-episode `arrays`, or None (with a log line saying why) if there
+    is none or it belongs elsewhere."""
     if not path.exists():
         return None
     try:
@@ -99,7 +100,7 @@ def load_state(path: Path, run_fingerprint: str) -> MPCState | None:
                 return None
             return MPCState(
                 iterations_done=int(data["iterations_done"]),
-                arrays={k: data[f"episode_{k}"] for k in EPISODE_ARRAYS},
+                arrays={k: data[f"episode_{k}"] for k in arrays},
                 memo=data["memo"] if bool(data["has_memo"]) else None,
                 executed=data["executed"],
                 success_by_iter=data["success_by_iter"].astype(int),

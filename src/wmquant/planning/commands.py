@@ -57,24 +57,35 @@ def _explicit(overrides: Sequence[str], key: str) -> bool:
 
 
 # --- plan -----------------------------------------------------------------------------------------
+def run_checkpoint(cfg: DictConfig, run_dir: Path, model, episodes) -> tuple[Path | None, str]:
+    """(run_dir/mpc_state.npz, fingerprint) when cfg.resume, else (None, ""). What makes the run
+    this run: a checkpoint of anything else (another config, other weights, a quantization that came
+    out differently, other episodes) is never continued."""
+    if not cfg.resume:
+        return None, ""
+    identity = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in RUN_LOCAL_KEYS}
+    return run_dir / CHECKPOINT_FILE, fingerprint(identity, model, episodes.seeds)
+
+
+def resumed_record(trace) -> dict[str, Any]:
+    """result.json's `resumed` entry for a run that continued an interrupted one."""
+    if trace.resumed_from is None:
+        return {}
+    return {"resumed": {"from_iteration": trace.resumed_from, "earlier_planning_seconds": trace.earlier_seconds}}
+
+
 def evaluate_and_write(cfg: DictConfig, session: PlanningSession, run_dir: Path, start: float, progress: bool,
                        method: str = "fp", quant: dict | None = None, calibration=None) -> dict:
     """Plan on the evaluation episodes and write logs.json, the figures and (last) result.json."""
     episodes, env = session.episodes("evaluation")
-    checkpoint = run_dir / CHECKPOINT_FILE if cfg.resume else None
-    # What makes the run this run: a checkpoint of anything else (another config, other weights, a
-    # quantization that came out differently, other episodes) is never continued.
-    identity = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in RUN_LOCAL_KEYS}
-    run_fingerprint = fingerprint(identity, session.model, episodes.seeds) if checkpoint is not None else ""
+    checkpoint, run_fingerprint = run_checkpoint(cfg, run_dir, session.model, episodes)
     try:
         trace = session.plan(episodes, env, progress=progress, plot_episodes=int(cfg.n_plot_samples),
                              on_iteration=progress_writer(run_dir, start),
                              checkpoint=checkpoint, run_fingerprint=run_fingerprint)
     finally:
         env.close()
-    extra = {"device": describe_device(session.engine.device)}
-    if trace.resumed_from is not None:
-        extra["resumed"] = {"from_iteration": trace.resumed_from, "earlier_planning_seconds": trace.earlier_seconds}
+    extra = {"device": describe_device(session.engine.device), **resumed_record(trace)}
     result = build_result(cfg, trace, episodes, time.perf_counter() - start + trace.earlier_seconds, method=method,
                           quant=quant, calibration=calibration, run_id=run_dir.name, extra=extra)
     write_logs(run_dir, trace)
@@ -290,18 +301,23 @@ def run_ceiling_plan(cfg: DictConfig, progress: bool = True, session: PlanningSe
                       var_scale=float(sub.var_scale), opt_steps=int(sub.opt_steps)),
         n_taken_actions=int(cfg.goal_H), max_iter=int(cfg.planner.max_iter), frameskip=session.bundle.frameskip,
     )
+    checkpoint, run_fingerprint = run_checkpoint(cfg, run_dir, None, episodes)
     try:
         trace = run_ceiling(str(cfg.env), env, episodes, session.bundle.normalization, config, int(cfg.seed), progress,
-                            on_iteration=progress_writer(run_dir, start))
+                            on_iteration=progress_writer(run_dir, start), checkpoint=checkpoint,
+                            run_fingerprint=run_fingerprint)
     finally:
         env.close()
     trace.latent_mse_by_iter = [float("nan")] * len(trace.success_by_iter)
     trace.planning_loss_by_iter = [float("nan")] * len(trace.success_by_iter)
-    result = build_result(cfg, trace, episodes, time.perf_counter() - start, method="ceiling", run_id=run_dir.name,
-                          extra={"note": "true env dynamics + Euclidean state cost (no world model)"})
+    result = build_result(cfg, trace, episodes, time.perf_counter() - start + trace.earlier_seconds, method="ceiling",
+                          run_id=run_dir.name, extra={"note": "true env dynamics + Euclidean state cost (no world model)",
+                                                      **resumed_record(trace)})
     if cfg.save_plots:
         write_figures(run_dir, trace, None, f"{cfg.env} planning ceiling")
     write_result(run_dir, result)
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
     return result, run_dir
 
 
