@@ -520,6 +520,11 @@ def write_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     """
     report = build_report(sweep_dir, alpha=alpha, mcnemar_scope=mcnemar_scope, mcnemar_method=mcnemar_method)
     out = Path(out_dir) if out_dir is not None else Path(sweep_dir) / "report"
+    return write_report_files(report, sweep_dir, out)
+
+
+def write_report_files(report: Report, sweep_dir: str | os.PathLike, out: Path) -> dict[str, Path]:
+    """The files of `write_report` for a report already built from `sweep_dir`."""
     results = [row.result for row in report.rows if row.result is not None]
     figures = {
         "success_curves": plot_success_curves(results, out / "figures" / "success_curves.png"),
@@ -560,7 +565,7 @@ def write_study_document(sweep_dirs: Sequence[str | os.PathLike], document: str 
     for sweep_dir in sweep_dirs:
         report = build_report(sweep_dir, alpha=alpha)
         name = (ResultStore(sweep_dir).read_sweep() or {}).get("spec") or Path(sweep_dir).name
-        paths = write_report(sweep_dir, assets / name, alpha=alpha)
+        paths = write_report_files(report, sweep_dir, assets / name)
         figures = {k: v for k, v in paths.items() if k not in ("md", "csv", "tex", "html")}
         links = " \u00b7 ".join(f"[{kind.upper()}]({os.path.relpath(paths[kind], document.parent)})"
                             for kind in ("html", "csv", "tex"))
