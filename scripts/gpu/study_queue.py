@@ -28,7 +28,7 @@ from pathlib import Path
 
 from wmquant.study.spec import BIT_KEYS, load_spec, parse_override_strings
 from wmquant.study.store import ResultStore
-from wmquant.study.sweep import DEFAULT_RUNNER, LOG_FILE, visible_gpus
+from wmquant.study.sweep import DEFAULT_RUNNER, LOG_FILE, visible_gpus, worker_command
 
 OFF = 16
 
@@ -110,9 +110,8 @@ def main(argv: list[str]) -> int:
                 env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus[slot % len(gpus)]}
                 slot += 1
                 with open(run_dir / LOG_FILE, "ab") as log_file:
-                    process = subprocess.Popen(
-                        [sys.executable, "-m", "wmquant.study.sweep", "--run-dir", str(run_dir), "--runner", DEFAULT_RUNNER],
-                        env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+                    process = subprocess.Popen(worker_command(DEFAULT_RUNNER, run_dir), env=env, stdout=log_file,
+                                               stderr=subprocess.STDOUT, start_new_session=True)
                 running[run_id] = (process, time.monotonic())
             if left <= 0:
                 break

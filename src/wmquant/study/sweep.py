@@ -216,12 +216,17 @@ def _local_gpu_slots(options: Mapping[str, Any]) -> list[str]:
     return [g for g in gpus for _ in range(per_gpu)] if gpus else [""]
 
 
+def worker_command(runner: str, run_dir: Path) -> list[str]:
+    """The command line of a job that runs one run in a fresh Python process."""
+    return [sys.executable, "-m", "wmquant.study.sweep", "--run-dir", str(run_dir), "--runner", runner]
+
+
 def _run_in_subprocess(runner: str, run_dir: Path, device: str, timeout_s: float | None,
                        register: Callable[[subprocess.Popen | None], None]) -> int | None:
     """Run one job in a fresh Python process pinned to `device`; its output goes to run_dir/log.txt.
     Returns the exit code, or None when it ran past `timeout_s` and was killed."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": device}
-    command = [sys.executable, "-m", "wmquant.study.sweep", "--run-dir", str(run_dir), "--runner", runner]
+    command = worker_command(runner, run_dir)
     with open(run_dir / LOG_FILE, "ab") as log_file:
         process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                    start_new_session=True)  # its own process group, killed as one
