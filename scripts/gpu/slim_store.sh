@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Copies what a resumed sweep needs (sweep.json, and run.json + result.json of every finished run)
-# from sweeps/ into carry_sweeps/, small enough to carry to the device machine.
+# Copies what a resumed sweep needs from sweeps/ into carry_sweeps/, small enough to carry to the
+# device machine: sweep.json; run.json + result.json of every finished run (so it is skipped); and
+# run.json + mpc_state.npz of every run that an earlier call cut off (so it continues after its
+# last finished MPC iteration instead of starting over).
 # Usage: bash scripts/gpu/slim_store.sh [SPEC ...]   (default: every sweep under sweeps/)
 set -e
 rm -rf carry_sweeps; mkdir -p carry_sweeps
@@ -8,10 +10,14 @@ for dir in ${*:-$(ls sweeps)}; do
   src=sweeps/${dir#sweeps/}; name=$(basename $src)
   [ -f $src/sweep.json ] || continue
   mkdir -p carry_sweeps/$name; cp $src/sweep.json carry_sweeps/$name/
-  for result in $src/runs/*/result.json; do
-    [ -f "$result" ] || continue
-    run=$(basename $(dirname $result)); mkdir -p carry_sweeps/$name/runs/$run
-    cp $src/runs/$run/run.json $result carry_sweeps/$name/runs/$run/
+  for run_dir in $src/runs/*/; do
+    run=$(basename $run_dir)
+    if [ -f $run_dir/result.json ]; then keep="run.json result.json"
+    elif [ -f $run_dir/mpc_state.npz ]; then keep="run.json mpc_state.npz"
+    else continue; fi
+    mkdir -p carry_sweeps/$name/runs/$run
+    for f in $keep; do cp $run_dir/$f carry_sweeps/$name/runs/$run/; done
   done
 done
+echo "finished runs: $(find carry_sweeps -name result.json | wc -l); cut-off runs with a checkpoint: $(find carry_sweeps -name mpc_state.npz | wc -l)"
 du -sh carry_sweeps

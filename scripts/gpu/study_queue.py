@@ -9,7 +9,8 @@ device call of limited time:
 * the pending runs go cheapest first, so a call that ends early leaves the expensive ones (low bit
   widths: planning that fails runs all 50 MPC iterations for every episode) for the next call;
 * `--seconds` bounds the whole call: no run starts when it could not finish, and runs still going
-  at the end are killed (a killed run leaves no result, as in any sweep).
+  at the end are killed: a killed run leaves no result, as in any sweep, but keeps the checkpoint
+  (mpc_state.npz) of its last finished MPC iteration, which the next call continues.
 
 Usage (device machine, after scripts/gpu/setup.sh):
   python3 scripts/gpu/study_queue.py --seconds 520 --jobs 3 --first engines_wall table7 table3 table1 table4 engines_wall

@@ -6,7 +6,10 @@
 # Usage: bash scripts/gpu/study_wall.sh [SECONDS [JOBS]]   (defaults 520 s, 3 runs at a time)
 # Carry: .whl, act_scales, and carry_sweeps (made here by `bash scripts/gpu/slim_store.sh`: the
 # run.json/result.json of every finished run, so that finished runs are skipped).
-# Brings back $OUT/study_<spec>.tgz with every run finished in this call (unpack into sweeps/).
+# Brings back $OUT/study_<spec>.tgz with every run finished in this call and the checkpoint
+# (mpc_state.npz) of every run cut off by the deadline (unpack into sweeps/: the next call, after
+# slim_store.sh, continues those after their last finished MPC iteration), and $OUT/gpu_util.txt
+# (nvidia-smi utilisation every 10 s).
 source scripts/gpu/setup.sh
 set +e
 BUDGET=${1:-520}; JOBS=${2:-3}
@@ -22,13 +25,17 @@ if [ ! -f act_scales/wm_act_scales_wall_iter2_opt10_eval50.safetensors ]; then
     act_scales_dir=act_scales 2>&1 | grep -v "it/s" | tail -3
 fi
 log "queue"
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 10 > $OUT/gpu_util.txt 2>&1 &
 python3 scripts/gpu/study_queue.py --seconds $((BUDGET - SECONDS)) --jobs $JOBS --first engines_wall --set act_scales_dir=act_scales $SPECS \
   2>&1 | tee sweeps/queue_log_$(date +%H%M%S).txt
 (cd sweeps && find . -name result.json | sort) > /tmp/results_after.txt
 for spec in $SPECS; do
   new=$(comm -13 /tmp/results_before.txt /tmp/results_after.txt | grep "^./$spec/" | xargs -r -n1 dirname)
-  (cd sweeps && tar czf $OUT/study_$spec.tgz $spec/sweep.json $new)
-  log "$spec: $(echo $new | wc -w) new run(s)"
+  # cut off: a checkpoint and no result (a run that finishes removes its checkpoint)
+  partial=$(cd sweeps && find $spec/runs -name mpc_state.npz | while read f; do d=$(dirname $f); \
+    [ -f $d/result.json ] || echo "$d/run.json $f"; done)
+  (cd sweeps && tar czf $OUT/study_$spec.tgz $spec/sweep.json $new $partial)
+  log "$spec: $(echo $new | wc -w) new run(s), $(($(echo $partial | wc -w) / 2)) cut off with a checkpoint"
 done
 cp sweeps/queue_log_* $OUT/ 2>/dev/null
 log "done"; ls -la $OUT
