@@ -8,7 +8,7 @@ device call of limited time:
   8/8/8/8 rows = Table 3's per-tensor W8A8 rows) is run once and copied into every sweep that lists it;
 * the pending runs go cheapest first, so a call that ends early leaves the expensive ones (low bit
   widths: planning that fails runs all 50 MPC iterations for every episode) for the next call;
-* `--seconds` bounds the whole call: no run starts when it could not finish, and runs still going
+* `--seconds` bounds the whole call: no run starts in its last --min-start seconds, and runs still going
   at the end are killed: a killed run leaves no result, as in any sweep, but keeps the checkpoint
   (mpc_state.npz) of its last finished MPC iteration, which the next call continues.
 
