@@ -11,7 +11,7 @@ for archive in "$1"/study_*.tgz; do
   tar xzf "$archive" -C sweeps
 done
 find sweeps -name mpc_state.npz | while read -r state; do
-  [ -f "$(dirname "$state")/result.json" ] && rm -f "$state"
+  if [ -f "$(dirname "$state")/result.json" ]; then rm -f "$state"; fi
 done
 for sweep in sweeps/*/; do
   [ -f $sweep/sweep.json ] || continue
