@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Copies what a resumed sweep needs from sweeps/ into carry_sweeps/, small enough to carry to the
-# device machine: sweep.json; run.json + result.json of every finished run (so it is skipped); and
-# run.json + mpc_state.npz of every run that an earlier call cut off (so it continues after its
-# last finished MPC iteration instead of starting over).
+# device machine: sweep.json; every run's run.json; the result.json of every finished run (so it is
+# skipped); and the mpc_state.npz of every run that an earlier call cut off (so it continues after
+# its last finished MPC iteration instead of starting over).
 # Usage: bash scripts/gpu/slim_store.sh [SPEC ...]   (default: every sweep under sweeps/)
 set -e
 rm -rf carry_sweeps; mkdir -p carry_sweeps
@@ -12,9 +12,9 @@ for dir in ${*:-$(ls sweeps)}; do
   mkdir -p carry_sweeps/$name; cp $src/sweep.json carry_sweeps/$name/
   for run_dir in $src/runs/*/; do
     run=$(basename $run_dir)
-    if [ -f $run_dir/result.json ]; then keep="run.json result.json"
-    elif [ -f $run_dir/mpc_state.npz ]; then keep="run.json mpc_state.npz"
-    else continue; fi
+    keep=run.json
+    [ -f $run_dir/result.json ] && keep="run.json result.json"
+    [ ! -f $run_dir/result.json ] && [ -f $run_dir/mpc_state.npz ] && keep="run.json mpc_state.npz"
     mkdir -p carry_sweeps/$name/runs/$run
     for f in $keep; do cp $run_dir/$f carry_sweeps/$name/runs/$run/; done
   done

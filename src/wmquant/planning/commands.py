@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError
 from ..hardware import describe_device
+from ..quant import fused_fake_quant
 from .results import (build_result, new_run_dir, progress_writer, success_table, write_figures, write_logs,
                       write_open_loop, write_result)
 from .checkpoint import CHECKPOINT_FILE, fingerprint
@@ -86,6 +87,8 @@ def evaluate_and_write(cfg: DictConfig, session: PlanningSession, run_dir: Path,
     finally:
         env.close()
     extra = {"device": describe_device(session.engine.device), **resumed_record(trace)}
+    if quant is not None:
+        extra["fake_quant_kernels"] = fused_fake_quant.kernels_on(session.engine.device)
     result = build_result(cfg, trace, episodes, time.perf_counter() - start + trace.earlier_seconds, method=method,
                           quant=quant, calibration=calibration, run_id=run_dir.name, extra=extra)
     write_logs(run_dir, trace)

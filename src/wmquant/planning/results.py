@@ -135,13 +135,21 @@ def progress_writer(run_dir: Path, started: float):
     run still shows what it had measured. `result.json` alone marks a finished run."""
     import time
 
+    iteration_seconds: list[float] = []  # of the iterations run by this process
+    last = [started]
+
     def write(iteration: int, trace: PlanningTrace) -> None:
+        now = time.perf_counter()
+        iteration_seconds.append(now - last[0])
+        last[0] = now
         wio.write_json(run_dir / "progress.json", {
             "iterations_done": iteration + 1,
             "success_rate_by_iter": trace.success_rate_by_iter,
             "success_by_iter": trace.success_by_iter,
             "latent_mse_by_iter": trace.latent_mse_by_iter,
-            "seconds": time.perf_counter() - started + trace.earlier_seconds,
+            "seconds": now - started + trace.earlier_seconds,
+            # the first also holds what came before the MPC loop (model load, calibration)
+            "iteration_seconds": iteration_seconds,
             **({"resumed_from_iteration": trace.resumed_from} if trace.resumed_from is not None else {}),
         })
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import QuantizationError
-from . import qmath
+from . import fused_fake_quant, qmath
 from .config import QuantScheme
 
 
@@ -201,10 +201,16 @@ class ActQuantizer(nn.Module):
             return x
         # Straight-through rounding: a planner that differentiates through the model (GD) still
         # gets gradients, as with torch's own fake-quantize ops; without autograd it changes nothing.
+        # Where nothing needs a gradient, one fused GPU kernel gives the same bits (fused_fake_quant).
         if self.granularity == "per_token":
             moved = x.movedim(self.channel_axis, -1)
-            out = qmath.per_token_fake_quantize(moved, self.bits, self.symmetric, ste=True)
+            if fused_fake_quant.applies(moved):
+                out = fused_fake_quant.fake_quantize_per_token(moved, self.bits, self.symmetric)
+            else:
+                out = qmath.per_token_fake_quantize(moved, self.bits, self.symmetric, ste=True)
             return out.movedim(-1, self.channel_axis)
+        if self.scale.numel() == 1 and fused_fake_quant.applies(x):
+            return fused_fake_quant.fake_quantize_per_tensor(x, self.scale, self.zero_point, self.bits, self.symmetric)
         return qmath.fake_quantize(x, self.scale, self.zero_point, self.bits, self.symmetric, ste=True)
 
     @torch.inference_mode(False)
