@@ -14,6 +14,9 @@ source scripts/gpu/setup.sh
 set +e
 BUDGET=${1:-520}; JOBS=${2:-3}
 SPECS="table7 table3 table1 table4 engines_wall"
+# Table 4 (group-wise weights with quantized activations) repeats Table 3's question at G128; its
+# low-bit rows go after those of Tables 3, 7 and 1, which test the paper's insights first.
+FIRST=${FIRST:-"engines_wall table3 table7 table1"}
 export OMP_NUM_THREADS=4
 log() { echo "[$(date +%H:%M:%S)] $*"; }
 mkdir -p sweeps
@@ -26,7 +29,7 @@ if [ ! -f act_scales/wm_act_scales_wall_iter2_opt10_eval50.safetensors ]; then
 fi
 log "queue"
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 10 > $OUT/gpu_util.txt 2>&1 &
-python3 scripts/gpu/study_queue.py --seconds $((BUDGET - SECONDS)) --jobs $JOBS --first engines_wall --set act_scales_dir=act_scales $SPECS \
+python3 scripts/gpu/study_queue.py --seconds $((BUDGET - SECONDS)) --jobs $JOBS --first $FIRST --set act_scales_dir=act_scales $SPECS \
   2>&1 | tee sweeps/queue_log_$(date +%H%M%S).txt
 (cd sweeps && find . -name result.json | sort) > /tmp/results_after.txt
 for spec in $SPECS; do
