@@ -6,6 +6,7 @@
 #      planning for 3 MPC iterations, timed with the kernels off and on (equal results required);
 #   3. scripts/gpu/study_wall.sh for the time left, with the fused kernels only if 1 and 2 passed.
 # Usage: bash scripts/gpu/fused_study.sh [SECONDS [JOBS]]   (carry .whl, act_scales, carry_sweeps)
+#   REPLAY="SPEC/RUN ..." and TIMED="SPEC/RUN ..." replace the runs of step 2.
 # Brings back $OUT/fused_check.json, $OUT/fused_pytest.txt and what study_wall.sh brings back.
 source scripts/gpu/setup.sh
 set +e
@@ -15,8 +16,9 @@ log "pytest"
 python3 -m pytest -q -p no:cacheprovider tests/quant/test_fused_fake_quant.py > $OUT/fused_pytest.txt 2>&1
 tests=$?; tail -3 $OUT/fused_pytest.txt
 log "fused_check"
-python3 scripts/gpu/fused_check.py --out $OUT/fused_check.json table3/rtn_w8a8_gpc_ptok-7dc01d4a \
-  --timed table3/rtn_w4a4_gpc_pt-16436816 table3/rtn_w4a4_gpc_ptok-3dc525b5 --iterations 3
+REPLAY=${REPLAY-"table3/rtn_w8a8_gpc_ptok-7dc01d4a"}
+TIMED=${TIMED-"table3/rtn_w4a4_gpc_pt-16436816 table3/rtn_w4a4_gpc_ptok-3dc525b5"}
+python3 scripts/gpu/fused_check.py --out $OUT/fused_check.json $REPLAY --timed $TIMED --iterations 3
 check=$?
 if [ $tests -ne 0 ] || [ $check -ne 0 ]; then
   log "fused kernels NOT used (pytest $tests, check $check)"; export WMQUANT_FUSED_FAKE_QUANT=0

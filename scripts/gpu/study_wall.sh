@@ -6,7 +6,7 @@
 # Usage: bash scripts/gpu/study_wall.sh [SECONDS [JOBS]]   (defaults 520 s, 3 runs at a time)
 # Carry: .whl, act_scales, and carry_sweeps (made here by `bash scripts/gpu/slim_store.sh`: the
 # run.json/result.json of every finished run, so that finished runs are skipped).
-# Brings back $OUT/study_<spec>.tgz with every run finished in this call and the checkpoint
+# Brings back $OUT/study_all.tgz with every run finished in this call and the checkpoint
 # (mpc_state.npz) of every run cut off by the deadline (unpack into sweeps/: the next call, after
 # slim_store.sh, continues those after their last finished MPC iteration), and $OUT/gpu_util.txt
 # (nvidia-smi utilisation every 10 s).
@@ -32,13 +32,15 @@ nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 10 
 python3 scripts/gpu/study_queue.py --seconds $((BUDGET - SECONDS)) --jobs $JOBS --first $FIRST --set act_scales_dir=act_scales $SPECS \
   2>&1 | tee sweeps/queue_log_$(date +%H%M%S).txt
 (cd sweeps && find . -name result.json | sort) > /tmp/results_after.txt
+members=""
 for spec in $SPECS; do
   new=$(comm -13 /tmp/results_before.txt /tmp/results_after.txt | grep "^./$spec/" | xargs -r -n1 dirname)
   # cut off: a checkpoint and no result (a run that finishes removes its checkpoint)
   partial=$(cd sweeps && find $spec/runs -name mpc_state.npz | while read f; do d=$(dirname $f); \
     [ -f $d/result.json ] || echo "$d/run.json $f"; done)
-  (cd sweeps && tar czf $OUT/study_$spec.tgz $spec/sweep.json $new $partial)
+  members="$members $spec/sweep.json $new $partial"
   log "$spec: $(echo $new | wc -w) new run(s), $(($(echo $partial | wc -w) / 2)) cut off with a checkpoint"
 done
+(cd sweeps && tar czf $OUT/study_all.tgz $members)  # one file: a reply brings back at most 8
 cp sweeps/queue_log_* $OUT/ 2>/dev/null
 log "done"; ls -la $OUT

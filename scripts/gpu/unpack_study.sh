@@ -2,9 +2,9 @@
 # Unpacks the study tarballs that a device call of study_wall.sh brought back into sweeps/, then
 # removes the checkpoint of every run that now has its result (a checkpoint brought back by an
 # earlier call, for a run that a later call finished).
-# Usage: bash scripts/gpu/unpack_study.sh DIR   (DIR holds study_<spec>.tgz)
+# Usage: bash scripts/gpu/unpack_study.sh DIR   (DIR holds study_*.tgz)
 set -e
-[ -d "${1:-}" ] || { echo "usage: bash scripts/gpu/unpack_study.sh DIR (a folder with study_<spec>.tgz)" >&2; exit 2; }
+[ -d "${1:-}" ] || { echo "usage: bash scripts/gpu/unpack_study.sh DIR (a folder with study_*.tgz)" >&2; exit 2; }
 mkdir -p sweeps
 for archive in "$1"/study_*.tgz; do
   [ -f "$archive" ] || continue

@@ -8,7 +8,8 @@ layers) those passes cost about as much as the matmuls they feed, so a W8A8 run 
 the speed of FP. One fused pass reads each activation once and writes it once.
 
 Exactness: the kernels perform the same IEEE fp32 operations as qmath, in the same order, with the
-same rounding: division is `div_rn` (correctly rounded, as torch's `/`), rounding is `rint` (half to
+same rounding: a division of two tensors is `div_rn` (correctly rounded, as torch's `/`), a division
+by a Python number is a product with its fp32 reciprocal (as torch computes it on CUDA), rounding is `rint` (half to
 even, as `torch.round`), and no multiply-add can be contracted (no product is followed by an
 addition). That holds for finite inputs; a NaN or infinite activation is not checked for.
 `tests/quant/test_fused_fake_quant.py` checks bit equality against qmath on CUDA, rounding ties and
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 
 from . import qmath
@@ -76,6 +78,7 @@ if triton is not None:
         cols,
         QMIN: tl.constexpr,
         QMAX: tl.constexpr,
+        INV_QMAX: tl.constexpr,
         SCALE_EPS: tl.constexpr,
         SYMMETRIC: tl.constexpr,
         BLOCK_ROWS: tl.constexpr,
@@ -87,14 +90,16 @@ if triton is not None:
         offsets = row[:, None] * cols + col[None, :]
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0)
         # qmath.per_token_fake_quantize: the row's range, widened to contain 0 (so the padding
-        # zeros, which lie inside it, change nothing), then qmath.qparams_from_range.
+        # zeros, which lie inside it, change nothing), then qmath.qparams_from_range. Its
+        # `range / qmax` divides by a Python number, which torch on CUDA computes as a product with
+        # the fp32 reciprocal (not a correctly rounded division): so does this kernel.
         xmin = tl.minimum(tl.min(tl.where(mask, x, float("inf")), axis=1), 0.0)
         xmax = tl.maximum(tl.max(tl.where(mask, x, float("-inf")), axis=1), 0.0)
         if SYMMETRIC:
-            scale = tl.maximum(tl.div_rn(tl.maximum(-xmin, xmax), QMAX), SCALE_EPS)
+            scale = tl.maximum(tl.maximum(-xmin, xmax) * INV_QMAX, SCALE_EPS)
             zero_point = tl.zeros_like(scale)
         else:
-            scale = tl.maximum(tl.div_rn(xmax - xmin, QMAX), SCALE_EPS)
+            scale = tl.maximum((xmax - xmin) * INV_QMAX, SCALE_EPS)
             zero_point = _clamp(libdevice.rint(tl.div_rn(-xmin, scale)), QMIN, QMAX)
         out = _fake_quant(x, scale[:, None], zero_point[:, None], QMIN, QMAX)
         tl.store(out_ptr + offsets, out, mask=mask)
@@ -139,6 +144,11 @@ def fake_quantize_per_tensor(
     return out
 
 
+def _fp32_reciprocal(value: int) -> float:
+    """1 / value rounded to fp32, as torch's CUDA division by a Python number computes it."""
+    return float(np.float32(1.0) / np.float32(value))
+
+
 def fake_quantize_per_token(x: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
     """qmath.per_token_fake_quantize(x, bits, symmetric): one scale per row of the last axis."""
     if not qmath.is_quantized(bits):
@@ -158,6 +168,7 @@ def fake_quantize_per_token(x: torch.Tensor, bits: int, symmetric: bool) -> torc
         cols,
         QMIN=float(qmin),
         QMAX=float(qmax),
+        INV_QMAX=_fp32_reciprocal(qmax),
         SCALE_EPS=qmath.SCALE_EPS,
         SYMMETRIC=symmetric,
         BLOCK_ROWS=block_rows,
