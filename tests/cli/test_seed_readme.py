@@ -80,6 +80,7 @@ def test_wall_seed_readme_command(name, tmp_path, stats_dir):
     assert quant["predictor"]["a_bits"] == (16 if name == "awq" else 8)
     assert quant["predictor"]["a_granularity"] == ("per_token" if name == "rtn_token" else "per_tensor")
     assert 8.0 < quant["avg_bits_per_weight"]["predictor"] < 12.0
+    assert result["fake_quant_kernels"] == "eager"  # the fused kernels are CUDA-only
 
 
 def test_w_group_size_environment_variable(tmp_path, stats_dir, monkeypatch):

@@ -53,12 +53,15 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkey
     assert not (resumed / "result.json").exists() and (resumed / CHECKPOINT_FILE).exists()
     progress = json.loads((resumed / "progress.json").read_text())
     assert progress["iterations_done"] == stop_after
+    assert len(progress["iteration_seconds"]) == stop_after and all(t > 0 for t in progress["iteration_seconds"])
 
     assert main(["plan", *args, f"output_dir={resumed}"]) == 0
     first, second = _result(reference), _result(resumed)
     assert {k: first[k] for k in MEASURED} == {k: second[k] for k in MEASURED}
     assert (reference / "logs.json").read_text() == (resumed / "logs.json").read_text()  # upstream's JSON lines
     assert second["resumed"]["from_iteration"] == stop_after and "resumed" not in first
+    progress = json.loads((resumed / "progress.json").read_text())  # the resumed process times its own iterations
+    assert len(progress["iteration_seconds"]) == progress["iterations_done"] - stop_after
     assert not (resumed / CHECKPOINT_FILE).exists()  # removed once the result is written
     if args is WALL:  # the replay had to step only the episodes that were still active
         rates = np.array(first["success_rate_by_iter"])
