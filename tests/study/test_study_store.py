@@ -131,3 +131,22 @@ def test_list_runs_filters(table2_store):
         ResultStore(store.root / "nowhere").list_runs()
     text = format_runs(rows)
     assert runs[0].run_id in text.splitlines()[1] and "failed" in text
+
+
+def test_a_cut_off_run_shows_how_far_its_checkpoint_got(table2_store):
+    """A run killed mid-planning stays pending, and the listing says where it will resume."""
+    import numpy as np
+
+    from wmquant.planning.checkpoint import CHECKPOINT_FILE
+
+    store, runs = table2_store
+    _write(store, runs[0])
+    np.savez(store.run_dir(runs[1].run_id) / CHECKPOINT_FILE, iterations_done=np.array(4))
+    (store.run_dir(runs[2].run_id) / CHECKPOINT_FILE).write_bytes(b"not an npz")
+    # a finished run whose stale checkpoint was left behind is simply done
+    np.savez(store.run_dir(runs[0].run_id) / CHECKPOINT_FILE, iterations_done=np.array(2))
+    rows = {row["run_id"]: row for row in store.list_runs()}
+    assert rows[runs[1].run_id]["status"] == "pending"
+    assert rows[runs[1].run_id]["note"] == "checkpoint after MPC iteration 4"
+    assert rows[runs[2].run_id]["note"] == ""  # unreadable: planning starts over, nothing to promise
+    assert rows[runs[0].run_id]["status"] == "done" and rows[runs[0].run_id]["note"] == ""

@@ -25,12 +25,14 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ..io import atomic_path
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("wmquant.planning")
 
@@ -44,6 +46,8 @@ FIRST_PLAN_ARRAYS = ("episodes", "env_frames", "predicted_visual", "goal_frames"
 
 def fingerprint(config: Any, model: torch.nn.Module | None, seeds: list[int]) -> str:
     """sha256 over the config (a JSON-able mapping), every tensor of the model and the episode seeds."""
+    import torch  # here, so that reading a checkpoint's progress (`wmquant runs list`) needs no torch
+
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     digest.update(json.dumps(list(map(int, seeds))).encode())
     if model is not None:
@@ -112,6 +116,16 @@ def load_state(path: Path, run_fingerprint: str, arrays: tuple[str, ...] = EPISO
             )
     except (OSError, ValueError, KeyError) as exc:
         log.warning("cannot read %s (%s); starting over", path, exc)
+        return None
+
+
+def checkpoint_progress(path: Path) -> int | None:
+    """MPC iterations a checkpoint holds (without checking whose it is), or None if there is no
+    readable one: what `wmquant runs list` and reports show for a run that was cut off."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return int(data["iterations_done"])
+    except (OSError, ValueError, KeyError):
         return None
 
 

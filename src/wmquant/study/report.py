@@ -199,7 +199,7 @@ def _rows(store: ResultStore, sweep: Mapping[str, Any], results: list[dict], cor
         else:
             status = "corrupt" if run_id in corrupt_by_id else "failed" if run_id in failures else "pending"
             row = Row(run_id, setting_key_from_overrides(overrides), None, status,
-                      note=corrupt_by_id.get(run_id) or failures.get(run_id, ""),
+                      note=corrupt_by_id.get(run_id) or failures.get(run_id) or store.checkpoint_note(run_id),
                       variant=engine_variant(overrides=overrides))
         row.paper = dict(published.get(row.key, {}))
         rows.append(row)

@@ -27,6 +27,7 @@ from typing import Any, Iterable, Mapping, NamedTuple
 from .. import __version__
 from ..errors import StudyError
 from ..io import write_json
+from ..planning.checkpoint import CHECKPOINT_FILE, checkpoint_progress
 from .paper import setting_key_from_result
 from .spec import ENVS, METHODS, RunSpec, StudySpec, canonical_json, setting_key_from_overrides
 
@@ -245,6 +246,11 @@ class ResultStore:
     def clear_failure(self, run_id: str) -> None:
         (self.run_dir(run_id) / ERROR_FILE).unlink(missing_ok=True)
 
+    def checkpoint_note(self, run_id: str) -> str:
+        """"checkpoint after MPC iteration k" for a run that was cut off and will resume, else ""."""
+        done = checkpoint_progress(self.run_dir(run_id) / CHECKPOINT_FILE)
+        return "" if done is None else f"checkpoint after MPC iteration {done}"
+
     def failures(self, completed: set[str] | None = None) -> dict[str, str]:
         """run_id -> message of the last failure, for runs that are not complete."""
         done = self.completed() if completed is None else completed
@@ -318,7 +324,8 @@ class ResultStore:
                    "final_success": final_success(result) if result else None,
                    "n_evals": result["n_evals"] if result else overrides.get("n_evals"),
                    "wall_seconds": result["wall_seconds"] if result else None,
-                   "note": corrupt_ids.get(run_id) or failures.get(run_id) or ""}
+                   "note": corrupt_ids.get(run_id) or failures.get(run_id)
+                           or (self.checkpoint_note(run_id) if result is None else "")}
             fields = {**_flatten(result or {}), **overrides, **row}
             if filters and not _row_matches(fields, filters):
                 continue
