@@ -4,8 +4,9 @@
 # runs once, cheapest first, within a time budget), resumable across calls.
 #
 # Usage: bash scripts/gpu/study_wall.sh [SECONDS [JOBS]]   (defaults 520 s, 3 runs at a time)
-# Carry: .whl, act_scales, and carry_sweeps (made here by `bash scripts/gpu/slim_store.sh`: the
-# run.json/result.json of every finished run, so that finished runs are skipped).
+# Carry: .whl, act_scales, and carry_sweeps (made here by `bash scripts/gpu/slim_store.sh`: every
+# finished run's result, so that it is skipped, and every cut-off run's checkpoint).
+# FIRST="SPEC ..." names the specs whose runs go first (default below).
 # Brings back $OUT/study_all.tgz with every run finished in this call and the checkpoint
 # (mpc_state.npz) of every run cut off by the deadline (unpack into sweeps/: the next call, after
 # slim_store.sh, continues those after their last finished MPC iteration), and $OUT/gpu_util.txt
