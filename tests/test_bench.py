@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from wmquant.bench import check_report, predictor_flops
+from wmquant.bench import PEAK_TIMING_SLACK, check_report, predictor_flops
 from wmquant.cli import main
 from wmquant.models.checkpoint import build_world_model
 
@@ -53,7 +53,7 @@ def test_quick_bench_writes_a_consistent_report(tmp_path, capsys):
 
     fractions = [(p, v) for p, v in _numbers(report["sections"]) if p.endswith("fraction_of_peak")]
     times = [(p, v) for p, v in _numbers(report["sections"]) if p.endswith("seconds_per_episode_step")]
-    assert len(fractions) >= 10 and all(0 < v <= 1 for _, v in fractions), fractions
+    assert len(fractions) >= 10 and all(0 < v <= 1 + PEAK_TIMING_SLACK for _, v in fractions), fractions
     assert len(times) >= 10 and all(v > 0 for _, v in times), times
 
     cem = report["sections"]["cem"]
@@ -78,7 +78,9 @@ def test_report_check_flags_impossible_numbers():
                                                             "seconds_per_episode_step": 0.0},
                                                    "bf16": {"error": "RuntimeError: boom"}}}}}}
     problems = check_report(bad)
-    assert len(problems) == 3 and any("(0, 1]" in p for p in problems) and any("boom" in p for p in problems)
+    assert len(problems) == 3 and any("(0, 1.1]" in p for p in problems) and any("boom" in p for p in problems)
+    # a few percent above 1 is timing noise between the peak and the rate, not an inconsistency
+    assert check_report({"sections": {"cem": {"predictor_fraction_of_peak": 1.02}}}) == []
 
 
 def test_bad_arguments_exit_with_2(capsys):

@@ -731,9 +731,16 @@ def evaluate_targets(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: How far above 1 a fraction of peak may read before it counts as inconsistent. The peak and the
+#: rates are timed at different moments; on a shared CPU a peak timed while another process ran can
+#: fall a few percent below a rate timed later (seen: 1.02 on the 2-core CI machine). A FLOP-count
+#: error would be off by far more.
+PEAK_TIMING_SLACK = 0.10
+
+
 def check_report(report: dict[str, Any]) -> list[str]:
-    """Internal consistency of a report: every fraction of peak in (0, 1], every time and rate > 0,
-    no failed measurement. Returns the problems found (empty when consistent)."""
+    """Internal consistency of a report: every fraction of peak in (0, 1 + PEAK_TIMING_SLACK], every
+    time and rate > 0, no failed measurement. Returns the problems found (empty when consistent)."""
     problems: list[str] = []
 
     def walk(node: Any, path: str) -> None:
@@ -750,8 +757,8 @@ def check_report(report: dict[str, Any]) -> list[str]:
         if not isinstance(node, (int, float)) or isinstance(node, bool):
             return
         leaf = path.rsplit(".", 1)[-1].split("[")[0]
-        if "fraction_of_peak" in leaf and not 0 < node <= 1:
-            problems.append(f"{path} = {node} is not in (0, 1]")
+        if "fraction_of_peak" in leaf and not 0 < node <= 1 + PEAK_TIMING_SLACK:
+            problems.append(f"{path} = {node} is not in (0, {1 + PEAK_TIMING_SLACK:g}]")
         elif (leaf.endswith("seconds") or "seconds_per" in leaf or leaf in ("tflops", "predictor_tflops", "gb_per_s")) \
                 and not (node > 0 and math.isfinite(node)):
             problems.append(f"{path} = {node} is not a positive time or rate")
