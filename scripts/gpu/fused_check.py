@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from wmquant.io import write_json
+from wmquant.quant.fused_fake_quant import ENV_SWITCH
 from wmquant.study.sweep import DEFAULT_RUNNER, worker_command
 
 COMPARED = ("success_by_iter", "latent_mse_by_iter", "planning_loss_by_iter", "first_success_iter", "episodes")
@@ -37,7 +38,7 @@ def run_once(source: Path, work: Path, extra: dict, fused: bool) -> tuple[dict, 
     spec = json.loads((source / "run.json").read_text())
     spec["overrides"].update(extra)
     (work / "run.json").write_text(json.dumps(spec))
-    env = {**os.environ, "WMQUANT_FUSED_FAKE_QUANT": "1" if fused else "0"}
+    env = {**os.environ, ENV_SWITCH: "1" if fused else "0"}
     start = time.perf_counter()
     with open(work / "log.txt", "wb") as log:
         code = subprocess.call(worker_command(DEFAULT_RUNNER, work), env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -45,6 +46,17 @@ def run_once(source: Path, work: Path, extra: dict, fused: bool) -> tuple[dict, 
     if code != 0:
         raise SystemExit(f"{work}: exit {code}; see {work / 'log.txt'}")
     return json.loads((work / "result.json").read_text()), seconds
+
+
+def run_source(store: Path, name: str) -> Path:
+    """store/SPEC/runs/RUN_ID for a "SPEC/RUN_ID" argument; exits with a one-line error if absent."""
+    spec, _, run_id = name.partition("/")
+    source = store / spec / "runs" / run_id
+    if not run_id or not (source / "run.json").is_file():
+        print(f"error: no run {name!r} under {store} (expected SPEC/RUN_ID with {store}/SPEC/runs/RUN_ID/run.json)",
+              file=sys.stderr)
+        raise SystemExit(2)
+    return source
 
 
 def differences(a: dict, b: dict) -> list[str]:
@@ -67,7 +79,7 @@ def main(argv: list[str]) -> int:
         write_json(args.out, report)
 
     for name in args.replays:
-        source = args.store / name.split("/")[0] / "runs" / name.split("/")[1]
+        source = run_source(args.store, name)
         stored = json.loads((source / "result.json").read_text())
         result, seconds = run_once(source, args.work / name.replace("/", "_"), {}, fused=True)
         diff = differences(stored, result)
@@ -79,7 +91,7 @@ def main(argv: list[str]) -> int:
         print(json.dumps(report["replays"][-1]), flush=True)
         save()
     for name in args.timed:
-        source = args.store / name.split("/")[0] / "runs" / name.split("/")[1]
+        source = run_source(args.store, name)
         extra = {"planner.max_iter": args.iterations, "planner.skip_succeeded": False}
         row = {"run": name, "iterations": args.iterations}
         results = {}
