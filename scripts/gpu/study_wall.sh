@@ -21,7 +21,9 @@ FIRST=${FIRST:-"engines_wall table3 table7 table1"}
 export OMP_NUM_THREADS=4
 log() { echo "[$(date +%H:%M:%S)] $*"; }
 mkdir -p sweeps
-[ -d carry_sweeps ] && cp -r carry_sweeps/. sweeps/
+# No clobbering: on a machine still warm from an earlier call, sweeps/ (ignored, so kept between
+# calls) is newer than the carried copy, and a repeated call simply continues from it.
+[ -d carry_sweeps ] && cp -rn carry_sweeps/. sweeps/
 (cd sweeps && find . -name result.json | sort) > /tmp/results_before.txt
 if [ ! -f act_scales/wm_act_scales_wall_iter2_opt10_eval50.safetensors ]; then
   log "plan-act"; python3 -m wmquant plan-act --config-name plan_wall.yaml model_name=wall tag=fp sta_scale=True \
