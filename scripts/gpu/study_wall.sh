@@ -6,6 +6,8 @@
 # Usage: bash scripts/gpu/study_wall.sh [SECONDS [JOBS]]   (defaults 520 s, 3 runs at a time)
 # Carry: .whl, act_scales, and carry_sweeps (made here by `bash scripts/gpu/slim_store.sh`: every
 # finished run's result, so that it is skipped, and every cut-off run's checkpoint).
+# WHEELS=.whl_wall with carry .whl_wall (the wheels of .whl less pygame, pymunk and pytest's) when
+# the working tree would pass 64 MiB (scripts/gpu/setup.sh).
 # FIRST="SPEC ..." names the specs whose runs go first (default below).
 # Brings back $OUT/study_all.tgz with every run finished in this call and the checkpoint
 # (mpc_state.npz) of every run cut off by the deadline (unpack into sweeps/: the next call, after
