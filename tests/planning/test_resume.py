@@ -96,3 +96,30 @@ def test_an_interrupted_ceiling_resumes_to_the_uninterrupted_result(tmp_path, mo
     first, second = _result(reference), _result(resumed)
     assert first["success_by_iter"] == second["success_by_iter"]
     assert second["resumed"]["from_iteration"] == 1 and not (resumed / CHECKPOINT_FILE).exists()
+
+
+def _corrupt_saved_states(path):
+    """Shift the checkpoint's current env states, keeping its fingerprint: the replay cannot match them."""
+    with np.load(path, allow_pickle=False) as data:
+        payload = {k: data[k] for k in data.files}
+    payload["episode_cur_states"] = payload["episode_cur_states"] + 1.0
+    with open(path, "wb") as fh:
+        np.savez(fh, **payload)
+
+
+@pytest.mark.parametrize("command", ["plan", "ceiling"])
+def test_a_checkpoint_the_replay_cannot_reproduce_starts_over(tmp_path, monkeypatch, command, caplog):
+    reference, broken = tmp_path / "reference", tmp_path / "broken"
+    assert main([command, *WALL, f"output_dir={reference}", "resume=false"]) == 0
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, 2)
+        with pytest.raises(Killed):
+            main([command, *WALL, f"output_dir={broken}"])
+    _corrupt_saved_states(broken / CHECKPOINT_FILE)
+    with caplog.at_level("WARNING", logger="wmquant.planning"):
+        assert main([command, *WALL, f"output_dir={broken}"]) == 0
+    assert "did not reproduce its states" in caplog.text
+    first, second = _result(reference), _result(broken)
+    assert "resumed" not in second
+    # From the initial states again, not from where the replay left the envs.
+    assert first["success_by_iter"] == second["success_by_iter"]

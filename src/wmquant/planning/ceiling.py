@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..data.base import Normalization
 from .cem import CEMConfig, noise_generator
-from .checkpoint import MPCState, load_state, replay, save_state
+from .checkpoint import MPCState, decode_success_iter, encode_success_iter, load_state, replay, save_state
 from .episodes import EpisodeSet
 from .mpc import PlanningTrace
 
@@ -93,7 +93,7 @@ def run_ceiling(env_name: str, env, episodes: EpisodeSet, normalization: Normali
         if replayed is not None:
             cur = replayed[1].astype(np.float64)
             succeeded = saved.arrays["succeeded"].astype(bool)
-            success_iter = [None if i < 0 else int(i) for i in saved.arrays["success_iter"]]
+            success_iter = decode_success_iter(saved.arrays["success_iter"])
             executed = list(np.split(saved.executed, saved.iterations_done, axis=1))
             trace.success_by_iter = saved.success_by_iter.tolist()
             first_iteration = saved.iterations_done
@@ -137,8 +137,7 @@ def run_ceiling(env_name: str, env, episodes: EpisodeSet, normalization: Normali
         succeeded[active] |= verdict["success"].astype(bool)
         trace.success_by_iter.append(succeeded.astype(int).tolist())
         if checkpoint is not None:
-            arrays = {"succeeded": succeeded, "success_iter": np.array([-1 if i is None else i for i in success_iter]),
-                      "cur_states": cur}
+            arrays = {"succeeded": succeeded, "success_iter": encode_success_iter(success_iter), "cur_states": cur}
             save_state(Path(checkpoint), MPCState(
                 iterations_done=k + 1, arrays=arrays, memo=None, executed=np.concatenate(executed, axis=1),
                 success_by_iter=np.array(trace.success_by_iter), latent_mse_by_iter=np.zeros(0),

@@ -136,10 +136,20 @@ def active_at(iteration: int, success_iter: np.ndarray, skip_succeeded: bool) ->
     return np.flatnonzero((success_iter < 0) | (success_iter >= iteration))
 
 
+def encode_success_iter(success_iter: list[int | None]) -> np.ndarray:
+    """The MPC loop's first-success iterations as an array, -1 for never."""
+    return np.array([-1 if i is None else i for i in success_iter])
+
+
+def decode_success_iter(saved: np.ndarray) -> list[int | None]:
+    return [None if i < 0 else int(i) for i in saved]
+
+
 def replay(env, init_states: np.ndarray, state: MPCState, skip_succeeded: bool, steps_per_iteration: int):
     """Reset the envs to the initial states and step every executed action again, in the batches the
-    original run used. Returns (observations, states) of every episode, or None if the replayed
-    states differ from the saved ones."""
+    original run used. Returns (observations, states) of every episode; or, if the replayed states
+    differ from the saved ones, resets the envs to the initial states again (the run starts over)
+    and returns None."""
     obs, states = env.reset_to(init_states)
     cur_obs = {k: np.array(v) for k, v in obs.items()}
     cur_states = np.array(states)
@@ -153,5 +163,7 @@ def replay(env, init_states: np.ndarray, state: MPCState, skip_succeeded: bool, 
             cur_obs[key][active] = obs[key]
         cur_states[active] = states
     if not np.array_equal(cur_states, state.arrays["cur_states"]):
+        log.warning("replaying the checkpoint's actions did not reproduce its states; starting over")
+        env.reset_to(init_states)
         return None
     return cur_obs, cur_states

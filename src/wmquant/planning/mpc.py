@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from .cem import noise_generator
-from .checkpoint import EPISODE_ARRAYS, MPCState, load_state, replay, save_state
+from .checkpoint import (EPISODE_ARRAYS, MPCState, decode_success_iter, encode_success_iter, load_state, replay,
+                         save_state)
 from .engine import Engine
 from .episodes import EpisodeSet
 
@@ -112,17 +113,14 @@ def run_mpc(
     steps_per_iteration = n_taken * frameskip
     saved = load_state(Path(checkpoint), run_fingerprint) if checkpoint is not None else None
     if saved is not None and saved.iterations_done <= config.max_iter:
+        # None: the env did not reproduce its states, and the run starts over (never from a wrong state)
         replayed = replay(env, episodes.init_states, saved, config.skip_succeeded, steps_per_iteration)
-        if replayed is None:  # the env did not reproduce its states: never continue from a wrong state
-            obs, states = env.reset_to(episodes.init_states)
-            cur_obs = {k: np.array(v) for k, v in obs.items()}
-            cur_states = np.array(states)
-        else:
+        if replayed is not None:
             cur_obs, cur_states = replayed
             (succeeded, success_iter_array, latent_mse, plan_loss, visual_dist, proprio_dist, state_dist,
              div_visual, div_proprio, final_states) = (saved.arrays[k].copy() for k in EPISODE_ARRAYS[:-1])
             succeeded = succeeded.astype(bool)
-            success_iter = [None if i < 0 else int(i) for i in success_iter_array]
+            success_iter = decode_success_iter(success_iter_array)
             memo = None if saved.memo is None else torch.from_numpy(saved.memo)
             executed = list(np.split(saved.executed, saved.iterations_done, axis=1)) if saved.iterations_done else []
             trace.success_by_iter = saved.success_by_iter.tolist()
@@ -137,7 +135,7 @@ def run_mpc(
 
     def save(k: int) -> None:
         arrays = dict(zip(EPISODE_ARRAYS, (
-            succeeded, np.array([-1 if i is None else i for i in success_iter]), latent_mse, plan_loss,
+            succeeded, encode_success_iter(success_iter), latent_mse, plan_loss,
             visual_dist, proprio_dist, state_dist, div_visual, div_proprio, final_states, cur_states)))
         first = {k: (v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in trace.first_plan.items()}
         save_state(Path(checkpoint), MPCState(
