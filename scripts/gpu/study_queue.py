@@ -13,7 +13,9 @@ device call of limited time:
   (mpc_state.npz) of its last finished MPC iteration, which the next call continues.
 
 Usage (device machine, after scripts/gpu/setup.sh):
-  python3 scripts/gpu/study_queue.py --seconds 520 --jobs 3 --first engines_wall table7 table3 table1 table4 engines_wall
+  python3 scripts/gpu/study_queue.py --seconds 520 --jobs 3 --first engines_wall table3 \
+      --set act_scales_dir=act_scales table7 table3 table1 table4 engines_wall
+(--first takes every name up to the next option, so the specs to run come after another option.)
 """
 
 from __future__ import annotations
