@@ -227,3 +227,12 @@ def test_runner_may_be_given_as_a_function(tmp_path, runner_log):
     spec.write_text(TWO_RUNS)
     summary = run_sweep(spec, tmp_path / "s", runner=fake_runner.run_one, launcher="local_gpus")
     assert summary.complete and len(summary.succeeded) == 2
+
+
+def test_a_study_run_is_tagged_with_its_run_id_unless_the_spec_sets_a_tag(tmp_path):
+    from wmquant.study.runner import compose_run_config
+
+    run_dir = tmp_path / "runs" / "rtn_w4a8-0123abcd"
+    assert compose_run_config({"env": "wall", "quant": True}, run_dir).tag == "rtn_w4a8-0123abcd"
+    assert compose_run_config({"env": "wall", "tag": "mine"}, run_dir).tag == "mine"
+    assert compose_run_config({"env": "wall"}).tag == "fp"

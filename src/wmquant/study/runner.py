@@ -36,6 +36,10 @@ def compose_run_config(overrides: Mapping[str, Any], run_dir: str | Path | None 
     items = hydra_overrides(base, {k: v for k, v in overrides.items() if k != "env"})
     if run_dir is not None:
         items.append(f"output_dir={json.dumps(str(run_dir))}")
+        if "tag" not in overrides:
+            # plan_base's tag is "fp"; a study run is labelled by its run id instead, so that
+            # result.json's tag says which run it is (an OmniQuant run tagged "fp" misleads)
+            items.append(f"tag={json.dumps(Path(run_dir).name)}")
     return compose_config(f"plan_{env}", items)
 
 
