@@ -57,3 +57,36 @@ def test_aliased_encoder_is_flagged():
     report = wall_landscape(patch_grid_encoder, n_goals=6)
     assert report.spearman_euclidean < 0.8
     assert report.false_minima >= 1
+
+
+# ---- PushT: position, angle and joint sweeps ----------------------------------------------------
+
+
+def pixel_encoder(frames: np.ndarray) -> torch.Tensor:
+    """Latent = the frame itself: sees the block's position and angle."""
+    return torch.as_tensor(frames).float().flatten(1)[:, None, :] / 255.0
+
+
+def agent_only_encoder(frames: np.ndarray) -> torch.Tensor:
+    """Latent = where the RoyalBlue agent is: blind to the block (the sweeps hold the agent fixed)."""
+    f = torch.as_tensor(frames).float()
+    blue = ((f[..., 2] - f[..., 0]) > 100).float()
+    ys, xs = torch.arange(f.shape[1]).float()[:, None], torch.arange(f.shape[2]).float()[None, :]
+    mass = blue.sum((1, 2)).clamp(min=1)
+    return torch.stack([(blue * xs).sum((1, 2)) / mass, (blue * ys).sum((1, 2)) / mass], -1)[:, None, :]
+
+
+PUSHT_SWEEP = dict(render_size=64, n_goals=2, span=48.0, step=24.0, angle_steps=12, pose_span=40.0, pose_step=40.0, pose_angles=5)
+
+
+def test_pusht_landscape_sweeps_the_block_angle_as_well_as_its_position():
+    from wmquant.diagnose.landscape import pusht_landscape
+
+    seeing = pusht_landscape(pixel_encoder, **PUSHT_SWEEP)
+    assert seeing.spearman_euclidean > 0.5 and seeing.spearman_angle > 0.5
+    assert "block angle: Spearman" in seeing.summary() and len(seeing.per_goal) == 2
+    # blind to the block: only edge pixels shared with it move the agent's centroid
+    blind = pusht_landscape(agent_only_encoder, **PUSHT_SWEEP)
+    assert max(abs(blind.spearman_angle), abs(blind.spearman_pose), abs(blind.spearman_euclidean)) < 0.25
+    # raw pixels saturate once the block no longer overlaps itself, so the joint sweep ranks less well
+    assert seeing.spearman_pose > blind.spearman_pose + 0.15

@@ -31,7 +31,7 @@ def random_states(rng: np.random.Generator, count: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def env():
-    return make("pusht", render_size=64)
+    return make("pusht", render_size=64, reset_mode="exact")
 
 
 # ---- reset-to-state ---------------------------------------------------------------------------
@@ -43,6 +43,49 @@ def test_reset_to_state_reproduces_the_state_exactly(env):
         np.testing.assert_allclose(reached, state, rtol=0, atol=1e-6)
         np.testing.assert_allclose(obs["proprio"], state[[0, 1, 5, 6]].astype(np.float32), rtol=0, atol=1e-3)
         assert reached.dtype == np.float64 and obs["proprio"].dtype == np.float32
+
+
+def test_upstream_reset_takes_one_bare_10ms_physics_step():
+    """Upstream's reset-to-state: place the bodies, then one 10 ms step with no PD update, so the
+    agent moves by velocity x 0.01 and keeps its velocity; the block, out of contact, stays put."""
+    upstream = make("pusht", render_size=64)
+    assert upstream.reset_mode == "upstream"
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        state = np.array([rng.uniform(60, 120), rng.uniform(60, 120), 350.0, 350.0, rng.uniform(0, TWO_PI), *rng.normal(0, 75, 2)])
+        _, reached = upstream.prepare(seed=0, init_state=state)
+        expected = state.copy()
+        expected[0:2] += 0.01 * state[5:7]
+        np.testing.assert_allclose(reached, expected, rtol=0, atol=1e-9)
+    # the same state through the exact mode is unmoved, and at rest both modes agree
+    at_rest = np.array([100.0, 100.0, 350.0, 350.0, 0.5, 0.0, 0.0])
+    np.testing.assert_allclose(upstream.prepare(0, at_rest)[1], make("pusht", reset_mode="exact").prepare(0, at_rest)[1], atol=1e-12)
+
+
+def test_upstream_reset_starts_resolving_an_overlap_before_the_first_action():
+    """In the settling step pymunk finds the overlap and gives the block the separating impulse (it
+    moves at the next step's position update), so the first action starts from a different physical
+    state than after an exact reset, though both report the requested pose."""
+    overlapping = np.array([256.0, 262.0, 256.0, 250.0, 0.0, 0.0, 0.0])  # the agent's disc inside the crossbar
+    exact_env, upstream_env = make("pusht", render_size=16, reset_mode="exact"), make("pusht", render_size=16)
+    _, exact = exact_env.prepare(0, overlapping)
+    _, upstream = upstream_env.prepare(0, overlapping)
+    np.testing.assert_allclose(exact, overlapping, atol=1e-9)
+    np.testing.assert_allclose(upstream, overlapping, atol=1e-9)  # at rest: the agent did not move
+    after_exact = exact_env.step(np.zeros(2))[4]["state"]
+    after_upstream = upstream_env.step(np.zeros(2))[4]["state"]
+    assert np.linalg.norm(after_upstream[2:4] - after_exact[2:4]) > 0.01
+
+
+def test_reset_mode_reaches_the_batched_env_and_rejects_unknown_modes():
+    state = np.array([[100.0, 100.0, 350.0, 350.0, 0.5, 80.0, -40.0]])
+    batch = make_batch("pusht", 1, render_size=16, workers=0)
+    _, reached = batch.reset_to(state)
+    np.testing.assert_allclose(reached[0, :2], [100.8, 99.6], atol=1e-9)
+    _, reached = make_batch("pusht", 1, render_size=16, workers=0, reset_mode="exact").reset_to(state)
+    np.testing.assert_allclose(reached[0], state[0], atol=1e-9)
+    with pytest.raises(ConfigError, match="reset_mode 'settle'.*upstream, exact"):
+        make("pusht", reset_mode="settle")
 
 
 def test_reset_wraps_the_angle_and_pads_5d_states(env):
@@ -266,7 +309,8 @@ def test_rendering_colours_and_layout():
     assert frame.shape == (512, 512, 3) and frame.dtype == np.uint8
     assert tuple(frame[400, 100]) == (78, 126, 255)  # agent's inner disc, light RoyalBlue
     assert tuple(frame[400, 100 + 13]) == (65, 105, 225)  # agent's rim
-    assert tuple(frame[135, 380]) == (142, 163, 183)  # block fill, light LightSlateGray
+    # block fill: LightSlateGray x 1.2 rounded, as upstream (truncating gives (142, 163, 183))
+    assert tuple(frame[135, 380]) == (143, 163, 184)
     assert tuple(frame[121, 380]) == (119, 136, 153)  # block edge
     assert tuple(frame[267, 245]) == (144, 238, 144)  # goal's crossbar, LightGreen
     assert tuple(frame[250, 5]) == (211, 211, 211)  # left wall
@@ -318,7 +362,7 @@ def test_batch_env_in_process_matches_single_env_and_touches_only_indices():
         obs, moved = batch.step(np.array([[0.1, 0.1]]), indices=[1])
         assert moved.shape == (1, 7) and obs["visual"].shape == (1, 64, 64, 3)
         _, after = batch.step(np.zeros((2, 2)), indices=[2, 0])
-        env_ = make("pusht", render_size=64)
+        env_ = make("pusht", render_size=64, reset_mode="exact")  # continues from the state as it is
         env_.prepare(0, expected[0, -1])
         np.testing.assert_array_equal(after[1], env_.step(np.zeros(2))[4]["state"])
         empty_obs, empty = batch.step(np.zeros((0, 2)), indices=[])
@@ -344,3 +388,25 @@ def test_batch_env_worker_processes_match_single_env():
         for t in range(6):
             _, now = batch.step(actions[[1, 2, 0], t], indices=[1, 2, 0])
         np.testing.assert_array_equal(now, expected[[1, 2, 0], -1])
+
+
+# ---- failure breakdown --------------------------------------------------------------------------
+
+
+def test_failure_breakdown_names_the_failing_part_of_the_success_test():
+    goal = np.array([200.0, 200.0, 256.0, 256.0, 1.0, 0.0, 0.0])
+    init = np.tile(goal, (5, 1))
+    init[[0, 1, 2], 2] -= 40.0  # three goals need the block pushed, two do not
+    final = np.tile(goal, (5, 1))
+    final[0, 2] += 25.0  # block off by 25 px: position fails, led by the block
+    final[1, 0] += 30.0  # agent off by 30 px: position fails, led by the agent
+    final[2, 4] += 0.5  # angle off by 0.5 rad > pi/9
+    final[3, [2, 4]] += [12.0, 0.2]  # within both thresholds: solved
+    final[4, [0, 4]] += [25.0, -0.6]  # both fail
+    breakdown = pusht.failure_breakdown(init, np.tile(goal, (5, 1)), final)
+    assert breakdown["failed"] == 4
+    assert (breakdown["position_only"], breakdown["angle_only"], breakdown["position_and_angle"]) == (2, 1, 1)
+    assert (breakdown["position_block_dominant"], breakdown["position_agent_dominant"]) == (1, 2)
+    assert breakdown["needs_push"] == 3 and breakdown["success_rate_needs_push"] == 0.0
+    assert breakdown["success_rate_no_push"] == 0.5
+    assert breakdown["angle_error_rad"][2] == pytest.approx(0.5)

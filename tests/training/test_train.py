@@ -75,3 +75,13 @@ def test_training_resumes_from_its_checkpoint(wall_data, tmp_path):
 def test_train_refuses_missing_paths(tmp_path, capsys):
     assert main(["train", "--config-name", "train_wall.yaml", f"output_dir={tmp_path}"]) == 2
     assert "dataset_path" in capsys.readouterr().err
+
+
+def test_train_with_the_rollout_loss(wall_data, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--config-name", "train_wall.yaml", f"dataset_path={wall_data}", f"output_dir={out}",
+                 "encoder_pretrain.steps=2", "training.steps=2", "training.rollout_steps=2", *TINY]) == 0
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    rollout = [e["train/rollout_loss"] for e in log if "train/rollout_loss" in e]
+    assert len(rollout) == 2 and all(torch.isfinite(torch.tensor(rollout)))
+    assert all(e["train/loss"] > e["train/z_loss"] + e["train/decoder_recon_loss"] for e in log if "train/rollout_loss" in e)

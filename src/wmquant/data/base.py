@@ -65,6 +65,15 @@ class Episode:
         return int(self.actions.shape[0])
 
 
+@dataclass
+class Trajectory:
+    """An episode's states (T, S) and actions (T, A) in raw env units, and its layout."""
+
+    states: torch.Tensor
+    actions: torch.Tensor
+    env_info: dict[str, Any] = field(default_factory=dict)
+
+
 class TrajectoryDataset(ABC, torch.utils.data.Dataset):
     """A split (or the whole) of a trajectory dataset."""
 
@@ -80,6 +89,12 @@ class TrajectoryDataset(ABC, torch.utils.data.Dataset):
 
     def seq_length(self, index: int) -> int:
         return len(self.episode(index))
+
+    def trajectory(self, index: int) -> "Trajectory":
+        """Episode `index` without its frames: what planning goals are drawn from. Datasets that can
+        read states without decoding frames override this."""
+        episode = self.episode(index)
+        return Trajectory(states=episode.states, actions=episode.actions, env_info=dict(episode.env_info))
 
     def __getitem__(self, index: int) -> Episode:
         return self.episode(index)

@@ -19,15 +19,23 @@ def data_main(argv: Sequence[str]) -> int:
 
     parser = flag_parser("wmquant data", "Generate trajectories and write them in DINO-WM's on-disk layout.")
     parser.add_argument("--env", required=True, help=f"one of {', '.join(ENV_NAMES)}")
-    parser.add_argument("--out", required=True, type=Path, help="output directory (must not exist)")
-    parser.add_argument("--episodes", required=True, type=int, help="number of episodes")
+    parser.add_argument("--out", required=True, type=Path, help="output directory (must not exist), or with --goals-from the goal file to write")
+    parser.add_argument("--episodes", type=int, default=None, help="number of episodes (required unless --goals-from)")
+    parser.add_argument("--goals-from", type=Path, default=None,
+                        help="instead of generating: write a goal file (states and actions, no frames) from this dataset's val split and part of its train split")
+    parser.add_argument("--train-episodes", type=int, default=200, help="with --goals-from: train episodes kept for calibration goals (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="seed (generation is deterministic per seed)")
     parser.add_argument("--steps", type=int, default=None, help="env steps per episode (default: per env)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     parser.add_argument("--render-size", type=int, default=None, help="PushT frame size in px (default 224)")
     parser.add_argument("--video", choices=("mp4", "pth"), default=None, help="PushT frame files: mp4 (as upstream) or pth (lossless)")
+    parser.add_argument("--policy", default=None, help="PushT policy: expert (default; demonstration-like, as pusht_noise) or pusher (roams the arena)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(list(argv))
+    if args.goals_from is not None:
+        return _write_goals(args)
+    if args.episodes is None:
+        raise ConfigError("--episodes is required (the number of episodes to generate)")
     for flag in ("episodes", "steps", "render_size"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
@@ -40,12 +48,44 @@ def data_main(argv: Sequence[str]) -> int:
             kwargs["render_size"] = args.render_size
         if args.video is not None:
             kwargs["video"] = args.video
-    elif args.render_size is not None or args.video is not None:
-        raise ConfigError("--render-size and --video apply to --env pusht only (Wall frames are 65x65)")
+        if args.policy is not None:
+            from .pusht_policies import POLICIES
+
+            if args.policy not in POLICIES:
+                raise ConfigError(f"unknown --policy {args.policy!r}; valid policies: {', '.join(POLICIES)}")
+            kwargs["policy"] = args.policy
+    elif args.render_size is not None or args.video is not None or args.policy is not None:
+        raise ConfigError("--render-size, --video and --policy apply to --env pusht only")
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
     start = time.perf_counter()
     stats = generate_dataset(args.env, args.out, args.episodes, args.seed, steps=args.steps, workers=workers,
                              progress=not args.quiet, **kwargs)
     seconds = time.perf_counter() - start
+    comparison = stats.pop("official_comparison", None)
+    segments = stats.get("val_segments")
     print(json.dumps({"out": str(args.out), "seconds": round(seconds, 2), **stats}, indent=2, default=str))
+    if comparison is not None:
+        from .pusht_stats import DimensionCheck, segment_table, statistics_table
+
+        checks = [DimensionCheck(c["name"], c["official_mean"], c["mean"], c["official_std"], c["std"], c["mean_checked"]) for c in comparison]
+        print("\nAgainst the official pusht_noise statistics (spec 2.10; bounds: mean within 0.25 official std, std within 15 %):")
+        print(statistics_table(checks))
+        if segments:
+            print("\nGoal segments of the validation split:")
+            print(segment_table(segments))
+    return 0
+
+
+def _write_goals(args) -> int:
+    from ..envs import ENV_NAMES
+    from .goals import goal_file_from_dataset
+
+    if args.env not in ENV_NAMES:
+        raise ConfigError(f"unknown env {args.env!r}; valid envs: {', '.join(ENV_NAMES)}")
+    if args.train_episodes < 1:
+        raise ConfigError(f"--train-episodes must be a positive integer, got {args.train_episodes}")
+    if args.out.suffix != ".safetensors":
+        raise ConfigError(f"--out {args.out} must name a .safetensors goal file")
+    path = goal_file_from_dataset(args.goals_from, args.env, args.out, train_episodes=args.train_episodes)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -34,13 +34,16 @@ from ..envs import pusht as pusht_env
 from ..envs.pusht_render import WINDOW_SIZE
 from ..errors import ConfigError, DatasetError
 from ..io import atomic_directory, atomic_path, write_bytes
-from .base import Episode, Normalization, TrajectoryDataset
+from .base import Episode, Normalization, Trajectory, TrajectoryDataset
+from .pusht_policies import DEFAULT_POLICY, make_policy
+from .pusht_stats import compare_with_official, segment_distribution
 
-GENERATOR_VERSION = 1  # bump when the scripted policy or the written layout changes
+GENERATOR_VERSION = 2  # bump when a scripted policy or the written layout changes
 SPLITS = ("train", "val")
 VIDEO_FORMATS = ("mp4", "pth")
 PIXELS_PER_ACTION_UNIT = pusht_env.ACTION_SCALE
-DEFAULT_STEPS = 100
+DEFAULT_STEPS = 100  # the pusher's episode length
+EXPERT_MAX_STEPS = 300  # the expert's cap; it ends an episode once done
 VAL_FRACTION = 0.1
 
 # Fixed statistics of `pusht_noise` that DINO-WM normalises with (spec 2.10); action statistics are
@@ -276,6 +279,15 @@ class PushTDataset(TrajectoryDataset):
                 self._frame_cache.pop(next(iter(self._frame_cache)))
         return visual
 
+    def trajectory(self, index: int) -> Trajectory:
+        index = self._check_index(index)
+        length = self._lengths[index]
+        return Trajectory(
+            states=self._states[index, :length].clone(),
+            actions=self._actions[index, :length].clone(),
+            env_info=self.env_info(index),
+        )
+
     def episode(self, index: int) -> Episode:
         index = self._check_index(index)
         length = self._lengths[index]
@@ -287,285 +299,6 @@ class PushTDataset(TrajectoryDataset):
             states=states.clone(),
             env_info=self.env_info(index),
         )
-
-
-# --------------------------------------------------------------------------------------------------
-# The scripted exploration policy
-
-
-@dataclass(frozen=True)
-class PusherSettings:
-    """Knobs of the scripted pusher; distances in px, an action is a PD-target offset in px."""
-
-    approach_max_px: float = 50.0  # largest offset while travelling to a contact point
-    approach_gain: float = 1.5  # offset = gain x remaining distance near the target (> 1: arrive sooner)
-    push_speed_px: tuple[float, float] = (12.0, 32.0)  # offset per step while pushing, uniform range
-    push_steps: tuple[int, int] = (8, 25)  # steps per push, uniform range (inclusive)
-    push_heading_noise_rad: float = 0.35  # std of the push direction around the edge normal
-    standoff_px: float = 4.0  # gap between the agent's rim and the edge before a push
-    arrival_px: float = 6.0  # the agent has reached the stand-off point within this distance
-    waypoint_tolerance_px: float = 15.0  # ... and a detour waypoint within this one
-    push_candidates: int = 24  # candidate pushes drawn per decision
-    nearby_contact_probability: float = 0.7  # a candidate is on the outline next to the agent
-    travel_preference_px: float = 30.0  # candidates are weighted by exp(-travel / this)
-    central_half_width_px: float = 100.0  # pushes ending outside this square about the centre cost extra
-    lateral_gain: float = 0.5  # steering onto the contact point's line while pushing
-    approach_timeout_steps: int = 25
-    random_move_probability: float = 0.05  # per decision: wander instead of pushing
-    random_move_steps: tuple[int, int] = (3, 8)
-    random_move_std_px: float = 20.0
-    ou_theta: float = 0.3  # Ornstein-Uhlenbeck noise added to every action
-    ou_sigma_px: float = 4.0
-    arena_margin_px: float = 25.0  # PD targets stay this far inside the 512 px arena (walls at 5/506)
-    block_wall_clearance_px: float = 12.0  # pushes must keep the block this far from the walls
-
-
-@dataclass(frozen=True)
-class _Push:
-    """One planned push, in the block's frame: agent goes through `waypoints` (world px, last = the
-    stand-off point behind `contact_local`), then pushes `steps` steps along `direction_local`."""
-
-    contact_local: np.ndarray
-    normal_local: np.ndarray  # outward normal of the pushed edge
-    direction_local: np.ndarray
-    speed: float  # px of PD-target offset per step
-    steps: int
-    waypoints: tuple[np.ndarray, ...] = ()
-
-
-class ScriptedPusher:
-    """Picks a point on the block's outline and a push direction near the inward edge normal, moves
-    the agent to a stand-off point behind it, pushes for a while, and repeats; sometimes wanders
-    instead. Every action carries Ornstein-Uhlenbeck noise. Deterministic given its generator.
-    """
-
-    def __init__(self, rng: np.random.Generator, shape: pusht_env.BlockShape = pusht_env.TEE, settings: PusherSettings = PusherSettings()):
-        self.rng = rng
-        self.shape = shape
-        self.settings = settings
-        self._outline = np.asarray(shape.outline, dtype=np.float64)
-        self._edges = np.roll(self._outline, -1, axis=0) - self._outline
-        self._edge_lengths = np.linalg.norm(self._edges, axis=1)
-        # (ey, -ex) is the outward normal of a polygon with positive shoelace area; flip otherwise
-        signed_area = np.sum(self._outline[:, 0] * np.roll(self._outline[:, 1], -1) - np.roll(self._outline[:, 0], -1) * self._outline[:, 1])
-        self._normals = np.sign(signed_area) * np.stack([self._edges[:, 1], -self._edges[:, 0]], axis=1) / self._edge_lengths[:, None]
-        # a circle about the centre of gravity this large never touches the block, whatever its angle
-        cog_to_vertex = np.linalg.norm(self._outline - np.asarray(shape.center_of_gravity), axis=1).max()
-        self._detour_radius = cog_to_vertex + pusht_env.AGENT_RADIUS + 5.0
-        self._noise = np.zeros(2)
-        self._latest_state: list[np.ndarray] = [np.zeros(pusht_env.STATE_DIM)]  # read by the running plan
-        self._plan: Iterator[np.ndarray] | None = None
-
-    # ---- geometry ------------------------------------------------------------------------------
-
-    @staticmethod
-    def _rotation(state: np.ndarray) -> np.ndarray:
-        """Block-local -> world rotation (2, 2); world = block position + rotation @ local."""
-        c, s = math.cos(state[4]), math.sin(state[4])
-        return np.array([[c, -s], [s, c]])
-
-    def _outline_world(self, state: np.ndarray) -> np.ndarray:
-        """The block outline in world px (K, 2)."""
-        return self._outline @ self._rotation(state).T + state[2:4]
-
-    def _block_center(self, state: np.ndarray) -> np.ndarray:
-        return state[2:4] + self._rotation(state) @ np.asarray(self.shape.center_of_gravity)
-
-    def _nearest_outline_point(self, point_local: np.ndarray) -> tuple[int, float]:
-        """(edge index, fraction along it) of the outline point nearest to a block-local point."""
-        along = np.clip(np.einsum("kd,kd->k", point_local - self._outline, self._edges) / self._edge_lengths**2, 0.0, 1.0)
-        nearest = self._outline + along[:, None] * self._edges
-        edge = int(np.argmin(np.linalg.norm(nearest - point_local, axis=1)))
-        return edge, float(along[edge])
-
-    @staticmethod
-    def _wall_clearance(outline: np.ndarray) -> float:
-        """Smallest distance (px) from a world outline (K, 2) to the inner faces of the walls."""
-        inner_low = pusht_env.WALL_LOW + pusht_env.WALL_RADIUS
-        inner_high = pusht_env.WALL_HIGH - pusht_env.WALL_RADIUS
-        return float(min((outline - inner_low).min(), (inner_high - outline).min()))
-
-    @staticmethod
-    def _distance_to_outline(points: np.ndarray, outline: np.ndarray) -> np.ndarray:
-        """Distance (M,) of points (M, 2) to a polygon's boundary; 0 inside it."""
-        a, b = outline, np.roll(outline, -1, axis=0)
-        ab = b - a
-        t = np.clip(np.einsum("mkd,kd->mk", points[:, None] - a, ab) / np.einsum("kd,kd->k", ab, ab), 0.0, 1.0)
-        nearest = a + t[..., None] * ab
-        distance = np.linalg.norm(points[:, None] - nearest, axis=-1).min(axis=1)
-        # even-odd rule for inside
-        y, x = points[:, 1:2], points[:, 0:1]
-        crosses = ((a[:, 1] > y) != (b[:, 1] > y)) & (x < a[:, 0] + (y - a[:, 1]) * ab[:, 0] / np.where(ab[:, 1] == 0, 1, ab[:, 1]))
-        inside = crosses.sum(axis=1) % 2 == 1
-        return np.where(inside, 0.0, distance)
-
-    # ---- plans ---------------------------------------------------------------------------------
-
-    def _clear(self, starts: np.ndarray, ends: np.ndarray, outline: np.ndarray) -> np.ndarray:
-        """Whether the agent can move straight from each start (M, 2) to each end (M, 2) without
-        touching the block (the start itself may touch it: the agent may just have pushed)."""
-        fractions = np.linspace(0.0, 1.0, 16)[1:]
-        points = starts[:, None] + fractions[None, :, None] * (ends - starts)[:, None]
-        distance = self._distance_to_outline(points.reshape(-1, 2), outline).reshape(len(starts), -1)
-        return distance.min(axis=1) >= pusht_env.AGENT_RADIUS - 1.0
-
-    def _route(self, state: np.ndarray, outline: np.ndarray, goal: np.ndarray, away: np.ndarray) -> list[np.ndarray] | None:
-        """Waypoints from the agent to `goal` (a stand-off point; `away` is the pushed edge's world
-        normal) that keep the agent off the block and inside the arena: straight if clear, else the
-        shortest clear route through one via point (out along the normal, or on a circle about the
-        block's centre that clears any pose of it), else around that circle. None if there is none."""
-        agent = state[:2]
-        if self._clear(agent[None], goal[None], outline)[0]:
-            return [goal]
-        center = self._block_center(state)
-        angles = np.linspace(0.0, 2 * math.pi, 12, endpoint=False)
-        vias = np.concatenate(
-            [
-                goal + np.array([[25.0], [50.0], [80.0]]) * away,
-                center + self._detour_radius * np.stack([np.cos(angles), np.sin(angles)], axis=1),
-            ]
-        )
-        lo, hi = self.settings.arena_margin_px, WINDOW_SIZE - self.settings.arena_margin_px
-        vias = vias[((lo <= vias) & (vias <= hi)).all(axis=1)]
-        count = len(vias)
-        clear = self._clear(
-            np.concatenate([np.repeat(agent[None], count, axis=0), vias]),
-            np.concatenate([vias, np.repeat(goal[None], count, axis=0)]),
-            outline,
-        )
-        usable = clear[:count] & clear[count:]
-        if usable.any():
-            length = np.linalg.norm(vias - agent, axis=1) + np.linalg.norm(goal - vias, axis=1)
-            best = np.flatnonzero(usable)[np.argmin(length[usable])]
-            return [vias[best], goal]
-        return self._route_around(state, goal)
-
-    def _route_around(self, state: np.ndarray, goal: np.ndarray) -> list[np.ndarray] | None:
-        """Waypoints every 45 degrees along the block-clearing circle from the agent's side of the
-        block to the goal's, the shorter way round that stays inside the arena; None if neither does."""
-        center = self._block_center(state)
-        start_angle = math.atan2(*(state[:2] - center)[::-1])
-        short_turn = (math.atan2(*(goal - center)[::-1]) - start_angle + math.pi) % (2 * math.pi) - math.pi
-        lo, hi = self.settings.arena_margin_px, WINDOW_SIZE - self.settings.arena_margin_px
-        for turn in (short_turn, short_turn - math.copysign(2 * math.pi, short_turn)):
-            count = max(1, math.ceil(abs(turn) / (math.pi / 4)))
-            angles = start_angle + turn * np.arange(count + 1) / count
-            circle = center + self._detour_radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
-            if ((lo <= circle) & (circle <= hi)).all():
-                return [*circle, goal]
-        return None
-
-    def _choose_push(self, state: np.ndarray) -> _Push | None:
-        """A push on a random outline point, preferring those the agent reaches quickly; None if no
-        candidate keeps agent and block inside the arena."""
-        settings = self.settings
-        outline = self._outline_world(state)
-        rotation = self._rotation(state)
-        lo, hi = settings.arena_margin_px, WINDOW_SIZE - settings.arena_margin_px
-        center = self._block_center(state)
-        arena_center = np.full(2, WINDOW_SIZE / 2)
-        candidates = []
-        agent_local = rotation.T @ (state[:2] - state[2:4])
-        nearest_edge, nearest_along = self._nearest_outline_point(agent_local)
-        for _ in range(settings.push_candidates):
-            if self.rng.uniform() < settings.nearby_contact_probability:
-                # keep pushing near where the agent already is: no travel
-                edge = nearest_edge
-                along = np.clip(nearest_along + self.rng.normal(0.0, 0.15), 0.1, 0.9)
-            else:
-                edge = self.rng.choice(len(self._edge_lengths), p=self._edge_lengths / self._edge_lengths.sum())
-                along = self.rng.uniform(0.1, 0.9)
-            contact = self._outline[edge] + along * self._edges[edge]
-            normal = self._normals[edge]
-            heading = math.atan2(-normal[1], -normal[0]) + self.rng.normal(0.0, settings.push_heading_noise_rad)
-            push = _Push(
-                contact_local=contact,
-                normal_local=normal,
-                direction_local=np.array([math.cos(heading), math.sin(heading)]),
-                speed=self.rng.uniform(*settings.push_speed_px),
-                steps=int(self.rng.integers(settings.push_steps[0], settings.push_steps[1] + 1)),
-            )
-            standoff = state[2:4] + rotation @ (contact + normal * (pusht_env.AGENT_RADIUS + settings.standoff_px))
-            if not ((lo <= standoff) & (standoff <= hi)).all():
-                continue
-            # a pushed block travels at most ~0.4 x the offset per step (steady state of the PD loop);
-            # it must end clear of the walls, or at least no closer to them than now (else the agent
-            # could jam it into a wall)
-            travel_vector = rotation @ push.direction_local * 0.4 * push.speed * push.steps
-            end_clearance = self._wall_clearance(outline + travel_vector)
-            if end_clearance < settings.block_wall_clearance_px and end_clearance < self._wall_clearance(outline):
-                continue
-            block_end = center + travel_vector
-            if self._distance_to_outline(standoff[None], outline)[0] < pusht_env.AGENT_RADIUS:
-                continue  # the stand-off point touches another edge (inside a concave corner)
-            waypoints = self._route(state, outline, standoff, rotation @ normal)
-            if waypoints is None:
-                continue
-            travel = np.sum(np.linalg.norm(np.diff(np.stack([state[:2], *waypoints]), axis=0), axis=1))
-            # pushes that end far off-centre leave the next push little room: count that as travel
-            off_centre = max(0.0, np.abs(block_end - arena_center).max() - settings.central_half_width_px)
-            candidates.append((travel + off_centre, waypoints, push))
-        if not candidates:
-            return None
-        cost = np.array([c[0] for c in candidates])
-        weights = np.exp(-(cost - cost.min()) / settings.travel_preference_px)
-        _, waypoints, push = candidates[self.rng.choice(len(candidates), p=weights / weights.sum())]
-        return dataclasses.replace(push, waypoints=tuple(waypoints))
-
-    def _approach(self, state_ref: list[np.ndarray], target: np.ndarray, tolerance: float) -> Iterator[np.ndarray]:
-        for _ in range(self.settings.approach_timeout_steps):
-            offset = target - state_ref[0][:2]
-            distance = np.linalg.norm(offset)
-            if distance < tolerance:
-                return
-            yield offset * min(self.settings.approach_gain, self.settings.approach_max_px / distance)
-
-    def _push(self, state_ref: list[np.ndarray], push: _Push) -> Iterator[np.ndarray]:
-        """Advance along the push direction (fixed in the block's frame, so it turns with the block)
-        while steering sideways onto the contact point's line; stop early once the block has not
-        moved for three steps (the agent slid off it)."""
-        positions = [state_ref[0][2:4].copy()]
-        for step in range(push.steps):
-            if step >= 4 and np.linalg.norm(positions[-1] - positions[-4]) < 0.5:
-                return
-            state = state_ref[0]
-            rotation = self._rotation(state)
-            direction = rotation @ push.direction_local
-            on_line = state[2:4] + rotation @ (push.contact_local + push.normal_local * pusht_env.AGENT_RADIUS)
-            to_line = on_line - state[:2]
-            lateral = to_line - direction * np.dot(to_line, direction)
-            yield direction * push.speed + self.settings.lateral_gain * lateral
-            positions.append(state_ref[0][2:4].copy())
-
-    def _wander(self) -> Iterator[np.ndarray]:
-        steps = int(self.rng.integers(self.settings.random_move_steps[0], self.settings.random_move_steps[1] + 1))
-        for _ in range(steps):
-            yield self.rng.normal(0.0, self.settings.random_move_std_px, 2)
-
-    def _behaviour(self, state_ref: list[np.ndarray]) -> Iterator[np.ndarray]:
-        """Endless stream of noiseless actions (px); `state_ref[0]` is the latest state."""
-        while True:
-            push = None if self.rng.uniform() < self.settings.random_move_probability else self._choose_push(state_ref[0])
-            if push is None:
-                yield from self._wander()
-                continue
-            for waypoint in push.waypoints[:-1]:
-                yield from self._approach(state_ref, waypoint, self.settings.waypoint_tolerance_px)
-            yield from self._approach(state_ref, push.waypoints[-1], self.settings.arrival_px)
-            yield from self._push(state_ref, push)
-
-    def act(self, state: np.ndarray) -> np.ndarray:
-        """The next action (2,) in px for the current state (7,)."""
-        self._latest_state[0] = state
-        if self._plan is None:
-            self._plan = self._behaviour(self._latest_state)
-        action = next(self._plan)
-        settings = self.settings
-        self._noise += -settings.ou_theta * self._noise + self.rng.normal(0.0, settings.ou_sigma_px, 2)
-        action = action + self._noise
-        # keep the PD target inside the arena: the kinematic agent would pass through the walls
-        lo, hi = settings.arena_margin_px, WINDOW_SIZE - settings.arena_margin_px
-        return np.clip(state[:2] + action, lo, hi) - state[:2]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -581,6 +314,7 @@ class _EpisodeJob:
     steps: int
     render_size: int
     video: str
+    policy: str
 
 
 def _random_initial_state(rng: np.random.Generator) -> np.ndarray:
@@ -592,38 +326,55 @@ def _random_initial_state(rng: np.random.Generator) -> np.ndarray:
     return np.array([*agent, *block, angle, 0.0, 0.0], dtype=np.float32).astype(np.float64)
 
 
-def generate_episode(index: int, seed: int, steps: int, render_size: int) -> dict[str, np.ndarray]:
-    """One scripted episode of `steps` frames (episode `index` of a dataset with this `seed`).
+def default_steps(policy: str) -> int:
+    """Frames per episode: the pusher's fixed length, or the expert's cap (it stops once done)."""
+    return EXPERT_MAX_STEPS if policy == "expert" else DEFAULT_STEPS
 
-    Returns frames uint8 (T, R, R, 3), states float32 (T, 5), velocities float32 (T, 2), rel_actions
-    float32 (T, 2) in px. Action t is taken after frame t; the last one's outcome is not recorded.
+
+def generate_episode(
+    index: int, seed: int, steps: int, render_size: int | None, policy: str = "pusher"
+) -> dict[str, np.ndarray]:
+    """One scripted episode (episode `index` of a dataset with this `seed`): `steps` frames for the
+    pusher; for the expert at most `steps`, ending when it has reached the goal pose, backed off and
+    hovered.
+
+    Returns frames uint8 (T, R, R, 3) (absent with render_size None: states only), states float32
+    (T, 5), velocities float32 (T, 2), rel_actions float32 (T, 2) in px, and reached_goal (bool).
+    Action t is taken after frame t; the last one's outcome is not recorded.
     """
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
-    env = pusht_env.PushTEnv(render_size=render_size)
-    policy = ScriptedPusher(rng)
+    # exact reset: the stored first state is the sampled one (float32-representable), as every later
+    # state is the env's own
+    env = pusht_env.PushTEnv(render_size=render_size or 8, reset_mode="exact", visual_obs=render_size is not None)
+    agent = make_policy(policy, rng)
     obs, info = env.reset(options={"init_state": _random_initial_state(rng)})
     frames, states, actions = [], [], []
     for t in range(steps):
         state = info["state"]
-        frames.append(obs["visual"])
+        if render_size is not None:
+            frames.append(obs["visual"])
         states.append(state)
-        action_px = policy.act(state).astype(np.float32)
+        action_px = agent.act(state).astype(np.float32)
         actions.append(action_px)
-        if t + 1 < steps:
-            env_action = pixels_to_env_actions(torch.from_numpy(action_px)).numpy()
-            obs, _, _, _, info = env.step(env_action)
+        if t + 1 == steps or getattr(agent, "done", False):
+            break
+        env_action = pixels_to_env_actions(torch.from_numpy(action_px)).numpy()
+        obs, _, _, _, info = env.step(env_action)
     state_array = np.stack(states)
-    return {
-        "frames": np.stack(frames),
+    episode = {
         "states": state_array[:, :5].astype(np.float32),
         "velocities": state_array[:, 5:7].astype(np.float32),
         "rel_actions": np.stack(actions),
+        "reached_goal": np.bool_(getattr(agent, "reached_goal", False)),
     }
+    if render_size is not None:
+        episode["frames"] = np.stack(frames)
+    return episode
 
 
 def _run_job(job: _EpisodeJob) -> dict[str, np.ndarray]:
     """Generate one episode, write its frames into its split folder, return its arrays."""
-    episode = generate_episode(job.index, job.seed, job.steps, job.render_size)
+    episode = generate_episode(job.index, job.seed, job.steps, job.render_size, job.policy)
     frames = episode.pop("frames")
     path = Path(job.split_dir) / "obses" / episode_frames_name(job.local_index, job.video)
     if job.video == "mp4":
@@ -654,17 +405,21 @@ def generate_pusht_dataset(
     progress: bool,
     render_size: int = pusht_env.DEFAULT_RENDER_SIZE,
     video: str = "mp4",
+    policy: str = DEFAULT_POLICY,
 ) -> dict[str, Any]:
-    """Generate `episodes` scripted episodes of `steps` frames (default 100) into `out_dir` in the
-    layout above: the last 10 % (at least one) form val/, the rest train/.
+    """Generate `episodes` episodes of the scripted `policy` ("expert": demonstrations of at most
+    `steps` frames, default 300; "pusher": roaming, exactly `steps`, default 100) into `out_dir` in
+    the layout above: the last 10 % (at least one) form val/, the rest train/.
 
     Deterministic for a seed whatever the number of workers (each episode has its own random stream).
     `out_dir` must not exist or be empty; it appears complete or not at all.
-    Returns statistics of the generated data.
+    Returns statistics of the generated data: the comparison with the official normalisation
+    statistics and the distribution of the validation split's 25-step goal segments among them.
     """
+    make_policy(policy, np.random.default_rng(0))  # an unknown name fails before any work
     episodes = _check_positive_int("episodes", episodes, 2)
     seed = _check_positive_int("seed", seed, 0)
-    steps = DEFAULT_STEPS if steps is None else _check_positive_int("steps", steps, 2)
+    steps = default_steps(policy) if steps is None else _check_positive_int("steps", steps, 2)
     workers = (os.cpu_count() or 1) if workers is None else _check_positive_int("workers", workers, 0)
     render_size = pusht_env.check_render_size(render_size)
     if video not in VIDEO_FORMATS:
@@ -681,17 +436,16 @@ def generate_pusht_dataset(
         for split, first in (("train", 0), ("val", split_sizes["train"])):
             (staging / split / "obses").mkdir(parents=True)
             jobs += [
-                _EpisodeJob(first + i, str(staging / split), i, seed, steps, render_size, video)
+                _EpisodeJob(first + i, str(staging / split), i, seed, steps, render_size, video, policy)
                 for i in range(split_sizes[split])
             ]
         records = _run_jobs(jobs, workers, progress)
         for split, first in (("train", 0), ("val", split_sizes["train"])):
             _write_split(staging / split, records[first : first + split_sizes[split]])
 
-    states = np.stack([r["states"] for r in records])
-    actions_px = np.concatenate([r["rel_actions"][:-1] for r in records])
     return {
         "env": "pusht",
+        "policy": policy,
         "episodes": episodes,
         "train_episodes": split_sizes["train"],
         "val_episodes": split_sizes["val"],
@@ -699,10 +453,31 @@ def generate_pusht_dataset(
         "seed": seed,
         "render_size": render_size,
         "video": video,
-        "block_moving_fraction": block_moving_fraction(states),
+        **recorded_statistics(records, records[split_sizes["train"]:]),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def recorded_statistics(records: Sequence[dict[str, np.ndarray]], val_records: Sequence[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """What a dataset's manifest keeps about its episodes: lengths, the expert's goal rate, the
+    per-dimension comparison with the official statistics (all episodes), and the 25-step segments
+    of the validation split (what evaluation goals are drawn from)."""
+    lengths = np.array([len(r["states"]) for r in records])
+    actions_px = np.concatenate([r["rel_actions"][:-1] for r in records])
+    checks = compare_with_official(records)
+    try:
+        segments = segment_distribution(val_records)
+    except ValueError:  # episodes too short for a segment
+        segments = None
+    return {
+        "episode_length": {"min": int(lengths.min()), "mean": float(lengths.mean()), "max": int(lengths.max())},
+        "reached_goal_fraction": float(np.mean([bool(r.get("reached_goal", False)) for r in records])),
+        "block_moving_fraction": float(np.average([block_moving_fraction(r["states"]) for r in records], weights=np.maximum(lengths - 1, 1))),
         "action_mean_px": actions_px.mean(axis=0).tolist(),
         "action_std_px": actions_px.std(axis=0).tolist(),
-        "seconds": time.perf_counter() - started,
+        "official_comparison": [c.as_dict() for c in checks],
+        "matches_official": all(c.ok for c in checks),
+        "val_segments": segments,
     }
 
 
@@ -725,9 +500,17 @@ def _run_jobs(jobs: Sequence[_EpisodeJob], workers: int, progress: bool) -> list
             return records
 
 
+def _padded(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """Episodes of unequal length stacked (N, T_max, D), zero after each one's end (as upstream)."""
+    out = np.zeros((len(arrays), max(len(a) for a in arrays), arrays[0].shape[1]), dtype=arrays[0].dtype)
+    for i, array in enumerate(arrays):
+        out[i, : len(array)] = array
+    return out
+
+
 def _write_split(split_dir: Path, records: Sequence[dict[str, np.ndarray]]) -> None:
     for name in ("states", "velocities", "rel_actions"):
-        tensor = torch.from_numpy(np.stack([r[name] for r in records]))
+        tensor = torch.from_numpy(_padded([r[name] for r in records]))
         write_bytes(split_dir / f"{name}.pth", _tensor_bytes(tensor))
     # a plain list of ints: what upstream's loader (pickle.load) expects
     write_bytes(split_dir / "seq_lengths.pkl", pickle.dumps([int(len(r["states"])) for r in records]))

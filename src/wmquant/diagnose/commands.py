@@ -32,16 +32,20 @@ def diagnose_main(argv: Sequence[str]) -> int:
     from ..planning.engine import resolve_device
     from .landscape import pusht_landscape, wall_landscape
 
-    parser = flag_parser("wmquant diagnose", "Diagnostics of a world model's encoder.")
-    parser.add_argument("what", choices=("landscape",))
+    parser = flag_parser("wmquant diagnose", "Diagnostics of a world model: its encoder's goal-cost landscape, or its open-loop error over the planning horizon.")
+    parser.add_argument("what", choices=("landscape", "rollout"))
     parser.add_argument("--model", required=True, help="a shipped model name or a model directory")
-    parser.add_argument("--out", type=Path, default=None, help="directory for landscape.json and landscape.png")
-    parser.add_argument("--goals", type=int, default=None, help="number of goals (default: 30 Wall, 12 PushT)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="directory for the JSON report (and landscape.png)")
+    parser.add_argument("--goals", type=int, default=None, help="number of goals or episodes (default: landscape 30 Wall, 12 PushT; rollout 50)")
+    parser.add_argument("--seed", type=int, default=None, help="landscape: goal seed (default 0); rollout: the planning seed (default 99)")
+    parser.add_argument("--dataset", default=None, help="rollout: dataset to draw episodes from (default: the model's goal file)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(list(argv))
     if args.goals is not None and args.goals < 1:
         raise ConfigError(f"--goals must be a positive integer, got {args.goals}")
+    if args.what == "rollout":
+        return _rollout(args)
+    args.seed = 0 if args.seed is None else args.seed
     model, cfg = load_world_model(args.model)
     meta = cfg.get("planning") or {}
     env = meta.get("env")
@@ -59,4 +63,34 @@ def diagnose_main(argv: Sequence[str]) -> int:
     wio.write_json(out / "landscape.json", report.as_dict())
     print(report.summary())
     print(f"wrote {out / 'landscape.json'} and {figure}")
+    return 0
+
+
+def _rollout(args) -> int:
+    """`wmquant diagnose rollout`: the open-loop error on the evaluation episodes of the plan config."""
+    from ..cli import compose_config
+    from ..models.checkpoint import load_world_model
+    from ..planning.session import PlanningSession
+    from .open_loop import open_loop_error, open_loop_table
+
+    _, cfg = load_world_model(args.model)
+    env_name = (cfg.get("planning") or {}).get("env")
+    if env_name not in ("wall", "pusht"):
+        raise ConfigError(f"model {args.model!r} has no planning.env in its config.yaml (wall or pusht)")
+    overrides = [f"model_name={args.model}", f"n_evals={args.goals or 50}", f"engine.device={args.device}", "goal_source=dset"]
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.dataset:
+        overrides.append(f"dataset_path={args.dataset}")
+    session = PlanningSession(compose_config(f"plan_{env_name}", overrides))
+    episodes, env = session.episodes("evaluation")
+    try:
+        report = open_loop_error(session, episodes, env)
+    finally:
+        env.close()
+    out = args.out or Path(f"rollout_{Path(args.model).name}")
+    out.mkdir(parents=True, exist_ok=True)
+    wio.write_json(out / "open_loop.json", report)
+    print(open_loop_table(report))
+    print(f"wrote {out / 'open_loop.json'}")
     return 0

@@ -9,8 +9,10 @@ latent MSE to the goal's latent) is compared with its true distance to the goal:
   position near it (`near` band, 2-4 px for Wall); such a goal can trap CEM;
 * a PNG cost map for a few goals (dark = cheap; the goal is marked).
 
-Wall varies the dot position over the free space. PushT varies the block position around the goal
-with the agent and the block angle held at the goal's values (and reports the angle sweep separately).
+Wall varies the dot position over the free space. PushT sweeps the block three ways around each goal,
+the agent held at the goal's position: its position (angle at the goal's), its angle (position at the
+goal's), and both together; the joint sweep's distance is the pose error in units of the success test
+(max(position error / 20 px, angle error / (pi/9))), so that a cost that ignores the angle shows.
 """
 
 from __future__ import annotations
@@ -39,14 +41,25 @@ class LandscapeReport:
     far: float
     per_goal: list[dict] = field(default_factory=list)
     figure: str | None = None
+    # PushT only: the block-angle sweep and the joint position-and-angle sweep
+    spearman_angle: float | None = None
+    angle_false_minima: int | None = None
+    spearman_pose: float | None = None
+    pose_false_minima: int | None = None
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
 
     def summary(self) -> str:
         geo = "" if self.spearman_geodesic is None else f", geodesic {self.spearman_geodesic:.3f}"
-        return (f"{self.env}: Spearman(cost, distance) euclidean {self.spearman_euclidean:.3f}{geo}; "
+        text = (f"{self.env}: Spearman(cost, distance) euclidean {self.spearman_euclidean:.3f}{geo}; "
                 f"false minima in {self.false_minima} of {self.n_goals} goals")
+        if self.spearman_angle is not None:
+            text += (f"\n{self.env} block angle: Spearman(cost, angle error) {self.spearman_angle:.3f}; false minima in "
+                     f"{self.angle_false_minima} of {self.n_goals} goals"
+                     f"\n{self.env} block pose (position and angle): Spearman(cost, pose error) {self.spearman_pose:.3f}; "
+                     f"false minima in {self.pose_false_minima} of {self.n_goals} goals")
+        return text
 
 
 def _costs(encode: Encode, frames: np.ndarray, goal_frames: np.ndarray, batch: int = 512) -> np.ndarray:
@@ -161,42 +174,89 @@ def wall_landscape(
 def pusht_landscape(
     encode: Encode, render_size: int, n_goals: int = 12, seed: int = 0, span: float = 120.0, step: float = 12.0,
     near: tuple[float, float] = (5.0, 20.0), far: float = 60.0, figure: Path | None = None, maps: int = 4,
+    angle_steps: int = 36, angle_near: tuple[float, float] = (0.05, 0.3), angle_far: float = 1.0,
+    pose_span: float = 60.0, pose_step: float = 20.0, pose_angles: int = 9, reset_mode: str = "upstream",
 ) -> LandscapeReport:
-    """Block position varied on a grid of +-span around the goal (agent and angle at the goal's)."""
+    """Per goal: the block's position on a grid of +-span around the goal's (angle at the goal's);
+    its angle at `angle_steps` offsets over the circle (position at the goal's); and a joint grid of
+    +-pose_span positions x `pose_angles` angle offsets in [-pi/2, pi/2]. The agent stays at the
+    goal's position throughout. Near/far bands are px for position, rad for angle, and success-test
+    units (1 = on the threshold) for the joint sweep."""
     from ..envs import make_batch
+    from ..envs.pusht import SUCCESS_ANGLE_THRESHOLD, SUCCESS_POSITION_THRESHOLD, wrapped_angle_difference
 
     rs = np.random.RandomState(seed)
     offsets = np.arange(-span, span + 1e-9, step)
     ox, oy = np.meshgrid(offsets, offsets)
     grid = np.stack([ox.ravel(), oy.ravel()], 1)
-    per_goal, false, costs_for_maps, points_for_maps, goals_xy = [], 0, [], [], []
-    env = make_batch("pusht", len(grid), render_size=render_size, workers=0)
-    goal_env = make_batch("pusht", 1, render_size=render_size, workers=0)
+    angle_offsets = np.linspace(-np.pi, np.pi, angle_steps, endpoint=False)
+    pose_offsets = np.arange(-pose_span, pose_span + 1e-9, pose_step)
+    px, py, pa = np.meshgrid(pose_offsets, pose_offsets, np.linspace(-np.pi / 2, np.pi / 2, pose_angles), indexing="ij")
+    pose_grid = np.stack([px.ravel(), py.ravel(), pa.ravel()], 1)
+    per_goal, false, angle_false, pose_false = [], 0, 0, 0
+    costs_for_maps, points_for_maps, goals_xy = [], [], []
+    env = make_batch("pusht", max(len(grid), len(pose_grid), angle_steps), render_size=render_size, workers=0, reset_mode=reset_mode)
+    goal_env = make_batch("pusht", 1, render_size=render_size, workers=0, reset_mode=reset_mode)
+
+    def sweep(goal: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(cost (P,), reached states (P, 7), reached goal (7,))."""
+        obs, reached = env.reset_to(states, indices=range(len(states)))
+        goal_obs, goal_reached = goal_env.reset_to(goal[None])
+        return _costs(encode, obs["visual"], goal_obs["visual"])[0], reached, goal_reached[0]
+
     try:
         for g in range(n_goals):
             agent = rs.uniform(60, 450, size=2)
             block = rs.uniform(150, 360, size=2)
             angle = rs.uniform(0, 2 * np.pi)
             goal = np.array([*agent, *block, angle, 0.0, 0.0])
+
             states = np.repeat(goal[None], len(grid), 0)
             states[:, 2:4] = block + grid
-            obs, reached = env.reset_to(states)
-            goal_obs, goal_reached = goal_env.reset_to(goal[None])
-            cost = _costs(encode, obs["visual"], goal_obs["visual"])[0]
-            dist = np.linalg.norm(reached[:, :4] - goal_reached[:, :4], axis=1)
+            cost, reached, goal_reached = sweep(goal, states)
+            dist = np.linalg.norm(reached[:, :4] - goal_reached[:4], axis=1)
             fm = _false_minimum(cost, dist, near, far)
-            false += fm
-            per_goal.append({"goal": goal.round(2).tolist(), "spearman_euclidean": _spearman(cost, dist), "false_minimum": fm})
+
+            states = np.repeat(goal[None], angle_steps, 0)
+            states[:, 4] = (angle + angle_offsets) % (2 * np.pi)
+            angle_cost, reached_a, goal_reached = sweep(goal, states)
+            angle_dist = wrapped_angle_difference(reached_a[:, 4], goal_reached[4])
+            angle_fm = _false_minimum(angle_cost, angle_dist, angle_near, angle_far)
+
+            states = np.repeat(goal[None], len(pose_grid), 0)
+            states[:, 2:4] = block + pose_grid[:, :2]
+            states[:, 4] = (angle + pose_grid[:, 2]) % (2 * np.pi)
+            pose_cost, reached_p, goal_reached = sweep(goal, states)
+            pose_dist = np.maximum(
+                np.linalg.norm(reached_p[:, :4] - goal_reached[:4], axis=1) / SUCCESS_POSITION_THRESHOLD,
+                wrapped_angle_difference(reached_p[:, 4], goal_reached[4]) / SUCCESS_ANGLE_THRESHOLD,
+            )
+            # near: within the success test; far: at least 3x outside it on position or angle
+            pose_fm = _false_minimum(pose_cost, pose_dist, (0.0, 1.0), 3.0)
+
+            false, angle_false, pose_false = false + fm, angle_false + angle_fm, pose_false + pose_fm
+            per_goal.append({
+                "goal": goal.round(2).tolist(),
+                "spearman_euclidean": _spearman(cost, dist), "false_minimum": fm,
+                "spearman_angle": _spearman(angle_cost, angle_dist), "angle_false_minimum": angle_fm,
+                "spearman_pose": _spearman(pose_cost, pose_dist), "pose_false_minimum": pose_fm,
+            })
             if g < maps:
                 costs_for_maps.append(cost)
                 points_for_maps.append(reached[:, 2:4])
-                goals_xy.append(goal_reached[0, 2:4])
+                goals_xy.append(goal_reached[2:4])
     finally:
         env.close()
         goal_env.close()
+
+    def mean(key: str) -> float:
+        return float(np.mean([p[key] for p in per_goal]))
+
     report = LandscapeReport(
-        env="pusht", n_goals=n_goals, spearman_euclidean=float(np.mean([p["spearman_euclidean"] for p in per_goal])),
+        env="pusht", n_goals=n_goals, spearman_euclidean=mean("spearman_euclidean"),
         spearman_geodesic=None, false_minima=int(false), near_band=near, far=far, per_goal=per_goal,
+        spearman_angle=mean("spearman_angle"), angle_false_minima=int(angle_false),
+        spearman_pose=mean("spearman_pose"), pose_false_minima=int(pose_false),
     )
     if figure is not None and costs_for_maps:
         _cost_maps(None, costs_for_maps, goals_xy, figure, "block x", "block y", None, points_list=points_for_maps)

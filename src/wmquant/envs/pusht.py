@@ -13,9 +13,11 @@ State (float64, 7): [agent_x, agent_y, block_x, block_y, block_angle in [0, 2pi)
 Proprio (float32, 4): [agent_x, agent_y, agent_vx, agent_vy]
 Observation: {"visual": uint8 (R, R, 3), "proprio": float32 (4,)}, R = `render_size` (224 default).
 
-Differences from upstream (see docs/differences.md): reset-to-state reproduces the requested state
-exactly (no extra physics step), the random sampler's angle is wrapped into [0, 2pi), and the angle
-difference in `eval_state` is wrapped correctly for any pair of angles.
+Reset-to-state ends with upstream's one 10 ms physics step by default (`reset_mode="upstream"`: an
+agent with velocity v starts v x 0.01 px further on); `reset_mode="exact"` places the bodies at the
+requested state and nothing else. Differences from upstream (see docs/differences.md): the random
+sampler's angle is wrapped into [0, 2pi), and the angle difference in `eval_state` is wrapped
+correctly for any pair of angles.
 """
 
 from __future__ import annotations
@@ -251,6 +253,15 @@ def coverage(block_parts: Sequence[np.ndarray], goal_parts: Sequence[np.ndarray]
 # The single environment
 
 
+RESET_MODES = ("upstream", "exact")
+
+
+def check_reset_mode(reset_mode: Any) -> str:
+    if reset_mode not in RESET_MODES:
+        raise ConfigError(f"unknown PushT reset_mode {reset_mode!r}; valid: {', '.join(RESET_MODES)}")
+    return str(reset_mode)
+
+
 def check_render_size(render_size: Any) -> int:
     if isinstance(render_size, bool) or not isinstance(render_size, (int, np.integer)) or not 8 <= render_size <= 1024:
         raise ConfigError(f"render_size must be an integer in [8, 1024], got {render_size!r}")
@@ -278,17 +289,27 @@ class PushTEnv(gymnasium.Env):
     proprio_dim = PROPRIO_DIM
     action_dim = ACTION_DIM
 
-    def __init__(self, render_size: int = DEFAULT_RENDER_SIZE, shape: str = "T", render_mode: str | None = "rgb_array"):
+    def __init__(
+        self,
+        render_size: int = DEFAULT_RENDER_SIZE,
+        shape: str = "T",
+        render_mode: str | None = "rgb_array",
+        reset_mode: str = "upstream",
+        visual_obs: bool = True,
+    ):
+        """reset_mode: "upstream" (one 10 ms physics step after placing the bodies, as DINO-WM's env)
+        or "exact" (the returned state is the requested one). visual_obs=False: observations hold
+        proprio only and nothing is rendered (state-only rollouts, statistics)."""
         if render_mode not in (None, "rgb_array"):
             raise ConfigError(f"PushT render_mode must be 'rgb_array' or None, got {render_mode!r}")
         self.render_mode = render_mode
         self.render_size = check_render_size(render_size)
-        self.observation_space = spaces.Dict(
-            {
-                "visual": spaces.Box(0, 255, (self.render_size, self.render_size, 3), np.uint8),
-                "proprio": spaces.Box(-np.inf, np.inf, (PROPRIO_DIM,), np.float32),
-            }
-        )
+        self.reset_mode = check_reset_mode(reset_mode)
+        self.visual_obs = bool(visual_obs)
+        spaces_by_key = {"proprio": spaces.Box(-np.inf, np.inf, (PROPRIO_DIM,), np.float32)}
+        if self.visual_obs:
+            spaces_by_key["visual"] = spaces.Box(0, 255, (self.render_size, self.render_size, 3), np.uint8)
+        self.observation_space = spaces.Dict(spaces_by_key)
         # Any finite action is valid: it is an offset of the PD target (1.0 = 100 px), never clipped.
         self.action_space = spaces.Box(-np.inf, np.inf, (ACTION_DIM,), np.float32)
         self._shape = block_shape(shape)
@@ -330,6 +351,11 @@ class PushTEnv(gymnasium.Env):
         self._block.position = (state[2], state[3])
         self._block.velocity = (0.0, 0.0)
         self._block.angular_velocity = 0.0
+
+    def _settle(self) -> None:
+        """Upstream's reset-to-state ends with one bare physics step of 10 ms: the agent moves by
+        velocity x 0.01 and overlaps are pushed apart. The velocity stays as set (no PD update)."""
+        self._space.step(1.0 / SIM_HZ)
 
     def _advance(self, action: np.ndarray) -> None:
         """One control step: 10 physics sub-steps of the PD controller towards a fixed target."""
@@ -387,8 +413,11 @@ class PushTEnv(gymnasium.Env):
         """(observation, info) of the current state."""
         state = self.current_state()
         block_parts = self._block_world_parts()
-        self._frame = pusht_render.render(self.scene(block_parts), self.render_size)
         proprio = np.array([state[0], state[1], state[5], state[6]], dtype=np.float32)
+        observation = {"proprio": proprio}
+        if self.visual_obs:
+            self._frame = pusht_render.render(self.scene(block_parts), self.render_size)
+            observation["visual"] = self._frame
         info = {
             "state": state,
             "pos_agent": state[0:2].copy(),
@@ -397,7 +426,7 @@ class PushTEnv(gymnasium.Env):
             "goal_pose": np.array(GOAL_POSE),
             "coverage": coverage([np.asarray(p) for p in block_parts], [np.asarray(p) for p in self._goal_parts]),
         }
-        return {"visual": self._frame, "proprio": proprio}, info
+        return observation, info
 
     # ---- gymnasium API -------------------------------------------------------------------------
 
@@ -423,6 +452,8 @@ class PushTEnv(gymnasium.Env):
             state = draw_random_state(self._random_state)
         self._build_space()
         self._set_state(state)
+        if self.reset_mode == "upstream":
+            self._settle()
         return self._observe()
 
     def step(self, action: Any):
@@ -566,7 +597,14 @@ class PushTBatchEnv(BatchEnv):
     proprio_dim = PROPRIO_DIM
     action_dim = ACTION_DIM
 
-    def __init__(self, num_envs: int, render_size: int = DEFAULT_RENDER_SIZE, workers: int | None = None, shape: str = "T"):
+    def __init__(
+        self,
+        num_envs: int,
+        render_size: int = DEFAULT_RENDER_SIZE,
+        workers: int | None = None,
+        shape: str = "T",
+        reset_mode: str = "upstream",
+    ):
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs <= 0:
             raise ConfigError(f"num_envs must be a positive integer, got {num_envs!r}")
         if workers is None:
@@ -576,7 +614,8 @@ class PushTBatchEnv(BatchEnv):
         self.num_envs = int(num_envs)
         self.render_size = check_render_size(render_size)
         block_shape(shape)
-        env_kwargs = {"render_size": self.render_size, "shape": shape}
+        self.reset_mode = check_reset_mode(reset_mode)
+        env_kwargs = {"render_size": self.render_size, "shape": shape, "reset_mode": self.reset_mode}
 
         blocks = np.array_split(np.arange(self.num_envs), max(1, min(int(workers), self.num_envs)))
         # env i lives in worker _owner[i] at local position _local[i]
@@ -738,3 +777,47 @@ class PushTBatchEnv(BatchEnv):
     def __del__(self) -> None:
         if getattr(self, "_processes", None):
             self.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Why an episode failed
+
+
+STILL_BLOCK_PX = 5.0  # a goal whose block lies less than this from its start needs no pushing
+
+
+def failure_breakdown(init_states: Any, goal_states: Any, final_states: Any) -> dict[str, Any]:
+    """Which part of the success test (spec 2.7) each unsolved episode fails, from (n, 7) states.
+
+    The position test is on the joint 4-D error of agent and block; a failed one is put down to the
+    part with the larger error. Episodes whose goal block lies < 5 px from its start need no pushing,
+    and their success says little about a model's dynamics, so the rates are also split by that.
+    Returns counts, per-episode errors (px, rad) and the split success rates.
+    """
+    init, goal, final = (as_states(s) for s in (init_states, goal_states, final_states))
+    agent_error = np.linalg.norm(goal[:, 0:2] - final[:, 0:2], axis=1)
+    block_error = np.linalg.norm(goal[:, 2:4] - final[:, 2:4], axis=1)
+    position_error = np.linalg.norm(goal[:, 0:4] - final[:, 0:4], axis=1)
+    angle_error = wrapped_angle_difference(goal[:, 4], final[:, 4])
+    position_fails = position_error >= SUCCESS_POSITION_THRESHOLD
+    angle_fails = angle_error >= SUCCESS_ANGLE_THRESHOLD
+    success = ~position_fails & ~angle_fails
+    needs_push = np.linalg.norm(goal[:, 2:4] - init[:, 2:4], axis=1) >= STILL_BLOCK_PX
+
+    def rate(mask: np.ndarray) -> float | None:
+        return float(success[mask].mean()) if mask.any() else None
+
+    return {
+        "failed": int((~success).sum()),
+        "position_only": int((position_fails & ~angle_fails).sum()),
+        "angle_only": int((angle_fails & ~position_fails).sum()),
+        "position_and_angle": int((position_fails & angle_fails).sum()),
+        "position_agent_dominant": int((position_fails & (agent_error > block_error)).sum()),
+        "position_block_dominant": int((position_fails & (agent_error <= block_error)).sum()),
+        "needs_push": int(needs_push.sum()),
+        "success_rate_needs_push": rate(needs_push),
+        "success_rate_no_push": rate(~needs_push),
+        "agent_error_px": np.round(agent_error, 3).tolist(),
+        "block_error_px": np.round(block_error, 3).tolist(),
+        "angle_error_rad": np.round(angle_error, 4).tolist(),
+    }

@@ -47,9 +47,9 @@ CONTACT_MARK_DEPTH = 2.0
 
 
 def light_color(color: Color) -> Color:
-    """Upstream's "light" variant: each channel x1.2 in float32, capped at 255, truncated."""
-    scaled = np.minimum(np.float32(1.2) * np.asarray(color, dtype=np.float32), np.float32(255))
-    return tuple(int(c) for c in scaled)  # type: ignore[return-value]
+    """Upstream's "light" variant: each channel x1.2, capped at 255, rounded to the nearest integer
+    (pymunk's `SpaceDebugColor.as_int`): LightSlateGray (119, 136, 153) -> (143, 163, 184)."""
+    return tuple(round(min(1.2 * c, 255.0)) for c in color)  # type: ignore[return-value]
 
 
 def to_canvas(point: Point) -> tuple[int, int]:

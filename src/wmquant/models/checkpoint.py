@@ -388,15 +388,12 @@ def _load_from_directory(directory: Path, device: str | torch.device) -> tuple[W
     return model.to(device).eval(), document
 
 
-def load_world_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[WorldModel, dict[str, Any]]:
-    """(WorldModel in eval mode, config.yaml as a dict) from a model directory or a shipped name.
-
-    A bare name (no path separator, not an existing directory) is looked up among the shipped
-    models; an unknown name raises CheckpointError listing them.
-    """
+def model_directory(name_or_path: str | os.PathLike) -> Path:
+    """The directory of a model: `name_or_path` itself if it is a directory, else the shipped model
+    of that name (or alias). An unknown name raises CheckpointError listing the shipped ones."""
     path = Path(name_or_path)
     if path.is_dir():
-        return _load_from_directory(path, device)
+        return path
     text = str(name_or_path)
     if "/" in text or os.sep in text:
         raise CheckpointError(f"{path}: no such model directory")
@@ -405,8 +402,17 @@ def load_world_model(name_or_path: str | os.PathLike, device: str | torch.device
     if text not in names:
         shipped = ", ".join(names) if names else "none"
         raise CheckpointError(f"unknown model name {text!r}: not a directory and not a shipped model (shipped: {shipped})")
-    with resources.as_file(_shipped_models_root() / text) as directory:
-        return _load_from_directory(Path(directory), device)
+    # package data is installed as plain files (setuptools package-data), so the traversable is a path
+    return Path(str(_shipped_models_root() / text))
+
+
+def load_world_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[WorldModel, dict[str, Any]]:
+    """(WorldModel in eval mode, config.yaml as a dict) from a model directory or a shipped name.
+
+    A bare name (no path separator, not an existing directory) is looked up among the shipped
+    models; an unknown name raises CheckpointError listing them.
+    """
+    return _load_from_directory(model_directory(name_or_path), device)
 
 
 def _describe(document: dict[str, Any]) -> str:

@@ -106,7 +106,26 @@ def print_result(label: str, result: dict, run_dir: Path) -> None:
     bits = (result.get("quant") or {}).get("avg_bits_per_weight") or {}
     if bits:
         print("average bits per weight: " + ", ".join(f"{k} {v:.2f}" for k, v in bits.items()))
+    breakdown = result.get("failure_breakdown")
+    if breakdown:
+        print(failure_summary(breakdown))
     print(f"wrote {run_dir / 'result.json'} ({result['wall_seconds']:.1f} s)")
+
+
+def failure_summary(breakdown: dict) -> str:
+    """Two lines: which part of the success test the unsolved episodes fail, and success split by
+    whether the goal needs the block pushed."""
+    def rate(value):
+        return "n/a" if value is None else f"{value:.2f}"
+
+    n = len(breakdown["agent_error_px"])
+    return (
+        f"unsolved {breakdown['failed']} of {n}: position only {breakdown['position_only']}, angle only "
+        f"{breakdown['angle_only']}, both {breakdown['position_and_angle']} (position errors led by the block "
+        f"{breakdown['position_block_dominant']}, by the agent {breakdown['position_agent_dominant']})\n"
+        f"success on the {breakdown['needs_push']} goals that need the block pushed (>= 5 px): "
+        f"{rate(breakdown['success_rate_needs_push'])}; on the other {n - breakdown['needs_push']}: {rate(breakdown['success_rate_no_push'])}"
+    )
 
 
 def run_plan(cfg: DictConfig, progress: bool = True, session: PlanningSession | None = None) -> tuple[dict, Path]:

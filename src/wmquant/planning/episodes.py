@@ -130,7 +130,7 @@ def make_episodes(
         for rng in rngs:
             seg = _draw_segment(dataset, traj_len if goal_source != "random_state" else 2, rng)
             segments.append(seg)
-            env_infos.append(dict(dataset.episode(seg[0]).env_info))
+            env_infos.append(dict(dataset.trajectory(seg[0]).env_info))
     elif goal_source == "random_state":
         env_infos = [dict(DEFAULT_WALL_INFO) if env_name == "wall" else {} for _ in seeds]
     else:
@@ -146,7 +146,7 @@ def make_episodes(
     else:
         init_list, act_list = [], []
         for (traj, offset), rng in zip(segments, rngs):
-            ep = dataset.episode(traj)
+            ep = dataset.trajectory(traj)
             init_list.append(ep.states[offset].numpy().astype(np.float64))
             actions = ep.actions[offset : offset + frameskip * goal_H].numpy().astype(np.float64)
             if goal_source == "random_action":

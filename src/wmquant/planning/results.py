@@ -80,6 +80,10 @@ def build_result(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "wmquant_version": __version__,
     }
+    if str(cfg.env) == "pusht" and trace.final_states is not None:
+        from ..envs.pusht import failure_breakdown
+
+        result["failure_breakdown"] = failure_breakdown(episodes.init_states, episodes.goal_states, trace.final_states)
     if extra:
         result.update(extra)
     return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,7 @@ class ModelBundle:
     action_dim: int  # raw env action dimension (the model's action input is action_dim * frameskip)
     render_size: int | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    goals_path: Path | None = None  # the trajectories goals are drawn from when no dataset_path is set
 
 
 def _positive_int(cfg: DictConfig, key: str) -> int:
@@ -68,15 +70,14 @@ def validate_planning_config(cfg: DictConfig) -> None:
         )
     if cfg.goal_source not in GOAL_SOURCES:
         raise ConfigError(f"unknown goal_source {cfg.goal_source!r}; valid: {', '.join(GOAL_SOURCES)}")
-    if cfg.goal_source in ("dset", "random_action") and not cfg.dataset_path:
-        raise ConfigError(
-            f"goal_source={cfg.goal_source} draws goals from a dataset: set dataset_path=DIR "
-            f"(make one with `wmquant data --env {cfg.env} --out DIR`)"
-        )
     for key in ("resume", "planner.skip_succeeded"):
         value = OmegaConf.select(cfg, key)
         if value is not None and not isinstance(value, bool):
             raise ConfigError(f"{key}={value!r} must be true or false")
+    if cfg.env == "pusht" and cfg.get("reset_mode") is not None:
+        from ..envs.pusht import check_reset_mode
+
+        check_reset_mode(cfg.reset_mode)
     sub = cfg.planner.sub_planner
     if sub.name == "cem" and sub.topk > sub.num_samples:
         raise ConfigError(f"planner.sub_planner.topk={sub.topk} exceeds num_samples={sub.num_samples}; need topk <= num_samples")
@@ -106,9 +107,10 @@ def load_planning_model(cfg: DictConfig) -> ModelBundle:
             render_size=None,
             config=dict(train_cfg),
         )
-    from ..models.checkpoint import load_world_model
+    from ..models.checkpoint import load_world_model, model_directory
 
-    model, model_cfg = load_world_model(str(cfg.model_name))
+    directory = model_directory(str(cfg.model_name))
+    model, model_cfg = load_world_model(directory)
     meta = model_cfg.get("planning") or {}
     missing = [k for k in ("env", "img_size", "frameskip", "normalization", "action_dim") if k not in meta]
     if missing:
@@ -123,6 +125,7 @@ def load_planning_model(cfg: DictConfig) -> ModelBundle:
         action_dim=int(meta["action_dim"]),
         render_size=meta.get("render_size"),
         config=model_cfg,
+        goals_path=directory / meta["goals_file"] if meta.get("goals_file") else None,
     )
 
 
@@ -135,6 +138,11 @@ class PlanningSession:
             raise ConfigError(
                 f"model {self.bundle.name!r} was trained on env {self.bundle.env!r} but env={cfg.env}; "
                 f"use --config-name plan_{self.bundle.env}.yaml"
+            )
+        if cfg.goal_source in ("dset", "random_action") and not cfg.dataset_path and self.bundle.goals_path is None:
+            raise ConfigError(
+                f"goal_source={cfg.goal_source} draws goals from a dataset and model {self.bundle.name!r} ships none: "
+                f"set dataset_path=DIR (make one with `wmquant data --env {cfg.env} --out DIR`)"
             )
         if cfg.engine.get("threads"):
             torch.set_num_threads(int(cfg.engine.threads))
@@ -158,19 +166,28 @@ class PlanningSession:
         return self.bundle.model
 
     def dataset(self, split: str):
-        if not self.cfg.dataset_path:
-            return None
+        """The `split` that goals are drawn from: of `dataset_path` if set, else of the goal file the
+        model ships (None if neither: goals are then sampled states)."""
         if split not in self._datasets:
-            from ..data import load_dataset
+            if self.cfg.dataset_path:
+                from ..data import load_dataset
 
-            self._datasets[split] = load_dataset(self.cfg.env, self.cfg.dataset_path, split=split)
+                self._datasets[split] = load_dataset(self.cfg.env, self.cfg.dataset_path, split=split)
+            elif self.bundle.goals_path is not None and self.cfg.goal_source != "random_state":
+                from ..data.goals import GoalTrajectories
+
+                self._datasets[split] = GoalTrajectories(self.bundle.goals_path, split, self.cfg.env)
+            else:
+                return None
         return self._datasets[split]
 
     def make_env(self, num_envs: int):
         kwargs: dict[str, Any] = {}
         render = self.cfg.render_size or self.bundle.render_size
-        if self.cfg.env == "pusht" and render:
-            kwargs["render_size"] = int(render)
+        if self.cfg.env == "pusht":
+            if render:
+                kwargs["render_size"] = int(render)
+            kwargs["reset_mode"] = str(self.cfg.get("reset_mode") or "upstream")
         return make_batch(self.cfg.env, num_envs, **kwargs)
 
     def episodes(self, purpose: str = "evaluation") -> tuple[EpisodeSet, Any]:

@@ -161,6 +161,7 @@ KNOWN_KEYS: dict[str, Callable[[str, Any], Any]] = {
     "goal_H": _positive,
     "dataset_path": _text,
     "render_size": _scalar,
+    "reset_mode": _one_of(("upstream", "exact")),
     "ckpt_base_path": _text,
     "model_epoch": _scalar,
     "dinov2_weights": _text,

@@ -1,6 +1,12 @@
 """World-model training with a frozen encoder (spec 3.9): latent MSE with teacher forcing on visual
 and proprio features, plus decoder reconstruction on detached latents.
 
+Optionally (`rollout_steps` K > 0, not in DINO-WM) a rollout loss is added: from num_hist encoded
+frames the predictor rolls K steps forward on its own predictions, as the planner uses it, and
+each predicted frame is compared with the encoded truth, gradients flowing through the whole
+chain. Teacher forcing alone never shows the predictor its own errors, so a model can score well one
+step ahead and still drift over the planning horizon.
+
 The encoder is frozen, so its latents of every frame are computed once and kept on the device
 (`cache_latents`); each step then costs only the predictor, the embeddings and the decoder.
 """
@@ -34,10 +40,16 @@ class WorldModelTrainConfig:
     cache_latents: bool = True
     log_every: int = 50
     val_batches: int = 4
+    rollout_steps: int = 0  # K > 0 adds the K-step rollout loss (0: teacher forcing only, as DINO-WM)
+    rollout_loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError(f"training.steps and training.batch_size must be positive, got {self.steps}, {self.batch_size}")
+        if isinstance(self.rollout_steps, bool) or not isinstance(self.rollout_steps, int) or self.rollout_steps < 0:
+            raise ConfigError(f"training.rollout_steps must be an integer >= 0, got {self.rollout_steps!r}")
+        if self.rollout_loss_weight < 0:
+            raise ConfigError(f"training.rollout_loss_weight must be >= 0, got {self.rollout_loss_weight}")
 
 
 @torch.no_grad()
@@ -95,6 +107,22 @@ def losses_for_batch(model, data: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return model(obs, data["actions"])
 
 
+def rollout_losses(model, data: dict[str, torch.Tensor], steps: int) -> dict[str, torch.Tensor]:
+    """The K-step rollout loss on windows of num_hist + K frames (`data` as `LatentWindows.batch`
+    gives, with "visual_latent"): MSE between the predictor's own rollout and the encoded frames,
+    over visual and proprio features of all K predicted frames."""
+    n = model.num_hist
+    if data["visual_latent"].shape[1] != n + steps:
+        raise ConfigError(f"rollout windows need num_hist + rollout_steps = {n + steps} frames, got {data['visual_latent'].shape[1]}")
+    proprio = model.proprio_encoder(data["proprio"])
+    target = model.assemble(data["visual_latent"], proprio, model.encode_act(data["actions"]))
+    # n + K - 1 actions: the first n ride on the given frames, each later one on a predicted frame
+    z = model.rollout_z({"visual": data["visual_latent"][:, :n], "proprio": proprio[:, :n]}, data["actions"][:, : n + steps - 1])
+    obs_end = model.visual_dim + model.proprio_dim
+    predicted = z[:, n:, :, :obs_end]
+    return {"rollout_loss": torch.nn.functional.mse_loss(predicted, target[:, n:, :, :obs_end].detach())}
+
+
 def train_world_model(
     model,
     train: EpisodeTensors,
@@ -121,6 +149,14 @@ def train_world_model(
             WindowSampler(val, num_frames, model.frameskip, seed=cfg.seed + 1),
             encode_all_frames(model, val, img_size) if cfg.cache_latents else None, img_size,
         )
+    rollout_windows = None
+    if cfg.rollout_steps:
+        if train_windows.latents is None:
+            raise ConfigError("training.rollout_steps needs training.cache_latents=true (the rollout loss reads cached latents)")
+        rollout_windows = LatentWindows(
+            WindowSampler(train, model.num_hist + cfg.rollout_steps, model.frameskip, seed=cfg.seed + 7 + start_step),
+            train_windows.latents, img_size,
+        )
     optimizers = optimizers or make_optimizers(model, cfg)
     warmup = int(cfg.warmup_fraction * cfg.steps)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp_bf16 and device.type == "cuda")
@@ -135,6 +171,9 @@ def train_world_model(
         data = train_windows.batch(cfg.batch_size)
         with autocast:
             losses = losses_for_batch(model, data)
+            if rollout_windows is not None:
+                losses.update(rollout_losses(model, rollout_windows.batch(cfg.batch_size), cfg.rollout_steps))
+                losses["loss"] = losses["loss"] + cfg.rollout_loss_weight * losses["rollout_loss"]
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         losses["loss"].backward()

@@ -1,0 +1,70 @@
+"""Open-loop error of a world model over the planning horizon.
+
+For each planning episode (a start state and the goal_H x frameskip true actions that lead to its
+goal), the model rolls its latent forward from the start frame under those actions, and the env
+plays them. At every model step k the predicted visual latent is compared with the encoding of the
+frame the env reached: their MSE is the model's error. The MSE between the start's latent and the
+reached frame's latent is how far the true latent moved, so error / moved says whether the model
+tracks the motion (well below 1) or loses it (near or above 1: the prediction is no closer to the
+truth than standing still). Planning by latent MSE to the goal needs the former at step goal_H.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@torch.no_grad()
+def open_loop_error(session, episodes, env) -> dict[str, Any]:
+    """Per model step k = 1..goal_H: mean and median over episodes of the visual latent MSE between
+    prediction and truth, of the truth's latent MSE to the start, and their ratio; proprio MSE too.
+    `session` is a PlanningSession, `episodes` an EpisodeSet with true actions (dataset goals), `env`
+    its BatchEnv."""
+    if episodes.gt_actions is None:
+        raise ValueError("open-loop error needs episodes with true actions (goal_source=dset)")
+    engine, frameskip = session.engine, session.bundle.frameskip
+    raw = torch.as_tensor(episodes.gt_actions, dtype=torch.float32)  # (n, goal_H * frameskip, A)
+    n, steps, action_dim = raw.shape
+    horizon = steps // frameskip
+    actions = engine.normalization.normalize_actions(raw).reshape(n, horizon, frameskip * action_dim)
+    z0 = engine.encode(episodes.obs_0)
+    predicted = engine.rollout(z0, actions)  # (n, horizon + 1, ...), index 0 = the start
+    obses, _ = env.rollout(episodes.init_states, episodes.gt_actions)
+    reached = {key: value[:, ::frameskip] for key, value in obses.items()}  # (n, horizon + 1, ...)
+    truth = engine.encode(reached)
+    start = truth["visual"][:, :1]
+    rows = []
+    for k in range(1, horizon + 1):
+        error = (predicted["visual"][:, k] - truth["visual"][:, k]).pow(2).flatten(1).mean(1).cpu().numpy()
+        moved = (truth["visual"][:, k] - start[:, 0]).pow(2).flatten(1).mean(1).cpu().numpy()
+        proprio = (predicted["proprio"][:, k] - truth["proprio"][:, k]).pow(2).flatten(1).mean(1).cpu().numpy()
+        ratio = error / np.maximum(moved, 1e-12)
+        rows.append({
+            "step": k,
+            "env_steps": k * frameskip,
+            "visual_mse_mean": float(error.mean()),
+            "visual_mse_median": float(np.median(error)),
+            "moved_mse_mean": float(moved.mean()),
+            "error_over_moved_median": float(np.median(ratio)),
+            "error_over_moved_above_1": float((ratio >= 1.0).mean()),
+            "proprio_mse_mean": float(proprio.mean()),
+        })
+    return {"episodes": n, "horizon": horizon, "frameskip": frameskip, "by_step": rows}
+
+
+def open_loop_table(report: dict[str, Any]) -> str:
+    lines = [
+        f"open-loop error over {report['horizon']} model steps ({report['episodes']} episodes)",
+        "| step (env steps) | visual MSE mean | median | true motion MSE mean | error / motion, median | share >= 1 | proprio MSE |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in report["by_step"]:
+        lines.append(
+            f"| {row['step']} ({row['env_steps']}) | {row['visual_mse_mean']:.4f} | {row['visual_mse_median']:.4f} | "
+            f"{row['moved_mse_mean']:.4f} | {row['error_over_moved_median']:.2f} | {row['error_over_moved_above_1']:.2f} | "
+            f"{row['proprio_mse_mean']:.4f} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,108 @@
+"""Goal files: frameless trajectories next to a model, so that PushT planning needs no dataset; they
+give the same planning episodes as the dataset they were cut from; bad files fail in one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from wmquant.cli import main
+from wmquant.data import generate_dataset, load_dataset
+from wmquant.data.goals import GOALS_FILE, GoalTrajectories, goal_file_from_dataset
+from wmquant.envs import make_batch
+from wmquant.errors import DatasetError
+from wmquant.models.checkpoint import model_directory, shipped_model_names
+from wmquant.planning.episodes import make_episodes
+
+TINY = ("n_evals=2 planner.max_iter=1 planner.sub_planner.num_samples=8 planner.sub_planner.topk=2 "
+        "planner.sub_planner.opt_steps=1 save_plots=false").split()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("goals") / "pusht"
+    generate_dataset("pusht", out, episodes=10, seed=3, steps=60, workers=1, progress=False, render_size=16, video="pth")
+    return out
+
+
+def test_goal_file_holds_the_datasets_trajectories(dataset, tmp_path):
+    path = goal_file_from_dataset(dataset, "pusht", tmp_path / GOALS_FILE, train_episodes=4)
+    for split, count in (("val", 1), ("train", 4)):
+        goals, data = GoalTrajectories(path, split, "pusht"), load_dataset("pusht", dataset, split)
+        assert len(goals) == count
+        for i in range(count):
+            expected, got = data.trajectory(i), goals.trajectory(i)
+            assert torch.equal(got.states, expected.states) and torch.equal(got.actions, expected.actions)
+            assert got.env_info == expected.env_info and goals.seq_length(i) == data.seq_length(i)
+        assert torch.equal(goals.normalization.action_std, data.normalization.action_std)
+    assert GoalTrajectories(path, "val", "pusht").source["seed"] == 3
+    with pytest.raises(DatasetError, match="no frames"):
+        GoalTrajectories(path, "val", "pusht").episode(0)
+
+
+def test_goal_file_gives_the_same_planning_episodes_as_its_dataset(dataset, tmp_path):
+    path = goal_file_from_dataset(dataset, "pusht", tmp_path / GOALS_FILE, train_episodes=100)
+    seeds = [7, 8, 9]
+    made = []
+    for source in (load_dataset("pusht", dataset, "train"), GoalTrajectories(path, "train", "pusht")):
+        env = make_batch("pusht", len(seeds), render_size=16, workers=0)
+        made.append(make_episodes(env, "pusht", seeds, "dset", goal_H=5, frameskip=5, dataset=source))
+    np.testing.assert_array_equal(made[0].init_states, made[1].init_states)
+    np.testing.assert_array_equal(made[0].goal_states, made[1].goal_states)
+    np.testing.assert_array_equal(made[0].obs_g["visual"], made[1].obs_g["visual"])
+
+
+def test_missing_corrupt_or_foreign_goal_files_are_refused(dataset, tmp_path):
+    path = goal_file_from_dataset(dataset, "pusht", tmp_path / GOALS_FILE, train_episodes=2)
+    with pytest.raises(DatasetError, match="missing"):
+        GoalTrajectories(tmp_path / "absent.safetensors", "val", "pusht")
+    with pytest.raises(DatasetError, match="holds 'pusht' trajectories; expected 'wall'"):
+        GoalTrajectories(path, "val", "wall")
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    with pytest.raises(DatasetError, match="corrupt"):
+        GoalTrajectories(corrupt, "val", "pusht")
+
+
+needs_pusht = pytest.mark.skipif("pusht" not in shipped_model_names(), reason="the shipped PushT model is missing")
+
+
+@needs_pusht
+def test_pusht_plans_out_of_the_box_with_no_dataset_path(tmp_path, capsys):
+    code = main(["plan", "--config-name", "plan_pusht.yaml", "model_name=pusht", *TINY, f"output_dir={tmp_path / 'run'}"])
+    assert code == 0
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["episodes"]["goal_source"] == "dset" and len(result["success_rate_by_iter"]) == 1
+    breakdown = result["failure_breakdown"]
+    assert breakdown["failed"] == round(2 * (1 - result["final_success_rate"]))
+    assert "goals that need the block pushed" in capsys.readouterr().out
+
+
+@needs_pusht
+@pytest.mark.parametrize("damage, fragment", [("delete", "is missing"), ("truncate", "is corrupt")])
+def test_a_missing_or_corrupt_shipped_goal_file_is_one_line_and_exit_2(damage, fragment, tmp_path, capsys):
+    model_dir = tmp_path / "pusht_copy"
+    shutil.copytree(model_directory("pusht"), model_dir)
+    goals = model_dir / GOALS_FILE
+    if damage == "delete":
+        goals.unlink()
+    else:
+        goals.write_bytes(goals.read_bytes()[:1000])
+    code = main(["plan", "--config-name", "plan_pusht.yaml", f"model_name={model_dir}", *TINY, f"output_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and fragment in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run" / "result.json").exists()
+
+
+@needs_pusht
+def test_a_dataset_of_another_env_is_one_line_and_exit_2(tmp_path, capsys):
+    wall = tmp_path / "wall"
+    generate_dataset("wall", wall, episodes=4, seed=0, steps=6, workers=1, progress=False)
+    code = main(["plan", "--config-name", "plan_pusht.yaml", "model_name=pusht", f"dataset_path={wall}", *TINY,
+                 f"output_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "holds a 'wall' dataset" in err and len(err.splitlines()) == 1, err
