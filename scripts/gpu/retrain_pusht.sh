@@ -17,7 +17,7 @@ finish() {
 }
 trap finish EXIT
 if [ ! -f $W/data/pusht/wmquant_dataset.json ]; then  # a machine still warm from the last call keeps it
-  log "data"; python3 -m wmquant data --env pusht --out $W/data/pusht --episodes 2000 --seed 0 --render-size 64 --video pth --workers 16 --quiet > $R/data.json
+  log "data"; python3 -m wmquant data --env pusht --out $W/data/pusht --episodes 2000 --seed 0 --render-size 64 --video pth --policy pusher --workers 16 --quiet --json > $R/data.json
 fi
 [ "${CEILING:-0}" = 1 ] && log "ceiling in the background (CPU)" && (timeout $((TRAIN_SECONDS + 120)) python3 -m wmquant ceiling --config-name plan_pusht.yaml model_name=pusht dataset_path=$W/data/pusht \
    output_dir=$R/ceiling > $R/ceiling_log.txt 2>&1 &)

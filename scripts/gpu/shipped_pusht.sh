@@ -8,7 +8,7 @@ log() { echo "[$(date +%H:%M:%S)] $*"; }
 finish() { cp $W/runs/pusht/model/* $OUT/pusht/ 2>/dev/null; tar czf $OUT/pusht/report.tgz -C $W/report pusht; ls -la $OUT/pusht; }
 trap finish EXIT
 log "data"; SECONDS=0
-python3 -m wmquant data --env pusht --out $W/data/pusht --episodes 2000 --seed 0 --render-size 64 --video pth --workers 16 --quiet > $R/data.json
+python3 -m wmquant data --env pusht --out $W/data/pusht --episodes 2000 --seed 0 --render-size 64 --video pth --policy pusher --workers 16 --quiet --json > $R/data.json
 echo "data seconds: $SECONDS"
 log "train"; python3 -m wmquant train --config-name train_pusht.yaml dataset_path=$W/data/pusht output_dir=$W/runs/pusht 2>&1 | grep -v "it/s" | tail -40
 cp $W/runs/pusht/train_summary.json $W/runs/pusht/train_log.jsonl $W/runs/pusht/train_config.yaml $R/

@@ -6,7 +6,7 @@ set -o pipefail
 W=/tmp/wmq; R=$W/report/wall; mkdir -p $W $R $OUT/wall
 log() { echo "[$(date +%H:%M:%S)] $*"; }
 log "data"; SECONDS=0
-python3 -m wmquant data --env wall --out $W/data/wall --episodes 2000 --seed 0 --workers 16 --quiet > $R/data.json
+python3 -m wmquant data --env wall --out $W/data/wall --episodes 2000 --seed 0 --workers 16 --quiet --json > $R/data.json
 echo "data seconds: $SECONDS"
 log "train"; python3 -m wmquant train --config-name train_wall.yaml dataset_path=$W/data/wall output_dir=$W/runs/wall 2>&1 | grep -v "it/s" | tail -45
 cp $W/runs/wall/train_summary.json $W/runs/wall/train_log.jsonl $W/runs/wall/train_config.yaml $R/

@@ -77,9 +77,38 @@ def compose_config(config_name: str, overrides: Sequence[str]):
             return compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"{first} (config {config_name}.yaml)") from err
+        hint = _unknown_key_hint(config_name, first)
+        raise ConfigError(f"{first} (config {config_name}.yaml){hint}") from err
     finally:
         GlobalHydra.instance().clear()
+
+
+def _unknown_key_hint(config_name: str, message: str) -> str:
+    """For Hydra's "Could not override 'key'": the closest keys the config has, and the `+key=`
+    form that adds a new one."""
+    import difflib
+    import re
+
+    match = re.match(r"Could not override '([^']+)'", message)
+    if not match:
+        return ""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="wmquant.conf", version_base=None):
+        base = OmegaConf.to_container(compose(config_name=config_name), resolve=False)
+
+    def keys(node, prefix=""):
+        for name, value in node.items():
+            yield f"{prefix}{name}"
+            if isinstance(value, dict):
+                yield from keys(value, f"{prefix}{name}.")
+
+    close = difflib.get_close_matches(match.group(1), list(keys(base)), n=3, cutoff=0.6)
+    nearest = f"; closest keys: {', '.join(close)}" if close else ""
+    return f": no such key{nearest} (`+{match.group(1)}=...` adds a new key)"
 
 
 def _usage() -> str:

@@ -106,18 +106,23 @@ def test_w_group_size_key_beats_nothing_and_minus_one_is_per_channel(tmp_path, s
     (["plan", "model_name=nosuchmodel"], "unknown model name"),
     (["plan", "--config-name", "plan_wall.yaml", "model_name=wall", "goal_source=dset"], "dataset_path"),
     (["plan", "--config-name", "plan_pusht.yaml", "model_name=wall"], "trained on env 'wall'"),
-    (["quant", "predictor_wbit=9"], "w_bits=9"),
+    (["quant", "predictor_wbit=9"], "predictor_wbit=9 is not a valid bit width"),
+    (["quant", "predictor_abit=abc"], "predictor_abit='abc' is not a valid bit width"),
+    (["quant", "encoder_wbit=2.5"], "encoder_wbit=2.5 is not a valid bit width"),
     (["quant", "W_GROUP_SIZE=0"], "W_GROUP_SIZE"),
     (["quant", "method=magic"], "unknown method"),
     (["quant", "calib_mode_a=channel_wise"], "calib_mode_a"),
     (["quant", "method=awq", "predictor_abit=8"], "weight-only"),
     (["quant", "method=smoothquant", "scale_tag=never_made"], "wmquant plan-act"),
     (["plan", "seed=1"], "seed"),
+    (["plan", "output_dir=/proc/wmq_out"], "output_dir=/proc/wmq_out cannot be created"),
     (["plan", "resume=maybe"], "resume='maybe' must be true or false"),
+    (["plan", "predictor_wbitt=3"], "no such key; closest keys: predictor_wbit"),
     (["frobnicate"], "unknown command"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, fragment, tmp_path, capsys, stats_dir):
-    code = main([*args, f"output_dir={tmp_path / 'never'}", f"act_scales_dir={stats_dir}"]
+    own_output = any(a.startswith("output_dir=") for a in args)
+    code = main([*args, *([] if own_output else [f"output_dir={tmp_path / 'never'}"]), f"act_scales_dir={stats_dir}"]
                 if args[0] in ("plan", "quant") else args)
     err = capsys.readouterr().err.strip()
     assert code == 2

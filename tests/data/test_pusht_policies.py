@@ -134,4 +134,8 @@ def test_cli_policy_flag(tmp_path, capsys):
                  "--render-size", "16", "--video", "pth", "--workers", "1", "--quiet"])
     printed = capsys.readouterr().out
     assert code == 0 and "Against the official pusht_noise statistics" in printed and "| block x |" in printed
+    assert printed.startswith(f"wrote {out}: 2 pusht episodes") and "policy pusher" in printed and "{" not in printed
+    code = main(["data", "--env", "pusht", "--out", str(tmp_path / "json"), "--episodes", "2", "--steps", "5", "--render-size", "16",
+                 "--video", "pth", "--workers", "1", "--quiet", "--json"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["policy"] == "expert"
     assert json.loads((out / "wmquant_dataset.json").read_text())["stats"]["policy"] == "pusher"

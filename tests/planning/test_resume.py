@@ -42,7 +42,7 @@ def _result(path):
 
 
 @pytest.mark.parametrize("args, stop_after", [(WALL, 2), (PUSHT, 1)], ids=["wall", "pusht"])
-def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, args, stop_after):
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, capsys, args, stop_after):
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     assert main(["plan", *args, f"output_dir={reference}", "resume=false"]) == 0
 
@@ -55,7 +55,9 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkey
     assert progress["iterations_done"] == stop_after
     assert len(progress["iteration_seconds"]) == stop_after and all(t > 0 for t in progress["iteration_seconds"])
 
+    capsys.readouterr()
     assert main(["plan", *args, f"output_dir={resumed}"]) == 0
+    assert f"MPC iterations 1-{stop_after} are done" in capsys.readouterr().err  # the run says it resumed
     first, second = _result(reference), _result(resumed)
     assert {k: first[k] for k in MEASURED} == {k: second[k] for k in MEASURED}
     assert (reference / "logs.json").read_text() == (resumed / "logs.json").read_text()  # upstream's JSON lines
@@ -83,7 +85,7 @@ def test_a_checkpoint_of_another_run_is_not_continued(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("args", [WALL, PUSHT], ids=["wall", "pusht"])
-def test_an_interrupted_ceiling_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, args):
+def test_an_interrupted_ceiling_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, capsys, args):
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     args = [*args, "planner.max_iter=4"]
     assert main(["ceiling", *args, f"output_dir={reference}", "resume=false"]) == 0
@@ -92,7 +94,9 @@ def test_an_interrupted_ceiling_resumes_to_the_uninterrupted_result(tmp_path, mo
         with pytest.raises(Killed):
             main(["ceiling", *args, f"output_dir={resumed}"])
     assert (resumed / CHECKPOINT_FILE).exists() and not (resumed / "result.json").exists()
+    capsys.readouterr()
     assert main(["ceiling", *args, f"output_dir={resumed}"]) == 0
+    assert "continuing at iteration 2 of 4" in capsys.readouterr().err
     first, second = _result(reference), _result(resumed)
     assert first["success_by_iter"] == second["success_by_iter"]
     assert second["resumed"]["from_iteration"] == 1 and not (resumed / CHECKPOINT_FILE).exists()

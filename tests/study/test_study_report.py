@@ -206,3 +206,13 @@ def test_report_refuses_several_sweeps_without_a_document(sweep, tmp_path, capsy
     store, _, _ = sweep
     assert main(["report", str(store.root), str(store.root)]) == 2
     assert "need --document" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("alpha", ["2", "0", "-0.1"])
+def test_report_refuses_an_alpha_outside_0_1(sweep, alpha, capsys):
+    from wmquant.cli import main
+
+    store, _, _ = sweep
+    assert main(["report", str(store.root), "--alpha", alpha, "--no-model-figures"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--alpha {float(alpha)} is not a significance level" in err and len(err.splitlines()) == 1

@@ -77,6 +77,14 @@ def test_train_refuses_missing_paths(tmp_path, capsys):
     assert "dataset_path" in capsys.readouterr().err
 
 
+def test_train_with_a_missing_dataset_leaves_nothing_behind(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--config-name", "train_wall.yaml", f"dataset_path={tmp_path / 'absent'}", f"output_dir={out}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "absent" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
 def test_train_with_the_rollout_loss(wall_data, tmp_path):
     out = tmp_path / "run"
     assert main(["train", "--config-name", "train_wall.yaml", f"dataset_path={wall_data}", f"output_dir={out}",

@@ -31,6 +31,7 @@ def data_main(argv: Sequence[str]) -> int:
     parser.add_argument("--video", choices=("mp4", "pth"), default=None, help="PushT frame files: mp4 (as upstream) or pth (lossless)")
     parser.add_argument("--policy", default=None, help="PushT policy: expert (default; demonstration-like, as pusht_noise) or pusher (roams the arena)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the statistics as JSON instead of a summary")
     args = parser.parse_args(list(argv))
     if args.goals_from is not None:
         return _write_goals(args)
@@ -61,18 +62,10 @@ def data_main(argv: Sequence[str]) -> int:
     stats = generate_dataset(args.env, args.out, args.episodes, args.seed, steps=args.steps, workers=workers,
                              progress=not args.quiet, **kwargs)
     seconds = time.perf_counter() - start
-    comparison = stats.pop("official_comparison", None)
-    segments = stats.get("val_segments")
-    print(json.dumps({"out": str(args.out), "seconds": round(seconds, 2), **stats}, indent=2, default=str))
-    if comparison is not None:
-        from .pusht_stats import DimensionCheck, segment_table, statistics_table
-
-        checks = [DimensionCheck(c["name"], c["official_mean"], c["mean"], c["official_std"], c["std"], c["mean_checked"]) for c in comparison]
-        print("\nAgainst the official pusht_noise statistics (spec 2.10; bounds: mean within 0.25 official std, std within 15 %):")
-        print(statistics_table(checks))
-        if segments:
-            print("\nGoal segments of the validation split:")
-            print(segment_table(segments))
+    if args.json:
+        print(json.dumps({"out": str(args.out), "seconds": round(seconds, 2), **stats}, indent=2, default=str))
+    else:
+        print(summary(args.env, args.out, stats, seconds))
     return 0
 
 
@@ -89,3 +82,32 @@ def _write_goals(args) -> int:
     path = goal_file_from_dataset(args.goals_from, args.env, args.out, train_episodes=args.train_episodes)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
+
+
+def summary(env: str, out: Path, stats: dict, seconds: float) -> str:
+    """A few lines a person reads after `wmquant data`: what was written, and for PushT how the data
+    compare with the official statistics and what goals they make."""
+    lines = [f"wrote {out}: {stats.get('episodes')} {env} episodes in {seconds:.0f} s"
+             + (f" ({stats['train_episodes']} train, {stats['val_episodes']} val)" if "train_episodes" in stats else "")]
+    if env == "wall":
+        lines.append(f"distinct wall/door layouts: {stats.get('distinct_layouts')}; {100 * stats.get('door_crossing_fraction', 0):.0f}% of episodes "
+                     f"cross the door; {100 * stats.get('collision_step_fraction', 0):.0f}% of steps hit a wall")
+        return "\n".join(lines)
+    length = stats.get("episode_length") or {}
+    lines.append(f"policy {stats.get('policy')}; {stats.get('render_size')} px {stats.get('video')} frames; episodes of "
+                 f"{length.get('min')}-{length.get('max')} frames (mean {length.get('mean', 0):.0f}); "
+                 f"{100 * stats.get('reached_goal_fraction', 0):.1f}% reached the goal pose")
+    comparison = stats.get("official_comparison")
+    if comparison:
+        from .pusht_stats import DimensionCheck, segment_table, statistics_table
+
+        checks = [DimensionCheck(c["name"], c["official_mean"], c["mean"], c["official_std"], c["std"], c["mean_checked"]) for c in comparison]
+        passed = sum(c.ok for c in checks)
+        lines += ["", f"Against the official pusht_noise statistics (spec 2.10): {passed} of {len(checks)} dimensions within "
+                  "bounds (mean within 0.25 official std, std within 15 %):", statistics_table(checks)]
+    if stats.get("val_segments"):
+        from .pusht_stats import segment_table
+
+        lines += ["", "Goal segments of the validation split:", segment_table(stats["val_segments"])]
+    lines += ["", "(--json prints every statistic)"]
+    return "\n".join(lines)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..data.base import Normalization
 from .cem import CEMConfig, noise_generator
-from .checkpoint import MPCState, decode_success_iter, encode_success_iter, load_state, replay, save_state
+from .checkpoint import MPCState, announce_resume, decode_success_iter, encode_success_iter, load_state, replay, save_state
 from .episodes import EpisodeSet
 from .mpc import PlanningTrace
 
@@ -98,6 +98,8 @@ def run_ceiling(env_name: str, env, episodes: EpisodeSet, normalization: Normali
             trace.success_by_iter = saved.success_by_iter.tolist()
             first_iteration = saved.iterations_done
             trace.resumed_from, trace.earlier_seconds = first_iteration, saved.seconds
+            if progress:
+                announce_resume("ceiling", checkpoint, trace, config.max_iter)
     std = normalization.action_std.double().numpy()
     mean = normalization.action_mean.double().numpy()
     for k in tqdm(range(first_iteration, config.max_iter), desc="ceiling", disable=not progress, leave=False,

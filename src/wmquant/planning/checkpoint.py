@@ -167,3 +167,15 @@ def replay(env, init_states: np.ndarray, state: MPCState, skip_succeeded: bool, 
         env.reset_to(init_states)
         return None
     return cur_obs, cur_states
+
+
+def announce_resume(desc: str, checkpoint, trace, max_iter: int) -> None:
+    """One line on stderr: which checkpoint a run continues, how far it had got, where it goes on."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    done = trace.resumed_from
+    rate = float(np.mean(trace.success_by_iter[-1])) if trace.success_by_iter else 0.0
+    tqdm.write(f"{desc}: resuming from {checkpoint}: MPC iterations 1-{done} are done (success {rate:.2f}), "
+               f"continuing at iteration {done + 1} of {max_iter}", file=sys.stderr)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..errors import ConfigError
 from ..hardware import describe_device
 from ..quant import fused_fake_quant
-from .results import (build_result, new_run_dir, progress_writer, success_table, write_figures, write_logs,
+from .results import (build_result, new_run_dir, progress_writer, run_label, success_table, write_figures, write_logs,
                       write_open_loop, write_result)
 from .checkpoint import CHECKPOINT_FILE, fingerprint
 from .session import PlanningSession
@@ -137,7 +137,7 @@ def run_plan(cfg: DictConfig, progress: bool = True, session: PlanningSession | 
 def plan_command(config_name: str | None, overrides: Sequence[str]) -> int:
     cfg = _compose(config_name, overrides)
     result, run_dir = run_plan(cfg)
-    print_result(f"{cfg.model_name} {result['method']}", result, run_dir)
+    print_result(f"{cfg.model_name} {run_label(result)}", result, run_dir)
     return 0
 
 
@@ -213,21 +213,33 @@ def build_quant_config(cfg: DictConfig, method: str):
     if a_observer is None:
         raise ConfigError(f"unknown a_quant_method {cfg.a_quant_method!r}; valid: {', '.join(A_OBSERVER)}")
 
-    def scheme(on: bool, wbit: int, abit: int) -> QuantScheme:
+    def scheme(on: bool, part: str) -> QuantScheme:
+        w_bits, a_bits = (bit_key(cfg, f"{part}_{kind}bit") for kind in ("w", "a"))
         if not on:
             return QuantScheme()
         return QuantScheme(
-            w_bits=int(wbit), a_bits=int(abit), w_group_size=None if group == -1 else int(group),
+            w_bits=w_bits, a_bits=a_bits, w_group_size=None if group == -1 else int(group),
             a_granularity=granularity, w_observer=w_observer, a_observer=a_observer,
         )
 
     targets = cfg.quant_targets
     targets = [str(targets)] if isinstance(targets, str) else [str(t) for t in targets]
     return QuantConfig(
-        encoder=scheme(bool(cfg.quant_encoder), cfg.encoder_wbit, cfg.encoder_abit),
-        predictor=scheme(bool(cfg.quant), cfg.predictor_wbit, cfg.predictor_abit),
+        encoder=scheme(bool(cfg.quant_encoder), "encoder"),
+        predictor=scheme(bool(cfg.quant), "predictor"),
         targets=tuple(targets),
     )
+
+
+def bit_key(cfg: DictConfig, key: str) -> int:
+    """A bit-width key (`predictor_wbit` ...) as an int: 2..8, or 16 for off. A string or a fraction
+    is refused, not rounded."""
+    from ..quant.qmath import OFF_BITS, QUANT_BITS
+
+    value = cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or (value not in QUANT_BITS and value != OFF_BITS):
+        raise ConfigError(f"{key}={value!r} is not a valid bit width; use an integer 2..8, or 16 for no quantization")
+    return value
 
 
 def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession | None = None) -> tuple[dict, Path]:
@@ -296,7 +308,7 @@ def quant_command(config_name: str | None, overrides: Sequence[str]) -> int:
             overrides.append(f"{key}=true")
     cfg = _compose(config_name, overrides)
     result, run_dir = run_quant(cfg)
-    print_result(f"{result['method']} {cfg.tag}", result, run_dir)
+    print_result(f"{cfg.model_name} {run_label(result)}", result, run_dir)
     return 0
 
 

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from .cem import noise_generator
-from .checkpoint import (EPISODE_ARRAYS, MPCState, decode_success_iter, encode_success_iter, load_state, replay,
+from .checkpoint import (EPISODE_ARRAYS, MPCState, announce_resume, decode_success_iter, encode_success_iter, load_state, replay,
                          save_state)
 from .engine import Engine
 from .episodes import EpisodeSet
@@ -132,6 +132,8 @@ def run_mpc(
                                     "predicted_visual": torch.from_numpy(saved.first_plan["predicted_visual"])}
             first_iteration, earlier_seconds = saved.iterations_done, saved.seconds
             trace.resumed_from, trace.earlier_seconds = first_iteration, earlier_seconds
+            if progress:
+                announce_resume(desc, checkpoint, trace, config.max_iter)
 
     def save(k: int) -> None:
         arrays = dict(zip(EPISODE_ARRAYS, (

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import __version__
 from .. import io as wio
+from ..errors import ConfigError
 from .episodes import EpisodeSet
 from .mpc import PlanningTrace
 from .plots import plot_curve, plot_rollout_grid, to_uint8_images
@@ -37,7 +38,10 @@ def new_run_dir(cfg: DictConfig) -> Path:
         while path.exists():
             suffix += 1
             path = path.with_name(f"{stamp}_{model}_gH{cfg.goal_H}_{tag}_{suffix}")
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"output_dir={path} cannot be created ({err.strerror or type(err).__name__}); choose a writable directory") from None
     return path
 
 
@@ -202,13 +206,34 @@ def write_result(run_dir: Path, result: dict[str, Any]) -> Path:
     return path
 
 
-def success_table(rates: dict[str, list[float]], columns: tuple[int, ...] = (0, 5, 10, 20, 30, 40, 50)) -> str:
-    """A plain-text table of success at the paper's iteration columns (column k = entry max(k-1, 0))."""
+def run_label(result: dict[str, Any]) -> str:
+    """'FP', or e.g. 'rtn W4A16 G128 per-token' (16 = not quantized)."""
+    quant = result.get("quant")
+    if not quant:
+        return "FP"
+    scheme = quant["predictor"]
+    text = f"{result['method']} W{scheme['w_bits']}A{scheme['a_bits']}"
+    if scheme.get("w_group_size"):
+        text += f" G{scheme['w_group_size']}"
+    if scheme["a_bits"] < 16 and scheme.get("a_granularity") == "per_token":
+        text += " per-token"
+    enc = quant.get("encoder") or {}
+    if quant.get("quant_encoder") and (enc.get("w_bits"), enc.get("a_bits")) != (scheme["w_bits"], scheme["a_bits"]):
+        text += f" (enc W{enc['w_bits']}A{enc['a_bits']})"
+    return text
+
+
+def success_table(rates: dict[str, list[float]], columns: tuple[int, ...] | None = None) -> str:
+    """A plain-text table of success after MPC iterations 1, 5, 10, 20, 30, ... and the last
+    (1-based, as the reports count them; column k = after iteration k)."""
     longest = max((len(v) for v in rates.values()), default=0)
-    cols = [c for c in columns if max(c - 1, 0) < longest]
-    head = f"{'run':<22}" + "".join(f"{c:>7}" for c in cols)
+    if columns is None:
+        columns = tuple(k for k in (1, 5, 10, 20, 30, 40, 50) if k < longest) + ((longest,) if longest else ())
+    cols = [c for c in columns if 1 <= c <= longest]
+    width = max([22, *(len(name) + 2 for name in rates)])
+    head = f"{'success after iteration':<{width}}" + "".join(f"{c:>7}" for c in cols)
     rows = [head, "-" * len(head)]
     for name, values in rates.items():
-        cells = "".join(f"{values[max(c - 1, 0)]:>7.2f}" if max(c - 1, 0) < len(values) else f"{'':>7}" for c in cols)
-        rows.append(f"{name:<22}{cells}")
+        cells = "".join(f"{values[c - 1]:>7.2f}" if c - 1 < len(values) else f"{'':>7}" for c in cols)
+        rows.append(f"{name:<{width}}{cells}")
     return "\n".join(rows)

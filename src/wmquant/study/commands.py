@@ -55,6 +55,8 @@ def report_main(argv: Sequence[str]) -> int:
     parser.add_argument("--no-model-figures", action="store_true",
                         help="skip Fig. 1 (activation outliers) and Fig. 2 (open-loop rollouts), which load the model")
     args = parser.parse_args(list(argv))
+    if not 0.0 < args.alpha < 1.0:
+        raise ConfigError(f"--alpha {args.alpha} is not a significance level; give a number strictly between 0 and 1 (e.g. 0.05)")
     if len(args.sweep_dirs) > 1 and args.document is None:
         raise ConfigError(f"{len(args.sweep_dirs)} sweep directories need --document FILE.md (one document for all)")
     if args.document is not None and args.out is not None:

@@ -10,26 +10,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..planning.results import run_label
 from .figures import plot_activation_outliers, plot_rollout_grid
 
 OPEN_LOOP_FILE = "open_loop.npz"
-
-
-def run_label(result: Mapping[str, Any]) -> str:
-    """'FP', or e.g. 'rtn W4A16 G128 per-token' (16 = not quantized)."""
-    quant = result.get("quant")
-    if not quant:
-        return "FP"
-    scheme = quant["predictor"]
-    text = f"{result['method']} W{scheme['w_bits']}A{scheme['a_bits']}"
-    if scheme.get("w_group_size"):
-        text += f" G{scheme['w_group_size']}"
-    if scheme["a_bits"] < 16 and scheme.get("a_granularity") == "per_token":
-        text += " per-token"
-    enc = quant.get("encoder") or {}
-    if quant.get("quant_encoder") and (enc.get("w_bits"), enc.get("a_bits")) != (scheme["w_bits"], scheme["a_bits"]):
-        text += f" (enc W{enc['w_bits']}A{enc['a_bits']})"
-    return text
 
 
 def open_loop_rows(sweep_dir: Path, results: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
