@@ -95,7 +95,7 @@ def test_a_missing_or_corrupt_shipped_goal_file_is_one_line_and_exit_2(damage, f
     code = main(["plan", "--config-name", "plan_pusht.yaml", f"model_name={model_dir}", *TINY, f"output_dir={tmp_path / 'run'}"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and fragment in err and len(err.splitlines()) == 1, err
-    assert not (tmp_path / "run" / "result.json").exists()
+    assert not (tmp_path / "run").exists()  # nothing is left behind
 
 
 @needs_pusht
@@ -106,3 +106,4 @@ def test_a_dataset_of_another_env_is_one_line_and_exit_2(tmp_path, capsys):
                  f"output_dir={tmp_path / 'run'}"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "holds a 'wall' dataset" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()

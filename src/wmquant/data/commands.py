@@ -99,7 +99,7 @@ def summary(env: str, out: Path, stats: dict, seconds: float) -> str:
                  f"{100 * stats.get('reached_goal_fraction', 0):.1f}% reached the goal pose")
     comparison = stats.get("official_comparison")
     if comparison:
-        from .pusht_stats import DimensionCheck, segment_table, statistics_table
+        from .pusht_stats import DimensionCheck, statistics_table
 
         checks = [DimensionCheck(c["name"], c["official_mean"], c["mean"], c["official_std"], c["std"], c["mean_checked"]) for c in comparison]
         passed = sum(c.ok for c in checks)

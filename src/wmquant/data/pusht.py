@@ -16,7 +16,6 @@ them (videos with PyAV).
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import math
 import multiprocessing
@@ -25,13 +24,12 @@ import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from ..envs import pusht as pusht_env
-from ..envs.pusht_render import WINDOW_SIZE
 from ..errors import ConfigError, DatasetError
 from ..io import atomic_directory, atomic_path, write_bytes
 from .base import Episode, Normalization, Trajectory, TrajectoryDataset

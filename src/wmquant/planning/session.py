@@ -144,6 +144,9 @@ class PlanningSession:
                 f"goal_source={cfg.goal_source} draws goals from a dataset and model {self.bundle.name!r} ships none: "
                 f"set dataset_path=DIR (make one with `wmquant data --env {cfg.env} --out DIR`)"
             )
+        self._datasets: dict[str, Any] = {}
+        if cfg.goal_source in ("dset", "random_action"):
+            self.dataset("val")  # a missing, corrupt or foreign dataset or goal file fails before any output
         if cfg.engine.get("threads"):
             torch.set_num_threads(int(cfg.engine.threads))
         self.device = resolve_device(cfg.engine.device)
@@ -159,7 +162,6 @@ class PlanningSession:
             chunk_episodes=chunk if chunk == "auto" else int(chunk),
             compile=cfg.engine.get("compile", False),
         )
-        self._datasets: dict[str, Any] = {}
 
     @property
     def model(self) -> torch.nn.Module:
