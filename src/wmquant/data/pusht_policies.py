@@ -21,8 +21,8 @@ from typing import Iterator
 import numpy as np
 
 from ..envs import pusht as pusht_env
-from ..errors import ConfigError
 from ..envs.pusht_render import WINDOW_SIZE
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -309,8 +309,6 @@ class ScriptedPusher:
         return np.clip(state[:2] + action, lo, hi) - state[:2]
 
 
-
-
 # --------------------------------------------------------------------------------------------------
 # The demonstrator
 
@@ -359,7 +357,8 @@ class ScriptedExpert(ScriptedPusher):
         self.settings: ExpertSettings = settings
         self.done = False
         self.reached_goal = False
-        self._scratch = pusht_env.PushTEnv(render_mode=None, render_size=8, shape=shape.name)
+        # physics only: predictions step the bodies directly, as the batched env's `simulate` does
+        self._scratch = pusht_env.PushTEnv(render_mode=None, render_size=8, shape=shape.name, visual_obs=False)
         self._goal_angle = settings.goal_pose[2]
         self._goal_cog = self._block_center(np.array([0.0, 0.0, *settings.goal_pose]))
 

@@ -30,7 +30,7 @@ OFFICIAL_ACTION_STD_PX = np.array([20.19, 20.02])
 MEAN_TOLERANCE_STD = 0.25
 STD_TOLERANCE = 0.15
 SEGMENT_STEPS = 25
-STILL_BLOCK_PX = 5.0  # a goal whose block moved less than this needs no pushing
+STILL_BLOCK_PX = pusht_env.STILL_BLOCK_PX  # a goal whose block moved less than this needs no pushing
 
 
 @dataclass(frozen=True)

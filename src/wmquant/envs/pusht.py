@@ -354,7 +354,8 @@ class PushTEnv(gymnasium.Env):
 
     def _settle(self) -> None:
         """Upstream's reset-to-state ends with one bare physics step of 10 ms: the agent moves by
-        velocity x 0.01 and overlaps are pushed apart. The velocity stays as set (no PD update)."""
+        velocity x 0.01 (no PD update), and pymunk finds any overlap and gives the block the
+        separating velocity, which moves it at the next step."""
         self._space.step(1.0 / SIM_HZ)
 
     def _advance(self, action: np.ndarray) -> None:
