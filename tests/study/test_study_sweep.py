@@ -236,3 +236,17 @@ def test_a_study_run_is_tagged_with_its_run_id_unless_the_spec_sets_a_tag(tmp_pa
     assert compose_run_config({"env": "wall", "quant": True}, run_dir).tag == "rtn_w4a8-0123abcd"
     assert compose_run_config({"env": "wall", "tag": "mine"}, run_dir).tag == "mine"
     assert compose_run_config({"env": "wall"}).tag == "fp"
+
+
+def test_a_sweep_with_progress_reports_every_finished_run(tmp_path, spec_file, runner_log, monkeypatch, capsys):
+    monkeypatch.setenv("FAKE_RUNNER_FAIL", "omse")
+    summary = run_sweep(spec_file, tmp_path / "s", runner=RUNNER, progress=True)
+    err = capsys.readouterr().err
+    for run_id in summary.succeeded:
+        assert f"{run_id}: success " in err and "MPC iterations" in err
+    for run_id in summary.failed:
+        assert f"{run_id}: failed: " in err
+    assert "7/7" in err  # the bar over the runs reached the end
+    monkeypatch.delenv("FAKE_RUNNER_FAIL")
+    run_sweep(spec_file, tmp_path / "s", runner=RUNNER, progress=True)
+    assert "5 of 7 runs already complete" in capsys.readouterr().err

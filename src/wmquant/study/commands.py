@@ -15,7 +15,7 @@ def sweep_command(config_name: str | None, overrides: Sequence[str]) -> int:
         raise ConfigError("wmquant sweep takes study=NAME, not --config-name (e.g. `wmquant sweep study=table1 model_name=wall`)")
     args = parse_sweep_args(overrides)
     summary = run_sweep(args.study, args.sweep_dir, args.overrides, args.runner, args.launcher,
-                        args.launcher_options, args.select)
+                        args.launcher_options, args.select, progress=True)
     print(summary)
     print(f"report: wmquant report {args.sweep_dir}")
     return 0 if summary.complete else 1

@@ -67,6 +67,17 @@ class SweepSummary:
     skipped: list[str] = field(default_factory=list)      # complete before this call
     succeeded: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # run id -> one-line reason
+    on_finish: Callable[[Path, str | None], None] | None = None  # (run dir, failure or None) after each run
+
+    def record(self, run_dir: Path, failure: str | None = None) -> None:
+        """A run ended: succeeded, or failed for `failure` (one line)."""
+        if failure is None:
+            self.succeeded.append(run_dir.name)
+        else:
+            self.failed[run_dir.name] = failure
+            log.warning("run %s failed: %s", run_dir.name, failure)
+        if self.on_finish is not None:
+            self.on_finish(run_dir, failure)
 
     @property
     def complete(self) -> bool:
@@ -178,10 +189,10 @@ def _launch_serial(runner: str, run_dirs: Sequence[Path], options: Mapping[str, 
         log.info("[%d/%d] %s", index, len(run_dirs), run_dir.name)
         try:
             execute_run(runner, run_dir)
-            summary.succeeded.append(run_dir.name)
         except Exception as exc:  # one failed run must not stop the sweep
-            summary.failed[run_dir.name] = _failure_message(run_dir, str(exc))
-            log.warning("run %s failed: %s", run_dir.name, summary.failed[run_dir.name])
+            summary.record(run_dir, _failure_message(run_dir, str(exc)))
+        else:
+            summary.record(run_dir)
 
 
 def visible_gpus() -> list[str]:
@@ -274,11 +285,7 @@ def _launch_local_gpus(runner: str, run_dirs: Sequence[Path], options: Mapping[s
             except OSError as exc:  # could not even start the process
                 reason = f"could not start a worker process: {exc}"
             with lock:
-                if reason is None:
-                    summary.succeeded.append(run_dir.name)
-                else:
-                    summary.failed[run_dir.name] = reason
-                    log.warning("run %s failed: %s", run_dir.name, reason)
+                summary.record(run_dir, reason)
 
     threads = [threading.Thread(target=worker, args=(i, device), daemon=True) for i, device in enumerate(slots)]
     try:
@@ -351,10 +358,10 @@ def _launch_submitit(cluster: str, runner: str, run_dirs: Sequence[Path], option
     for run_dir, job in zip(run_dirs, jobs):
         try:
             job.result()
-            summary.succeeded.append(run_dir.name)
         except Exception as exc:
-            summary.failed[run_dir.name] = _failure_message(run_dir, f"job {job.job_id}: {exc}")
-            log.warning("run %s failed: %s", run_dir.name, summary.failed[run_dir.name])
+            summary.record(run_dir, _failure_message(run_dir, f"job {job.job_id}: {exc}"))
+        else:
+            summary.record(run_dir)
 
 
 def _check_launcher_options(launcher: str, options: Mapping[str, Any], sweep_dir: Path) -> None:
@@ -382,13 +389,14 @@ def _launch(launcher: str, runner: str, run_dirs: Sequence[Path], options: Mappi
 def run_sweep(spec_name_or_path: str | os.PathLike, sweep_dir: str | os.PathLike,
               overrides: Mapping[str, Any] | None = None, runner: str | Callable = DEFAULT_RUNNER,
               launcher: str = "serial", launcher_options: Mapping[str, Any] | None = None,
-              select: Mapping[str, Any] | None = None) -> SweepSummary:
+              select: Mapping[str, Any] | None = None, progress: bool = False) -> SweepSummary:
     """Run every run of the spec that `sweep_dir` does not hold complete yet.
 
     overrides: applied to every run (e.g. {"n_evals": 10, "planner.max_iter": 5}); the sweep dir
       remembers them, and resuming needs the same ones.
     select: run only the matching runs now ({"method": ["rtn", "omse"]}); the FP baseline always.
     launcher / launcher_options: see the module doc.
+    progress: a bar over the runs with an ETA, and one line per finished run on stderr.
     Raises StudyError before anything runs for a bad spec, override, launcher or runner, or a
     sweep dir that belongs to another spec. Failed runs do not raise: see summary.failed.
     """
@@ -410,8 +418,43 @@ def run_sweep(spec_name_or_path: str | os.PathLike, sweep_dir: str | os.PathLike
     log.info("sweep %s: %d runs, %d complete, %d to run (%s)", spec.name, len(runs), len(summary.skipped),
              len(todo), launcher)
     if todo:
-        _launch(launcher, runner, todo, options, summary)
+        bar = _progress_bar(summary, len(todo)) if progress else None
+        try:
+            _launch(launcher, runner, todo, options, summary)
+        finally:
+            if bar is not None:
+                bar.close()
     return summary
+
+
+def _progress_bar(summary: SweepSummary, count: int):
+    """A tqdm bar over the runs to do (stderr), and `summary.on_finish` writing one line per run:
+    its id, final success and planning time, or why it failed."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=count, desc=f"sweep {summary.spec}", unit="run", file=sys.stderr, dynamic_ncols=True)
+    if summary.skipped:
+        bar.write(f"sweep {summary.spec}: {len(summary.skipped)} of {len(summary.planned)} runs already complete", file=sys.stderr)
+
+    def finished(run_dir: Path, failure: str | None) -> None:
+        if failure is None:
+            result, problem = read_result(run_dir / RESULT_FILE)
+            if result is None:
+                text = f"no readable result ({problem})"
+            else:
+                rates = result["success_rate_by_iter"]
+                seconds = result.get("wall_seconds")
+                text = (f"success {rates[-1] if rates else 0.0:.2f} after {len(rates)} MPC iterations"
+                        + (f", {seconds:.0f} s" if isinstance(seconds, (int, float)) else ""))
+        else:
+            text = f"failed: {failure}"
+        bar.write(f"{run_dir.name}: {text}", file=sys.stderr)
+        bar.update()
+
+    summary.on_finish = finished
+    return bar
 
 
 @dataclass
