@@ -152,6 +152,10 @@ def run_mpc(
     for k in bar:
         active = np.flatnonzero(~succeeded) if config.skip_succeeded else np.arange(n)
         if active.size == 0:
+            # every episode has succeeded: the remaining iterations have nothing to plan, and the
+            # bar counts them as done, so that it ends at 100 %
+            bar.update(config.max_iter - k)
+            bar.set_postfix(success="1.00 (all)")
             break
         z0 = engine.encode({key: v[active] for key, v in cur_obs.items()})
         goal = {key: v[active] for key, v in z_goal.items()}
