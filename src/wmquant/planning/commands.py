@@ -10,6 +10,7 @@ observers watch, apply the recipe, switch quantization on, then plan on the eval
 from __future__ import annotations
 
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -268,12 +269,17 @@ def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession |
     run_dir = new_run_dir(cfg)
     start = time.perf_counter()
     calib_episodes, calib_env = session.episodes("calibration")
+    budget = session.calibration_budget()
+    if progress:
+        print(f"calibration: {len(calib_episodes)} episodes (seeds {int(cfg.seed)}n+2, training split), "
+              f"{int(cfg.quant_iter)} MPC iterations each, CEM {budget['num_samples']} samples / top {budget['topk']} / "
+              f"{budget['opt_steps']} steps (keys n_calib, quant_iter, calib_planner.*)", file=sys.stderr, flush=True)
 
     def run_calibration() -> None:
         # All calibration episodes are planned for every one of the quant_iter iterations (no
         # skipping), so calibration always sees data even if every episode succeeds early.
         session.plan(calib_episodes, calib_env, max_iter=int(cfg.quant_iter), skip_succeeded=False,
-                     progress=progress, desc="calibration")
+                     progress=progress, desc="calibration", budget=budget)
 
     try:
         report = calibrate_and_quantize(
@@ -294,6 +300,7 @@ def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession |
         "method_report": report.get("method_report"),
         "calibration_seconds": calib_seconds,
         "quant_iter": int(cfg.quant_iter),
+        "calibration": {"episodes": len(calib_episodes), "mpc_iterations": int(cfg.quant_iter), **budget},
         "backend": backend,
     }
     result = evaluate_and_write(cfg, session, run_dir, start, progress, method, quant, calib_episodes)

@@ -74,6 +74,17 @@ def validate_planning_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None and not isinstance(value, bool):
             raise ConfigError(f"{key}={value!r} must be true or false")
+    if cfg.get("n_calib") is not None:
+        _positive_int(cfg, "n_calib")
+    for key in ("num_samples", "topk", "opt_steps"):
+        if OmegaConf.select(cfg, f"calib_planner.{key}") is not None:
+            _positive_int(cfg, f"calib_planner.{key}")
+    calib = cfg.get("calib_planner") or {}
+    calib_topk = calib.get("topk") if calib.get("topk") is not None else cfg.planner.sub_planner.topk
+    calib_samples = calib.get("num_samples") if calib.get("num_samples") is not None else cfg.planner.sub_planner.num_samples
+    if cfg.planner.sub_planner.name == "cem" and calib_topk > calib_samples:
+        raise ConfigError(f"calibration CEM keeps topk={calib_topk} of num_samples={calib_samples}; need topk <= num_samples "
+                          "(calib_planner.topk / calib_planner.num_samples)")
     if cfg.env == "pusht" and cfg.get("reset_mode") is not None:
         from ..envs.pusht import check_reset_mode
 
@@ -199,6 +210,7 @@ class PlanningSession:
         if purpose == "evaluation":
             seeds, split = evaluation_seeds(int(self.cfg.seed), n), "val"
         elif purpose == "calibration":
+            n = self.calibration_episode_count()
             seeds, split = calibration_seeds(int(self.cfg.seed), n), "train"
         else:
             raise ValueError(purpose)
@@ -209,8 +221,20 @@ class PlanningSession:
         )
         return episodes, env
 
-    def planner(self):
+    def calibration_episode_count(self) -> int:
+        """`n_calib`, or `n_evals` when it is null (the original study calibrates on n_evals episodes)."""
+        return int(self.cfg.n_evals) if self.cfg.get("n_calib") is None else int(self.cfg.n_calib)
+
+    def calibration_budget(self) -> dict[str, int]:
+        """The CEM budget of calibration planning: `calib_planner.*`, each null falling back to the
+        evaluation's `planner.sub_planner.*`."""
         sub = self.cfg.planner.sub_planner
+        own = self.cfg.get("calib_planner") or {}
+        return {key: int(sub[key] if own.get(key) is None else own[key]) for key in ("num_samples", "topk", "opt_steps")}
+
+    def planner(self, budget: dict[str, int] | None = None):
+        """The sub-planner of the config; `budget` replaces its num_samples / topk / opt_steps."""
+        sub = OmegaConf.merge(self.cfg.planner.sub_planner, budget or {})
         horizon = int(self.cfg.goal_H)  # upstream forces the horizon to goal_H
         action_dim = self.bundle.action_dim * self.bundle.frameskip
         if sub.name == "cem":
@@ -239,6 +263,7 @@ class PlanningSession:
         on_iteration=None,
         checkpoint=None,
         run_fingerprint: str = "",
+        budget: dict[str, int] | None = None,
     ) -> PlanningTrace:
         mpc = self.cfg.planner.name == "mpc"
         config = MPCConfig(
@@ -247,7 +272,7 @@ class PlanningSession:
             skip_succeeded=bool(self.cfg.planner.skip_succeeded if skip_succeeded is None else skip_succeeded),
         )
         return run_mpc(
-            self.engine, self.planner(), env, episodes, config, self.bundle.frameskip, int(self.cfg.seed),
+            self.engine, self.planner(budget), env, episodes, config, self.bundle.frameskip, int(self.cfg.seed),
             progress=progress, desc=desc, plot_episodes=plot_episodes, on_iteration=on_iteration,
             checkpoint=checkpoint, run_fingerprint=run_fingerprint,
         )

@@ -152,6 +152,7 @@ KNOWN_KEYS: dict[str, Callable[[str, Any], Any]] = {
     "calib_mode_a": _one_of(CALIB_MODES),
     "W_GROUP_SIZE": _group_size,
     "quant_iter": _positive,
+    "n_calib": _positive,
     "scale_tag": _text,
     "tag": _text,
     "n_evals": _positive,
@@ -174,7 +175,7 @@ KNOWN_KEYS: dict[str, Callable[[str, Any], Any]] = {
 }
 # Planner settings are many and belong to the planner's config; any `planner.*` key passes through.
 KNOWN_PREFIXES: dict[str, Callable[[str, Any], Any]] = {
-    "planner.": _scalar, "engine.": _scalar, "objective.": _scalar, "method_options.": _scalar,
+    "planner.": _scalar, "engine.": _scalar, "objective.": _scalar, "method_options.": _scalar, "calib_planner.": _scalar,
 }
 KNOWN_PREFIX_KEYS: dict[str, Callable[[str, Any], Any]] = {
     "planner.max_iter": _positive,
