@@ -118,6 +118,7 @@ def test_w_group_size_key_beats_nothing_and_minus_one_is_per_channel(tmp_path, s
     (["plan", "output_dir=/proc/wmq_out"], "output_dir=/proc/wmq_out cannot be created"),
     (["plan", "resume=maybe"], "resume='maybe' must be true or false"),
     (["plan", "predictor_wbitt=3"], "no such key; closest keys: predictor_wbit"),
+    (["plan", "--config-name", "plan_pusht.yaml", "model_name=pusht", "dataset_path=/nonexistent/pusht"], "does not exist"),
     (["frobnicate"], "unknown command"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, fragment, tmp_path, capsys, stats_dir):
@@ -127,4 +128,4 @@ def test_bad_input_is_one_line_and_exit_code_2(args, fragment, tmp_path, capsys,
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert fragment in err and len(err.splitlines()) == 1, err
-    assert not (tmp_path / "never" / "result.json").exists()
+    assert not (tmp_path / "never").exists()  # nothing is left behind

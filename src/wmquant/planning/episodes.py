@@ -59,7 +59,7 @@ class EpisodeSet:
         )
 
 
-def _check_seed(seed: int) -> int:
+def check_seed(seed: int) -> int:
     # seed*n+1 and seed*n+2 are distinct and disjoint only for seed >= 2: seed 0 repeats one
     # episode n times, seed 1 makes evaluation and calibration share n-1 episodes.
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 2:
@@ -71,13 +71,13 @@ def _check_seed(seed: int) -> int:
 
 def evaluation_seeds(seed: int, n_evals: int) -> list[int]:
     """Env seeds of the evaluation episodes: seed*n + 1 (upstream's)."""
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     return [seed * n + 1 for n in range(n_evals)]
 
 
 def calibration_seeds(seed: int, n_evals: int) -> list[int]:
     """Env seeds of the calibration episodes: seed*n + 2 (QuantWM's); disjoint from evaluation_seeds."""
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     return [seed * n + 2 for n in range(n_evals)]
 
 

@@ -23,7 +23,7 @@ from ..envs import ENV_NAMES, make_batch
 from ..errors import ConfigError
 from .cem import CEMConfig, CEMPlanner
 from .engine import Engine, resolve_device
-from .episodes import GOAL_SOURCES, EpisodeSet, calibration_seeds, evaluation_seeds, make_episodes
+from .episodes import GOAL_SOURCES, EpisodeSet, calibration_seeds, check_seed, evaluation_seeds, make_episodes
 from .gd import GDConfig, GDPlanner
 from .mpc import MPCConfig, PlanningTrace, run_mpc
 from .objective import Objective
@@ -74,6 +74,7 @@ def validate_planning_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None and not isinstance(value, bool):
             raise ConfigError(f"{key}={value!r} must be true or false")
+    check_seed(cfg.seed)
     if cfg.get("n_calib") is not None:
         _positive_int(cfg, "n_calib")
     for key in ("num_samples", "topk", "opt_steps"):
