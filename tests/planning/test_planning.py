@@ -119,6 +119,23 @@ def test_mpc_success_is_cumulative_and_padded(reference_trace):
             assert rows[first:, episode].all() and not rows[:first, episode].any()
 
 
+def test_mpc_bar_ends_at_100_percent_when_every_episode_succeeds_early(reference_trace, capsys):
+    early = [i for i, first in enumerate(reference_trace.success_iter) if first is not None and first <= 2]
+    assert early, "some toy episodes succeed within 3 iterations"
+    env, eps = _episodes(8)
+    eps = eps.subset(early)
+    norm = wall_normalization()
+    engine = Engine(DotPositionModel(norm), norm, img_size=65, objective=Objective())
+    planner = CEMPlanner(CEMConfig(horizon=5, topk=8, num_samples=60, opt_steps=4), action_dim=10)
+    sub_env = make_batch("wall", len(early))
+    sub_env.update_env(eps.env_infos)
+    trace = run_mpc(engine, planner, sub_env, eps, MPCConfig(n_taken_actions=5, max_iter=6, skip_succeeded=True),
+                    frameskip=5, seed=99, progress=True)
+    assert np.array(trace.success_by_iter)[-1].all()
+    err = capsys.readouterr().err
+    assert "6/6" in err and "1.00 (all)" in err
+
+
 def test_mpc_executes_zero_actions_after_success():
     trace = _plan(skip=False)
     steps_per_iter = 25
