@@ -161,7 +161,7 @@ def test_generation_is_deterministic_across_workers_and_frame_formats(generated,
             a, b = first[i], second[i]
             for name in ("visual", "states", "actions", "proprio"):
                 assert torch.equal(getattr(a, name), getattr(b, name)), (split, i, name)
-    other = pusht_data.generate_episode(0, seed=12, steps=20, render_size=64)
+    other = pusht_data.generate_episode(0, seed=12, steps=20, render_size=64, policy="expert")
     assert not np.array_equal(other["states"], PushTDataset(out, "train")[0].states[:, :5].numpy())
 
 
@@ -175,7 +175,7 @@ def test_generation_into_an_existing_empty_directory(tmp_path):
 
 
 def test_scripted_policy_moves_the_block_in_most_transitions():
-    episodes = [pusht_data.generate_episode(i, seed=0, steps=100, render_size=16) for i in range(12)]
+    episodes = [pusht_data.generate_episode(i, seed=0, steps=100, render_size=16, policy="pusher") for i in range(12)]
     states = np.stack([e["states"] for e in episodes])
     assert pusht_data.block_moving_fraction(states) > 0.5
     actions = np.concatenate([e["rel_actions"][:-1] for e in episodes])

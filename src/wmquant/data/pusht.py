@@ -330,7 +330,7 @@ def default_steps(policy: str) -> int:
 
 
 def generate_episode(
-    index: int, seed: int, steps: int, render_size: int | None, policy: str = "pusher"
+    index: int, seed: int, steps: int, render_size: int | None, policy: str = DEFAULT_POLICY
 ) -> dict[str, np.ndarray]:
     """One scripted episode (episode `index` of a dataset with this `seed`): `steps` frames for the
     pusher; for the expert at most `steps`, ending when it has reached the goal pose, backed off and
