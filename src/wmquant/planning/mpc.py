@@ -147,9 +147,10 @@ def run_mpc(
             planning_loss_by_iter=np.array(trace.planning_loss_by_iter), logs=trace.logs, first_plan=first,
             seconds=earlier_seconds + time.perf_counter() - started), run_fingerprint)
 
-    bar = tqdm(range(first_iteration, config.max_iter), desc=desc, disable=not progress, leave=False,
-               dynamic_ncols=True, initial=first_iteration, total=config.max_iter)
-    for k in bar:
+    # a manual bar (not an iterating one), so that iterations skipped at the end can be counted
+    bar = tqdm(desc=desc, disable=not progress, leave=False, dynamic_ncols=True, initial=first_iteration,
+               total=config.max_iter)
+    for k in range(first_iteration, config.max_iter):
         active = np.flatnonzero(~succeeded) if config.skip_succeeded else np.arange(n)
         if active.size == 0:
             # every episode has succeeded: the remaining iterations have nothing to plan, and the
@@ -230,7 +231,8 @@ def run_mpc(
                 "predicted_visual": predicted["visual"][:shown].cpu(),  # (shown, H+1, N, E)
                 "goal_frames": episodes.obs_g["visual"][active[:shown]],
             }
-        bar.set_postfix(success=f"{succeeded.mean():.2f}")
+        bar.set_postfix(success=f"{succeeded.mean():.2f}", refresh=False)
+        bar.update(1)
         if checkpoint is not None:
             save(k)
         if on_iteration is not None:

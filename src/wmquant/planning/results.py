@@ -230,8 +230,9 @@ def success_table(rates: dict[str, list[float]], columns: tuple[int, ...] | None
     if columns is None:
         columns = tuple(k for k in (1, 5, 10, 20, 30, 40, 50) if k < longest) + ((longest,) if longest else ())
     cols = [c for c in columns if 1 <= c <= longest]
-    width = max([22, *(len(name) + 2 for name in rates)])
-    head = f"{'success after iteration':<{width}}" + "".join(f"{c:>7}" for c in cols)
+    title = "success after iteration"
+    width = max([len(title) + 2, *(len(name) + 2 for name in rates)])
+    head = f"{title:<{width}}" + "".join(f"{c:>7}" for c in cols)
     rows = [head, "-" * len(head)]
     for name, values in rates.items():
         cells = "".join(f"{values[c - 1]:>7.2f}" if c - 1 < len(values) else f"{'':>7}" for c in cols)
