@@ -33,6 +33,8 @@ def data_main(argv: Sequence[str]) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the statistics as JSON instead of a summary")
     args = parser.parse_args(list(argv))
+    if args.env not in ENV_NAMES:
+        raise ConfigError(f"unknown env {args.env!r}; valid envs: {', '.join(ENV_NAMES)}")
     if args.goals_from is not None:
         return _write_goals(args)
     if args.episodes is None:
@@ -41,8 +43,6 @@ def data_main(argv: Sequence[str]) -> int:
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise ConfigError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
-    if args.env not in ENV_NAMES:
-        raise ConfigError(f"unknown env {args.env!r}; valid envs: {', '.join(ENV_NAMES)}")
     kwargs = {}
     if args.env == "pusht":
         if args.render_size is not None:
@@ -70,11 +70,8 @@ def data_main(argv: Sequence[str]) -> int:
 
 
 def _write_goals(args) -> int:
-    from ..envs import ENV_NAMES
     from .goals import goal_file_from_dataset
 
-    if args.env not in ENV_NAMES:
-        raise ConfigError(f"unknown env {args.env!r}; valid envs: {', '.join(ENV_NAMES)}")
     if args.train_episodes < 1:
         raise ConfigError(f"--train-episodes must be a positive integer, got {args.train_episodes}")
     if args.out.suffix != ".safetensors":

@@ -69,11 +69,11 @@ def diagnose_main(argv: Sequence[str]) -> int:
 def _rollout(args) -> int:
     """`wmquant diagnose rollout`: the open-loop error on the evaluation episodes of the plan config."""
     from ..cli import compose_config
-    from ..models.checkpoint import load_world_model
+    from ..models.checkpoint import read_model_config
     from ..planning.session import PlanningSession
     from .open_loop import open_loop_error, open_loop_table
 
-    _, cfg = load_world_model(args.model)
+    cfg = read_model_config(args.model)  # the env only: the session loads the model
     env_name = (cfg.get("planning") or {}).get("env")
     if env_name not in ("wall", "pusht"):
         raise ConfigError(f"model {args.model!r} has no planning.env in its config.yaml (wall or pusht)")

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..envs import env_function
+
 
 @torch.no_grad()
 def open_loop_error(session, episodes, env) -> dict[str, Any]:
@@ -37,13 +39,11 @@ def open_loop_error(session, episodes, env) -> dict[str, Any]:
     truth = engine.encode(reached)
     start = truth["visual"][:, :1]
     groups = {"by_step": np.ones(n, dtype=bool)}
-    if episodes.env == "pusht":
-        from ..envs.pusht import STILL_BLOCK_PX
-
+    needs_push = env_function(episodes.env, "needs_push")
+    if needs_push is not None:
         # a goal whose block barely moves is near the start in latent space too: the ratio there says
         # little, so the episodes that need the block pushed are also reported alone
-        moved_px = np.linalg.norm(episodes.goal_states[:, 2:4] - episodes.init_states[:, 2:4], axis=1)
-        groups["by_step_needs_push"] = moved_px >= STILL_BLOCK_PX
+        groups["by_step_needs_push"] = needs_push(episodes.init_states, episodes.goal_states)
     report: dict[str, Any] = {"episodes": n, "horizon": horizon, "frameskip": frameskip}
     for key, mask in groups.items():
         if key != "by_step":

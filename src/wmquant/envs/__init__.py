@@ -35,3 +35,12 @@ def make_batch(name: str, num_envs: int, **kwargs: Any):
     if int(num_envs) <= 0:
         raise ConfigError(f"num_envs must be a positive integer, got {num_envs!r}")
     return _lookup(name, 2)(num_envs=int(num_envs), **kwargs)
+
+
+def env_function(name: str, function: str):
+    """An optional function of an env's module, or None if the env has none. Used for what only some
+    envs can say about their episodes: `needs_push(init_states, goal_states)` (which goals need the
+    block moved) and `failure_breakdown(init_states, goal_states, final_states)` (PushT)."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown env {name!r}; valid envs: {', '.join(ENV_NAMES)}")
+    return getattr(importlib.import_module(_REGISTRY[name][0]), function, None)

@@ -787,6 +787,12 @@ class PushTBatchEnv(BatchEnv):
 STILL_BLOCK_PX = 5.0  # a goal whose block lies less than this from its start needs no pushing
 
 
+def needs_push(init_states: Any, goal_states: Any) -> np.ndarray:
+    """bool (n,): whether each goal's block lies at least 5 px from its start."""
+    init, goal = as_states(init_states), as_states(goal_states)
+    return np.linalg.norm(goal[:, 2:4] - init[:, 2:4], axis=1) >= STILL_BLOCK_PX
+
+
 def failure_breakdown(init_states: Any, goal_states: Any, final_states: Any) -> dict[str, Any]:
     """Which part of the success test (spec 2.7) each unsolved episode fails, from (n, 7) states.
 
@@ -803,7 +809,7 @@ def failure_breakdown(init_states: Any, goal_states: Any, final_states: Any) -> 
     position_fails = position_error >= SUCCESS_POSITION_THRESHOLD
     angle_fails = angle_error >= SUCCESS_ANGLE_THRESHOLD
     success = ~position_fails & ~angle_fails
-    needs_push = np.linalg.norm(goal[:, 2:4] - init[:, 2:4], axis=1) >= STILL_BLOCK_PX
+    pushed = needs_push(init, goal)
 
     def rate(mask: np.ndarray) -> float | None:
         return float(success[mask].mean()) if mask.any() else None
@@ -815,9 +821,9 @@ def failure_breakdown(init_states: Any, goal_states: Any, final_states: Any) -> 
         "position_and_angle": int((position_fails & angle_fails).sum()),
         "position_agent_dominant": int((position_fails & (agent_error > block_error)).sum()),
         "position_block_dominant": int((position_fails & (agent_error <= block_error)).sum()),
-        "needs_push": int(needs_push.sum()),
-        "success_rate_needs_push": rate(needs_push),
-        "success_rate_no_push": rate(~needs_push),
+        "needs_push": int(pushed.sum()),
+        "success_rate_needs_push": rate(pushed),
+        "success_rate_no_push": rate(~pushed),
         "agent_error_px": np.round(agent_error, 3).tolist(),
         "block_error_px": np.round(block_error, 3).tolist(),
         "angle_error_rad": np.round(angle_error, 4).tolist(),

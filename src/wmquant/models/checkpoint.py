@@ -373,11 +373,22 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     return tensors, metadata
 
 
-def _load_from_directory(directory: Path, device: str | torch.device) -> tuple[WorldModel, dict[str, Any]]:
+def _read_config(directory: Path) -> dict[str, Any]:
     config_path = directory / CONFIG_FILE
     document = read_yaml_mapping(config_path, f"a wmquant model directory holds {CONFIG_FILE} and {WEIGHTS_FILE}")
     if not isinstance(document.get("model"), dict):
         raise CheckpointError(f"{config_path}: no 'model' section; not a wmquant model config")
+    return document
+
+
+def read_model_config(name_or_path: str | os.PathLike) -> dict[str, Any]:
+    """config.yaml of a model directory or a shipped model, without loading its weights."""
+    return _read_config(model_directory(name_or_path))
+
+
+def _load_from_directory(directory: Path, device: str | torch.device) -> tuple[WorldModel, dict[str, Any]]:
+    config_path = directory / CONFIG_FILE
+    document = _read_config(directory)
     try:
         model = build_for_loading(lambda: build_world_model(document["model"], load_encoder_weights=False))
     except ConfigError as exc:

@@ -235,12 +235,14 @@ def build_quant_config(cfg: DictConfig, method: str):
 def bit_key(cfg: DictConfig, key: str) -> int:
     """A bit-width key (`predictor_wbit` ...) as an int: 2..8, or 16 for off. A string or a fraction
     is refused, not rounded."""
-    from ..quant.qmath import OFF_BITS, QUANT_BITS
+    from ..errors import QuantizationError
+    from ..quant.qmath import check_bits
 
     value = cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or (value not in QUANT_BITS and value != OFF_BITS):
-        raise ConfigError(f"{key}={value!r} is not a valid bit width; use an integer 2..8, or 16 for no quantization")
-    return value
+    try:
+        return check_bits(value, key)
+    except QuantizationError:
+        raise ConfigError(f"{key}={value!r} is not a valid bit width; use an integer 2..8, or 16 for no quantization") from None
 
 
 def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession | None = None) -> tuple[dict, Path]:

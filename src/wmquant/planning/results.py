@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import __version__
 from .. import io as wio
+from ..envs import env_function
 from ..errors import ConfigError
 from .episodes import EpisodeSet
 from .mpc import PlanningTrace
@@ -84,10 +85,9 @@ def build_result(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "wmquant_version": __version__,
     }
-    if str(cfg.env) == "pusht" and trace.final_states is not None:
-        from ..envs.pusht import failure_breakdown
-
-        result["failure_breakdown"] = failure_breakdown(episodes.init_states, episodes.goal_states, trace.final_states)
+    breakdown = env_function(str(cfg.env), "failure_breakdown")
+    if breakdown is not None and trace.final_states is not None:
+        result["failure_breakdown"] = breakdown(episodes.init_states, episodes.goal_states, trace.final_states)
     if extra:
         result.update(extra)
     return result

@@ -55,6 +55,16 @@ def _positive_int(cfg: DictConfig, key: str) -> int:
     return int(value)
 
 
+def calibration_budget(cfg: DictConfig) -> dict[str, int]:
+    """The CEM budget of calibration planning: `calib_planner.*`, each null falling back to the
+    evaluation's `planner.sub_planner.*`."""
+    own = cfg.get("calib_planner") or {}
+    return {
+        key: int(cfg.planner.sub_planner[key]) if own.get(key) is None else _positive_int(cfg, f"calib_planner.{key}")
+        for key in ("num_samples", "topk", "opt_steps")
+    }
+
+
 def validate_planning_config(cfg: DictConfig) -> None:
     """Everything that can be checked without loading anything."""
     if cfg.env not in ENV_NAMES:
@@ -77,15 +87,10 @@ def validate_planning_config(cfg: DictConfig) -> None:
     check_seed(cfg.seed)
     if cfg.get("n_calib") is not None:
         _positive_int(cfg, "n_calib")
-    for key in ("num_samples", "topk", "opt_steps"):
-        if OmegaConf.select(cfg, f"calib_planner.{key}") is not None:
-            _positive_int(cfg, f"calib_planner.{key}")
-    calib = cfg.get("calib_planner") or {}
-    calib_topk = calib.get("topk") if calib.get("topk") is not None else cfg.planner.sub_planner.topk
-    calib_samples = calib.get("num_samples") if calib.get("num_samples") is not None else cfg.planner.sub_planner.num_samples
-    if cfg.planner.sub_planner.name == "cem" and calib_topk > calib_samples:
-        raise ConfigError(f"calibration CEM keeps topk={calib_topk} of num_samples={calib_samples}; need topk <= num_samples "
-                          "(calib_planner.topk / calib_planner.num_samples)")
+    calib = calibration_budget(cfg)
+    if cfg.planner.sub_planner.name == "cem" and calib["topk"] > calib["num_samples"]:
+        raise ConfigError(f"calibration CEM keeps topk={calib['topk']} of num_samples={calib['num_samples']}; need topk <= "
+                          "num_samples (calib_planner.topk / calib_planner.num_samples)")
     if cfg.env == "pusht" and cfg.get("reset_mode") is not None:
         from ..envs.pusht import check_reset_mode
 
@@ -201,7 +206,8 @@ class PlanningSession:
         if self.cfg.env == "pusht":
             if render:
                 kwargs["render_size"] = int(render)
-            kwargs["reset_mode"] = str(self.cfg.get("reset_mode") or "upstream")
+            if self.cfg.get("reset_mode"):
+                kwargs["reset_mode"] = str(self.cfg.reset_mode)
         return make_batch(self.cfg.env, num_envs, **kwargs)
 
     def episodes(self, purpose: str = "evaluation") -> tuple[EpisodeSet, Any]:
@@ -227,11 +233,7 @@ class PlanningSession:
         return int(self.cfg.n_evals) if self.cfg.get("n_calib") is None else int(self.cfg.n_calib)
 
     def calibration_budget(self) -> dict[str, int]:
-        """The CEM budget of calibration planning: `calib_planner.*`, each null falling back to the
-        evaluation's `planner.sub_planner.*`."""
-        sub = self.cfg.planner.sub_planner
-        own = self.cfg.get("calib_planner") or {}
-        return {key: int(sub[key] if own.get(key) is None else own[key]) for key in ("num_samples", "topk", "opt_steps")}
+        return calibration_budget(self.cfg)
 
     def planner(self, budget: dict[str, int] | None = None):
         """The sub-planner of the config; `budget` replaces its num_samples / topk / opt_steps."""
