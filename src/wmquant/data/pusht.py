@@ -33,15 +33,15 @@ from ..envs import pusht as pusht_env
 from ..errors import ConfigError, DatasetError
 from ..io import atomic_directory, atomic_path, write_bytes
 from .base import Episode, Normalization, Trajectory, TrajectoryDataset
-from .pusht_policies import DEFAULT_POLICY, make_policy
+from .pusht_policies import DEFAULT_POLICY, ScriptedExpert, ScriptedPusher, make_policy, policy_class
 from .pusht_stats import compare_with_official, segment_distribution
 
 GENERATOR_VERSION = 2  # bump when a scripted policy or the written layout changes
 SPLITS = ("train", "val")
 VIDEO_FORMATS = ("mp4", "pth")
 PIXELS_PER_ACTION_UNIT = pusht_env.ACTION_SCALE
-DEFAULT_STEPS = 100  # the pusher's episode length
-EXPERT_MAX_STEPS = 300  # the expert's cap; it ends an episode once done
+DEFAULT_STEPS = ScriptedPusher.default_steps  # the pusher's episode length
+EXPERT_MAX_STEPS = ScriptedExpert.default_steps  # the expert's cap; it ends an episode once done
 VAL_FRACTION = 0.1
 
 # Fixed statistics of `pusht_noise` that DINO-WM normalises with (spec 2.10); action statistics are
@@ -326,7 +326,7 @@ def _random_initial_state(rng: np.random.Generator) -> np.ndarray:
 
 def default_steps(policy: str) -> int:
     """Frames per episode: the pusher's fixed length, or the expert's cap (it stops once done)."""
-    return EXPERT_MAX_STEPS if policy == "expert" else DEFAULT_STEPS
+    return policy_class(policy).default_steps
 
 
 def generate_episode(
@@ -354,7 +354,7 @@ def generate_episode(
         states.append(state)
         action_px = agent.act(state).astype(np.float32)
         actions.append(action_px)
-        if t + 1 == steps or getattr(agent, "done", False):
+        if t + 1 == steps or agent.done:
             break
         env_action = pixels_to_env_actions(torch.from_numpy(action_px)).numpy()
         obs, _, _, _, info = env.step(env_action)
@@ -363,7 +363,7 @@ def generate_episode(
         "states": state_array[:, :5].astype(np.float32),
         "velocities": state_array[:, 5:7].astype(np.float32),
         "rel_actions": np.stack(actions),
-        "reached_goal": np.bool_(getattr(agent, "reached_goal", False)),
+        "reached_goal": np.bool_(agent.reached_goal),
     }
     if render_size is not None:
         episode["frames"] = np.stack(frames)
@@ -414,7 +414,7 @@ def generate_pusht_dataset(
     Returns statistics of the generated data: the comparison with the official normalisation
     statistics and the distribution of the validation split's 25-step goal segments among them.
     """
-    make_policy(policy, np.random.default_rng(0))  # an unknown name fails before any work
+    policy_class(policy)  # an unknown name fails before any work
     episodes = _check_positive_int("episodes", episodes, 2)
     seed = _check_positive_int("seed", seed, 0)
     steps = default_steps(policy) if steps is None else _check_positive_int("steps", steps, 2)

@@ -69,7 +69,12 @@ class ScriptedPusher:
     """Picks a point on the block's outline and a push direction near the inward edge normal, moves
     the agent to a stand-off point behind it, pushes for a while, and repeats; sometimes wanders
     instead. Every action carries Ornstein-Uhlenbeck noise. Deterministic given its generator.
+    It never finishes: an episode lasts the frames it is given (`default_steps` unless told).
     """
+
+    default_steps = 100
+    done = False  # an episode may end once this is set
+    reached_goal = False
 
     def __init__(self, rng: np.random.Generator, shape: pusht_env.BlockShape = pusht_env.TEE, settings: PusherSettings = PusherSettings()):
         self.rng = rng
@@ -352,11 +357,11 @@ class ScriptedExpert(ScriptedPusher):
     it backs off, hovers, and sets `done`.
     """
 
+    default_steps = 300  # the cap: an episode ends once the expert is done
+
     def __init__(self, rng: np.random.Generator, shape: pusht_env.BlockShape = pusht_env.TEE, settings: ExpertSettings = ExpertSettings()):
         super().__init__(rng, shape, settings)
         self.settings: ExpertSettings = settings
-        self.done = False
-        self.reached_goal = False
         # physics only: predictions step the bodies directly, as the batched env's `simulate` does
         self._scratch = pusht_env.PushTEnv(render_mode=None, render_size=8, shape=shape.name, visual_obs=False)
         self._goal_angle = settings.goal_pose[2]
@@ -465,8 +470,13 @@ POLICIES = {"expert": ScriptedExpert, "pusher": ScriptedPusher}
 DEFAULT_POLICY = "expert"
 
 
-def make_policy(name: str, rng: np.random.Generator) -> ScriptedPusher:
-    """The registered policy `name` ("expert" or "pusher") drawing from `rng`."""
+def policy_class(name: str) -> type[ScriptedPusher]:
+    """The registered policy called `name` ("expert" or "pusher")."""
     if name not in POLICIES:
         raise ConfigError(f"unknown PushT policy {name!r}; valid policies: {', '.join(POLICIES)}")
-    return POLICIES[name](rng)
+    return POLICIES[name]
+
+
+def make_policy(name: str, rng: np.random.Generator) -> ScriptedPusher:
+    """The registered policy `name` drawing from `rng`."""
+    return policy_class(name)(rng)
