@@ -98,7 +98,7 @@ def summary(env: str, out: Path, stats: dict, seconds: float) -> str:
     if comparison:
         from .pusht_stats import DimensionCheck, statistics_table
 
-        checks = [DimensionCheck(c["name"], c["official_mean"], c["mean"], c["official_std"], c["std"], c["mean_checked"]) for c in comparison]
+        checks = [DimensionCheck.from_dict(entry) for entry in comparison]
         passed = sum(c.ok for c in checks)
         lines += ["", f"Against the official pusht_noise statistics (spec 2.10): {passed} of {len(checks)} dimensions within "
                   "bounds (mean within 0.25 official std, std within 15 %):", statistics_table(checks)]

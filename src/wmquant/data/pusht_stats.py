@@ -19,12 +19,6 @@ from ..envs import pusht as pusht_env
 STATE_NAMES = ("agent x", "agent y", "block x", "block y", "block angle", "agent vx", "agent vy")
 ACTION_NAMES = ("action x", "action y")
 
-# Official statistics (spec 2.10), in px, rad and px/s; actions in px (env units x 100).
-OFFICIAL_STATE_MEAN = np.array([236.6155, 264.5674, 255.1307, 266.3721, 1.9584, -2.93032027, 2.54307914])
-OFFICIAL_STATE_STD = np.array([101.1202, 87.0112, 52.7054, 57.4971, 1.7556, 74.84556075, 74.14009094])
-OFFICIAL_ACTION_MEAN_PX = np.array([-0.87, 0.68])
-OFFICIAL_ACTION_STD_PX = np.array([20.19, 20.02])
-
 # The bounds generated data must meet (issue 14): every state mean within 0.25 official std of the
 # official mean; every state std and the action std within 15 % of the official value.
 MEAN_TOLERANCE_STD = 0.25
@@ -56,6 +50,11 @@ class DimensionCheck:
         mean_ok = not self.check_mean or abs(self.mean_offset_std) <= MEAN_TOLERANCE_STD
         return mean_ok and abs(self.std_ratio - 1.0) <= STD_TOLERANCE
 
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any]) -> "DimensionCheck":
+        """Back from `as_dict` (a dataset manifest's `official_comparison`)."""
+        return cls(entry["name"], entry["official_mean"], entry["mean"], entry["official_std"], entry["std"], entry["mean_checked"])
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -78,6 +77,16 @@ def _valid_frames(episodes: Sequence[dict[str, np.ndarray]]) -> tuple[np.ndarray
     return states, actions
 
 
+def official_statistics() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(state mean, state std, action mean, action std), actions in px: the normalisation constants
+    of `wmquant.data.pusht` (spec 2.10), which upstream computed on the official data."""
+    from .pusht import NORMALIZATION, PIXELS_PER_ACTION_UNIT  # here: that module imports this one
+
+    n = NORMALIZATION
+    return (n.state_mean.double().numpy(), n.state_std.double().numpy(),
+            n.action_mean.double().numpy() * PIXELS_PER_ACTION_UNIT, n.action_std.double().numpy() * PIXELS_PER_ACTION_UNIT)
+
+
 def compare_with_official(episodes: Sequence[dict[str, np.ndarray]]) -> list[DimensionCheck]:
     """Per-dimension mean and std of the episodes (dicts with states (T, 5), velocities (T, 2),
     rel_actions (T, 2) in px) beside the official constants: 7 state dims, then 2 action dims
@@ -85,12 +94,13 @@ def compare_with_official(episodes: Sequence[dict[str, np.ndarray]]) -> list[Dim
     if not episodes:
         raise ValueError("no episodes to compare")
     states, actions = _valid_frames(episodes)
+    state_mean, state_std, action_mean, action_std = official_statistics()
     checks = [
-        DimensionCheck(name, OFFICIAL_STATE_MEAN[i], states[:, i].mean(), OFFICIAL_STATE_STD[i], states[:, i].std(), True)
+        DimensionCheck(name, float(state_mean[i]), states[:, i].mean(), float(state_std[i]), states[:, i].std(), True)
         for i, name in enumerate(STATE_NAMES)
     ]
     checks += [
-        DimensionCheck(name, OFFICIAL_ACTION_MEAN_PX[i], actions[:, i].mean(), OFFICIAL_ACTION_STD_PX[i], actions[:, i].std(), False)
+        DimensionCheck(name, float(action_mean[i]), actions[:, i].mean(), float(action_std[i]), actions[:, i].std(), False)
         for i, name in enumerate(ACTION_NAMES)
     ]
     return checks
