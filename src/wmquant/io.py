@@ -58,6 +58,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def make_output_dir(path: str | os.PathLike, key: str = "output_dir") -> Path:
+    """Create a run's output directory; one that cannot be created is a ConfigError naming `key`."""
+    from .errors import ConfigError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{key}={path} cannot be created ({err.strerror or type(err).__name__}); choose a writable directory") from None
+    return path
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

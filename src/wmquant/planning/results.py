@@ -18,7 +18,6 @@ from omegaconf import DictConfig, OmegaConf
 from .. import __version__
 from .. import io as wio
 from ..envs import env_function
-from ..errors import ConfigError
 from .episodes import EpisodeSet
 from .mpc import PlanningTrace
 from .plots import plot_curve, plot_rollout_grid, to_uint8_images
@@ -39,11 +38,7 @@ def new_run_dir(cfg: DictConfig) -> Path:
         while path.exists():
             suffix += 1
             path = path.with_name(f"{stamp}_{model}_gH{cfg.goal_H}_{tag}_{suffix}")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"output_dir={path} cannot be created ({err.strerror or type(err).__name__}); choose a writable directory") from None
-    return path
+    return wio.make_output_dir(path)
 
 
 def build_result(

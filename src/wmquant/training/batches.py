@@ -86,21 +86,22 @@ class WindowSampler:
         start = flat - self.offsets.cpu()[episode]
         return episode.to(self.episodes.device), start.to(self.episodes.device)
 
-    def gather(self, episode: torch.Tensor, start: torch.Tensor, img_size: int) -> dict[str, torch.Tensor]:
-        """A batch of windows: visual (B, F, 3, S, S) in [-1, 1], proprio (B, F, P), actions (B, F, f*A),
-        states (B, F, S_dim)."""
+    def gather(self, episode: torch.Tensor, start: torch.Tensor, img_size: int, visual: bool = True) -> dict[str, torch.Tensor]:
+        """A batch of windows: visual (B, F, 3, S, S) in [-1, 1] (left out with visual=False),
+        proprio (B, F, P), actions (B, F, f*A), states (B, F, S_dim)."""
         f, frames = self.frameskip, self.num_frames
         ep = self.episodes
         frame_t = start[:, None] + f * torch.arange(frames, device=ep.device)[None]  # (B, F)
         raw_t = start[:, None] + torch.arange(frames * f, device=ep.device)[None]  # (B, F*f)
-        visual = ep.visual[episode[:, None], frame_t]  # (B, F, 3, H, W) uint8
         actions = ep.actions[episode[:, None], raw_t]  # (B, F*f, A)
-        return {
-            "visual": to_model_input(visual, img_size),
+        data = {
             "proprio": ep.proprio[episode[:, None], frame_t],
             "actions": actions.reshape(len(episode), frames, -1),
             "states": ep.states[episode[:, None], frame_t],
         }
+        if visual:
+            data["visual"] = to_model_input(ep.visual[episode[:, None], frame_t], img_size)  # from uint8 (B, F, 3, H, W)
+        return data
 
     def sample(self, batch_size: int, img_size: int) -> dict[str, torch.Tensor]:
         return self.gather(*self.sample_indices(batch_size), img_size)

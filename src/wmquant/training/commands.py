@@ -166,10 +166,7 @@ def run_training(cfg: DictConfig, progress: bool = True) -> dict[str, Any]:
     # the data are read before anything is written, so a bad dataset_path leaves no output behind
     train_ds = load_dataset(str(cfg.env), str(cfg.dataset_path), split="train")
     val_ds = load_dataset(str(cfg.env), str(cfg.dataset_path), split="val")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"output_dir={out} cannot be created ({err.strerror or type(err).__name__}); choose a writable directory") from None
+    wio.make_output_dir(out)
     wio.write_text(out / "train_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     log_path = out / "train_log.jsonl"
     train = EpisodeTensors.from_dataset(train_ds, device)

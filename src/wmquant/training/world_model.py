@@ -85,14 +85,15 @@ def make_optimizers(model, cfg: WorldModelTrainConfig) -> list[torch.optim.Optim
 class LatentWindows:
     """Training windows whose visual part comes from cached encoder latents."""
 
-    def __init__(self, sampler: WindowSampler, latents: torch.Tensor | None, img_size: int) -> None:
+    def __init__(self, sampler: WindowSampler, latents: torch.Tensor | None, img_size: int, frames: bool = True) -> None:
         self.sampler = sampler
         self.latents = latents
         self.img_size = img_size
+        self.frames = frames  # False: latents only (the rollout loss needs no images)
 
     def batch(self, size: int) -> dict[str, torch.Tensor]:
         episode, start = self.sampler.sample_indices(size)
-        data = self.sampler.gather(episode, start, self.img_size)
+        data = self.sampler.gather(episode, start, self.img_size, visual=self.frames)
         if self.latents is not None:
             f = self.sampler.frameskip
             frame_t = start[:, None] + f * torch.arange(self.sampler.num_frames, device=start.device)[None]
@@ -155,7 +156,7 @@ def train_world_model(
             raise ConfigError("training.rollout_steps needs training.cache_latents=true (the rollout loss reads cached latents)")
         rollout_windows = LatentWindows(
             WindowSampler(train, model.num_hist + cfg.rollout_steps, model.frameskip, seed=cfg.seed + 7 + start_step),
-            train_windows.latents, img_size,
+            train_windows.latents, img_size, frames=False,
         )
     optimizers = optimizers or make_optimizers(model, cfg)
     warmup = int(cfg.warmup_fraction * cfg.steps)
