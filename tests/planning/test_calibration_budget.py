@@ -34,7 +34,19 @@ def test_quant_calibrates_on_n_calib_episodes_with_its_own_budget(tmp_path, caps
     result = json.loads((out / "result.json").read_text())
     assert len(result["calibration_seeds"]) == 3 and len(result["eval_seeds"]) == 2
     assert result["quant"]["calibration"] == {"episodes": 3, "mpc_iterations": 1, "num_samples": 12, "topk": 3, "opt_steps": 1}
-    assert "calibration: 3 episodes" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "calibration: 3 episodes" in err
+    assert "calibration: 1 planning pass(es) (observe activation ranges); expected about" in err
+
+
+def test_plan_time_estimate_scales_with_iterations_and_steps():
+    session = PlanningSession(compose_config("plan_wall", [*TINY, "n_calib=2"]))
+    episodes, env = session.episodes("calibration")
+    env.close()
+    one = session.estimate_plan_seconds(episodes, 1, {"num_samples": 8, "topk": 2, "opt_steps": 1})
+    assert one > 0
+    many = [session.estimate_plan_seconds(episodes, 40, {"num_samples": 8, "topk": 2, "opt_steps": 10}) for _ in range(3)]
+    assert min(many) > 40 * one  # 400 evaluations against 1: timing noise cannot close that gap
 
 
 @pytest.mark.parametrize("override, fragment", [

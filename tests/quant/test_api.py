@@ -274,6 +274,26 @@ def test_pipeline_weight_only_per_token_needs_no_calibration():
     assert runner.calls == 0
 
 
+@pytest.mark.parametrize("method, config", [
+    ("rtn", QuantConfig.uniform(w_bits=8, a_bits=8)),  # static activations: one observing pass
+    ("rtn", QuantConfig.uniform(w_bits=4, a_bits=8, a_granularity="per_token")),  # none
+    ("gptq", QuantConfig.uniform(w_bits=4)),  # layer inputs only
+    ("awq", QuantConfig(predictor=QuantScheme(w_bits=4))),  # block inputs only
+])
+def test_pipeline_announces_exactly_the_passes_it_runs(method, config):
+    model = make_model()
+    runner = CountingRunner(model)
+    announced: list[list[str]] = []
+
+    def on_passes(passes):
+        assert runner.calls == 0  # told before the first pass
+        announced.append(passes)
+
+    report = calibrate_and_quantize(model, method, config, runner, on_passes=on_passes)
+    assert announced == [[p["purpose"] for p in report["calibration_passes"]]]
+    assert runner.calls == len(announced[0])
+
+
 def test_pipeline_fails_loudly_when_calibration_makes_no_forward():
     for method, config in (("rtn", QuantConfig.uniform(w_bits=8, a_bits=8)), ("awq", QuantConfig.uniform(w_bits=4))):
         model = make_model()

@@ -245,6 +245,25 @@ def bit_key(cfg: DictConfig, key: str) -> int:
         raise ConfigError(f"{key}={value!r} is not a valid bit width; use an integer 2..8, or 16 for no quantization") from None
 
 
+def format_seconds(seconds: float) -> str:
+    """A duration as a person reads it: 45 s, 3.2 min, 1.5 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def calibration_forecast(session: PlanningSession, episodes, quant_iter: int, budget: dict[str, int],
+                         passes: list[str]) -> str:
+    """One line: the calibration passes that will run, and the time they are expected to take."""
+    if not passes:
+        return "calibration: no planning pass needed (weights only, data-free method)"
+    per_pass = session.estimate_plan_seconds(episodes, quant_iter, budget)
+    expected = "" if per_pass is None else f"; expected about {format_seconds(per_pass * len(passes))}"
+    return f"calibration: {len(passes)} planning pass(es) ({', '.join(passes)}){expected}"
+
+
 def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession | None = None) -> tuple[dict, Path]:
     from ..kernels.real import apply_engine_backend_, check_engine_backend, check_real_config
     from ..quant.calibration import calibrate_and_quantize
@@ -283,9 +302,15 @@ def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession |
         session.plan(calib_episodes, calib_env, max_iter=int(cfg.quant_iter), skip_succeeded=False,
                      progress=progress, desc="calibration", budget=budget)
 
+    def announce_passes(passes: list[str]) -> None:
+        if progress:
+            print(calibration_forecast(session, calib_episodes, int(cfg.quant_iter), budget, passes),
+                  file=sys.stderr, flush=True)
+
     try:
         report = calibrate_and_quantize(
-            session.model, method, qconfig, run_calibration, act_stats=act_stats, method_options=options
+            session.model, method, qconfig, run_calibration, act_stats=act_stats, method_options=options,
+            on_passes=announce_passes,
         )
     finally:
         calib_env.close()

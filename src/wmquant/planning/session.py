@@ -254,6 +254,21 @@ class PlanningSession:
             zero.repeat(self.bundle.frameskip),
         )
 
+    def estimate_plan_seconds(self, episodes: EpisodeSet, max_iter: int, budget: dict[str, int] | None = None) -> float | None:
+        """Expected seconds to plan `episodes` for `max_iter` MPC iterations without skipping, from one
+        timed cost evaluation of every episode's samples (CEM; None for other planners). The probe
+        scores random action sequences from the goal latents; it changes no state."""
+        planner = self.planner(budget)
+        if not isinstance(planner, CEMPlanner):
+            return None
+        cfg = planner.config
+        z_goal = self.engine.encode(episodes.obs_g)
+        actions = torch.randn((len(episodes), cfg.num_samples, cfg.horizon, planner.action_dim),
+                              generator=torch.Generator().manual_seed(0)).to(self.engine.device)
+        start = time.perf_counter()
+        self.engine.sample_costs(z_goal, z_goal, actions).cpu()  # .cpu() waits for the device
+        return (time.perf_counter() - start) * cfg.opt_steps * max_iter
+
     def plan(
         self,
         episodes: EpisodeSet,

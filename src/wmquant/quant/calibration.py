@@ -280,6 +280,10 @@ class CalibrationData:
     act_stats: dict[str, torch.Tensor] | None = None
 
 
+RECORD_PASS = "record method inputs"
+OBSERVE_PASS = "observe activation ranges"
+
+
 def calibrate_and_quantize(
     model: nn.Module,
     method: str,
@@ -287,12 +291,15 @@ def calibrate_and_quantize(
     run_calibration: Callable[[], None],
     act_stats: Mapping[str, torch.Tensor] | None = None,
     method_options: Mapping[str, Any] | None = None,
+    on_passes: Callable[[list[str]], None] | None = None,
 ) -> dict:
     """Quantize `model` in place with a registered method; returns a report for result.json.
 
     run_calibration: runs the model on the calibration data (FP MPC-CEM planning on the
     calibration episodes for quant_iter iterations). It is called zero, one or two times, always
     with the model computing in float. Everything is validated before it is first called.
+    on_passes: told the purposes of the calibration passes that will run, once everything is
+    validated and before the first (so a caller can say how long calibration will take).
     """
     from .methods import get_method
 
@@ -316,7 +323,11 @@ def calibrate_and_quantize(
     calib = CalibrationData(act_stats=stats)
     block_parts = ptq.block_parts(model, qconfig) if needs.block_inputs else ()
     layer_names = [t.name for t in targets if not t.is_tap and t.scheme.quantizes_weights] if needs.layer_inputs else []
-    if block_parts or layer_names:
+    record_inputs = bool(block_parts or layer_names)
+    observe_ranges = any(t.scheme.quantizes_activations and t.scheme.a_granularity == "per_tensor" for t in targets)
+    if on_passes is not None:
+        on_passes([purpose for purpose, runs in ((RECORD_PASS, record_inputs), (OBSERVE_PASS, observe_ranges)) if runs])
+    if record_inputs:
         block_recorder = BlockInputRecorder(model, block_parts, max_samples=getattr(options, "n_samples", 128),
                                             seed=getattr(options, "seed", 0))
         layer_recorder = LinearInputRecorder(model, layer_names)
@@ -330,7 +341,7 @@ def calibrate_and_quantize(
         calib.block_inputs = block_recorder.all_inputs()
         calib.layer_grams = {n: (layer_recorder.grams[n], layer_recorder.rows[n]) for n in layer_names}
         report["calibration_passes"].append({
-            "purpose": "record method inputs",
+            "purpose": RECORD_PASS,
             "block_input_sequences": {p: block_recorder.num_sequences(p) for p in block_parts},
             "block_input_calls": {p: block_recorder.reservoirs[p].calls for p in block_parts},
             "layer_input_rows": dict(layer_recorder.rows),
@@ -345,7 +356,7 @@ def calibrate_and_quantize(
             run_calibration()
         freeze_(model)
         report["calibration_passes"].append({
-            "purpose": "observe activation ranges",
+            "purpose": OBSERVE_PASS,
             "observed_calls_min": min(a.calls_observed for a in static),
             "static_activation_quantizers": len(static),
         })
