@@ -216,3 +216,56 @@ def test_report_refuses_an_alpha_outside_0_1(sweep, alpha, capsys):
     assert main(["report", str(store.root), "--alpha", alpha, "--no-model-figures"]) == 2
     err = capsys.readouterr().err.strip()
     assert f"--alpha {float(alpha)} is not a significance level" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("margin", ["1", "0", "-0.1"])
+def test_report_refuses_a_margin_outside_0_1(sweep, margin, capsys):
+    from wmquant.cli import main
+
+    store, _, _ = sweep
+    assert main(["report", str(store.root), "--margin", margin, "--no-model-figures"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--margin {float(margin)} is not a difference in success rate" in err and len(err.splitlines()) == 1
+    assert not (store.root / "report").exists()
+
+
+def test_report_margin_reaches_the_document(sweep):
+    from wmquant.cli import main
+
+    store, _, _ = sweep
+    assert main(["report", str(store.root), "--margin", "0.3", "--no-model-figures"]) == 0
+    assert "equivalent to FP within \u00b10.30" in (store.root / "report" / "report.md").read_text()
+
+
+def test_stars_come_from_holm_within_the_tests_against_fp(sweep):
+    store, _, ids = sweep
+    report = build_report(store.root)
+    rows = {row.run_id: row for row in report.rows}
+    sq, omse, rtn = rows[ids["sq44"]].cells[5], rows[ids["omse44"]].cells[5], rows[ids["rtn88"]].cells[5]
+    # Family of 3 tests: p = 2/2^9, 2/2^6, 1 -> Holm 3 x 2/2^9, max(that, 2 x 2/2^6), 1.
+    assert (sq.p_vs_fp, omse.p_vs_fp, rtn.p_vs_fp) == pytest.approx((2 / 64, 2 / 512, 1.0))
+    assert (omse.p_holm, sq.p_holm, rtn.p_holm) == pytest.approx((6 / 512, 4 / 64, 1.0))
+    assert report.detectable() == (pytest.approx(0.6), pytest.approx(0.7), 3, 10)  # 2/2^6 < 0.05; 2/2^7 < 0.05/3
+    md = write_report(store.root)["md"].read_text()
+    # raw p 0.031 < 0.05 but Holm 0.0625: no star for SmoothQuant; OMSE keeps its star
+    assert "| SmoothQuant | 4 | 4 | \u2013 | per-tensor | 0.30 [0.11, 0.60] (0.00) | 0.30 [0.11, 0.60] (0.02) |" in md
+    assert "| OMSE | 4 | 4 | \u2013 | per-tensor | 0.00 [0.00, 0.28] (0.00) | 0.00* [0.00, 0.28] (0.06) |" in md
+    assert "Holm-adjusted within this table's family of 3 tests against FP" in md
+    assert "cannot call any difference below 0.60 significant, and after Holm over 3 tests none below 0.70" in md
+
+
+def test_rows_carry_the_paired_difference_and_equivalence(sweep):
+    store, _, ids = sweep
+    report = build_report(store.root, margin=0.30)
+    rows = {row.run_id: row for row in report.rows}
+    rtn, omse = rows[ids["rtn88"]].cells[5], rows[ids["omse44"]].cells[5]
+    assert rtn.diff == 0 and rtn.diff_lo < 0 < rtn.diff_hi and rtn.equivalent  # identical outcomes, margin 0.30
+    assert not build_report(store.root).rows[1].cells[5].equivalent  # 10 episodes cannot show +-0.10
+    assert omse.diff == pytest.approx(-0.9) and omse.diff_hi < 0 and not omse.equivalent
+    paths = write_report(store.root)
+    md = paths["md"].read_text()
+    assert re.search(r"\| -0\.90 \[-0\.\d\d, -0\.\d\d\] \| " + re.escape(ids["omse44"]), md)
+    table = {row["run_id"]: row for row in csv.DictReader(io.StringIO(paths["csv"].read_text()))}
+    assert float(table[ids["sq44"]]["it5_p_vs_fp"]) == pytest.approx(2 / 64, rel=1e-3)
+    assert float(table[ids["sq44"]]["it5_p_holm"]) == pytest.approx(4 / 64, rel=1e-3)
+    assert table[ids["omse44"]]["it5_equivalent"] == "false" and table[ids["fp"]]["it5_diff"] == ""

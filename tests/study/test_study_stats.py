@@ -1,11 +1,24 @@
-"""Wilson intervals and McNemar's test against published and hand-computed values."""
+"""Wilson intervals, McNemar's test, Holm's correction, paired difference intervals, equivalence
+and the smallest detectable difference, against statsmodels / scipy and hand-computed values."""
 
 import math
 
 import pytest
 
 from wmquant.errors import StudyError
-from wmquant.study.stats import holm_adjust, mcnemar, wilson_interval
+from wmquant.study.stats import (
+    equivalence_test,
+    holm_adjust,
+    mcnemar,
+    paired_difference_interval,
+    smallest_detectable_difference,
+    wilson_interval,
+)
+
+statsmodels = pytest.importorskip("statsmodels")
+from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar  # noqa: E402
+from statsmodels.stats.multitest import multipletests  # noqa: E402
+from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint  # noqa: E402
 
 
 @pytest.mark.parametrize("successes, n, lo, hi", [
@@ -94,3 +107,102 @@ def test_holm_adjustment_hand_computed():
     assert holm_adjust([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
     assert holm_adjust([0.5, 0.6]) == pytest.approx([1.0, 1.0])
     assert holm_adjust([]) == []
+
+
+@pytest.mark.parametrize("p_values", [
+    [0.04, 0.01, 0.02],
+    [0.001, 0.2, 0.03, 0.03, 0.5, 0.0001, 0.049],
+    [0.9, 0.8, 0.01],
+    [1e-6] * 5,
+])
+def test_holm_agrees_with_statsmodels(p_values):
+    _, expected, _, _ = multipletests(p_values, method="holm")
+    assert holm_adjust(p_values) == pytest.approx(list(expected), rel=1e-12)
+
+
+@pytest.mark.parametrize("successes, n", [(0, 50), (7, 50), (25, 50), (49, 50), (50, 50), (81, 263)])
+def test_wilson_agrees_with_statsmodels(successes, n):
+    expected = proportion_confint(successes, n, alpha=0.05, method="wilson")
+    assert wilson_interval(successes, n) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("only_a, only_b, both, neither", [(1, 6, 20, 23), (0, 5, 40, 5), (9, 2, 30, 9), (3, 3, 44, 0)])
+def test_exact_mcnemar_agrees_with_statsmodels(only_a, only_b, both, neither):
+    a, b = _pairs(only_a, only_b, both=both, neither=neither)
+    table = [[both, only_a], [only_b, neither]]
+    assert mcnemar(a, b)["p_value"] == pytest.approx(sm_mcnemar(table, exact=True).pvalue, rel=1e-12)
+
+
+@pytest.mark.parametrize("both, only_a, only_b, neither", [
+    (10, 10, 15, 15),   # AD = BC: phi = 0
+    (4, 16, 6, 24),     # AD = BC again, rates 0.40 vs 0.20
+    (0, 30, 20, 0),     # no concordant episode at all: AD - BC < 0, phi < 0 ... see below
+])
+def test_paired_interval_with_uncorrelated_outcomes_is_newcombes_unpaired_interval(both, only_a, only_b, neither):
+    a, b = _pairs(only_a, only_b, both=both, neither=neither)
+    n = len(a)
+    diff, lo, hi = paired_difference_interval(a, b)
+    assert diff == pytest.approx((both + only_a - both - only_b) / n)
+    if both * neither == only_a * only_b:
+        expected = confint_proportions_2indep(both + only_a, n, both + only_b, n, method="newcomb", compare="diff")
+        assert (lo, hi) == pytest.approx(tuple(float(x) for x in expected), abs=1e-12)
+    else:  # negative correlation widens the interval beyond the unpaired one
+        unpaired = confint_proportions_2indep(both + only_a, n, both + only_b, n, method="newcomb", compare="diff")
+        assert lo < float(unpaired[0]) and hi > float(unpaired[1])
+
+
+def test_paired_interval_hand_computed_with_phi():
+    # 44 both, 4 only FP, 0 only quantized, 2 neither (n = 50): rates 0.88 vs 0.96.
+    a, b = _pairs(0, 4, both=44, neither=2)
+    la, ua = proportion_confint(44, 50, method="wilson")
+    lb, ub = proportion_confint(48, 50, method="wilson")
+    phi = (44 * 2 - 0 * 4 - 25) / math.sqrt(44 * 6 * 48 * 2)  # Newcombe's n/2 adjustment of AD - BC
+    d = 0.88 - 0.96
+    lo = d - math.sqrt((0.88 - la) ** 2 - 2 * phi * (0.88 - la) * (ub - 0.96) + (ub - 0.96) ** 2)
+    hi = d + math.sqrt((ua - 0.88) ** 2 - 2 * phi * (ua - 0.88) * (0.96 - lb) + (0.96 - lb) ** 2)
+    assert paired_difference_interval(a, b) == pytest.approx((d, lo, hi), abs=1e-12)
+
+
+def test_paired_interval_of_identical_runs_is_symmetric_not_degenerate():
+    a = [1] * 49 + [0]
+    diff, lo, hi = paired_difference_interval(a, a)
+    assert diff == 0 and lo == pytest.approx(-hi) and 0.03 < hi < 0.12
+    # A positive correlation narrows the interval compared with independent samples at the same rates.
+    unpaired = confint_proportions_2indep(49, 50, 49, 50, method="newcomb", compare="diff")
+    assert hi < float(unpaired[1])
+
+
+def test_paired_interval_rejects_bad_input():
+    with pytest.raises(StudyError, match="equal length"):
+        paired_difference_interval([1, 0], [1])
+    with pytest.raises(StudyError, match="0/1"):
+        paired_difference_interval([1, 3], [1, 0])
+
+
+def test_equivalence_uses_the_90_percent_interval_and_the_margin():
+    a = [1] * 49 + [0]
+    test = equivalence_test(a, a, margin=0.10)
+    assert test["equivalent"] and (test["lo"], test["hi"]) == pytest.approx(paired_difference_interval(a, a, 0.90)[1:])
+    assert not equivalence_test(a, a, margin=0.03)["equivalent"]  # the interval is wider than 0.03
+    worse, _ = _pairs(0, 6, both=43, neither=1)  # 6 episodes lost: -0.12
+    fp = [1] * 49 + [0]
+    drop = equivalence_test(worse, fp, margin=0.10)
+    assert drop["difference"] == pytest.approx(-0.12) and not drop["equivalent"]
+    with pytest.raises(StudyError, match="margin"):
+        equivalence_test(a, a, margin=0)
+
+
+@pytest.mark.parametrize("n, alpha, family, expected", [
+    (50, 0.05, 1, 6 / 50),    # 2/2^6 = 0.031 < 0.05, 2/2^5 = 0.0625 is not
+    (50, 0.05, 24, 10 / 50),  # 2/2^10 = 0.00195 < 0.05/24 = 0.00208, 2/2^9 is not
+    (50, 0.01, 1, 8 / 50),
+    (4, 0.05, 1, None),       # 4 episodes can never reach p < 0.05 (2/16 = 0.125)
+])
+def test_smallest_detectable_difference(n, alpha, family, expected):
+    assert smallest_detectable_difference(n, alpha, family) == (expected if expected is None else pytest.approx(expected))
+    if expected is not None:
+        m = round(expected * n)
+        a, b = _pairs(m, 0, neither=n - m)
+        assert mcnemar(a, b)["p_value"] < alpha / family
+        a, b = _pairs(m - 1, 0, neither=n - m + 1)
+        assert mcnemar(a, b)["p_value"] >= alpha / family

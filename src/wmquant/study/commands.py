@@ -40,7 +40,7 @@ def runs_main(argv: Sequence[str]) -> int:
 
 def report_main(argv: Sequence[str]) -> int:
     from ..cli import flag_parser
-    from .report import write_report
+    from .report import DEFAULT_MARGIN, write_report
 
     parser = flag_parser("wmquant report", "Markdown, CSV, LaTeX and HTML tables and figures for sweeps.")
     parser.add_argument("sweep_dirs", type=Path, nargs="+", metavar="SWEEP_DIR")
@@ -52,11 +52,16 @@ def report_main(argv: Sequence[str]) -> int:
     parser.add_argument("--preface", type=Path, default=None, metavar="FILE.md",
                         help="Markdown put at the top of --document (the reading of the results)")
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level of the McNemar marks")
+    parser.add_argument("--margin", type=float, default=None,
+                        help="equivalence margin of 'no loss' verdicts against FP, in success rate (default 0.10)")
     parser.add_argument("--no-model-figures", action="store_true",
                         help="skip Fig. 1 (activation outliers) and Fig. 2 (open-loop rollouts), which load the model")
     args = parser.parse_args(list(argv))
     if not 0.0 < args.alpha < 1.0:
         raise ConfigError(f"--alpha {args.alpha} is not a significance level; give a number strictly between 0 and 1 (e.g. 0.05)")
+    if args.margin is not None and not 0.0 < args.margin < 1.0:
+        raise ConfigError(f"--margin {args.margin} is not a difference in success rate; give a number strictly between 0 and 1 (e.g. 0.10)")
+    margin = DEFAULT_MARGIN if args.margin is None else args.margin
     if len(args.sweep_dirs) > 1 and args.document is None:
         raise ConfigError(f"{len(args.sweep_dirs)} sweep directories need --document FILE.md (one document for all)")
     if args.document is not None and args.out is not None:
@@ -75,9 +80,10 @@ def report_main(argv: Sequence[str]) -> int:
         from .report import write_study_document
 
         preface = args.preface.read_text(encoding="utf-8") if args.preface else ""
-        paths = write_study_document(args.sweep_dirs, args.document, args.title, preface, alpha=args.alpha)
+        paths = write_study_document(args.sweep_dirs, args.document, args.title, preface, alpha=args.alpha,
+                                     margin=margin)
     else:
-        paths = write_report(args.sweep_dirs[0], args.out, alpha=args.alpha)
+        paths = write_report(args.sweep_dirs[0], args.out, alpha=args.alpha, margin=margin)
     for kind, path in paths.items():
         print(f"{kind:>20}: {path}")
     return 0

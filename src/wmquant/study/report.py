@@ -4,7 +4,10 @@ One row per run, in the spec's order (the paper's row order for the shipped tabl
 "k iters" of the spec. Each cell is the success rate with its Wilson 95% interval and, for the
 shipped tables, the paper's published number beside it. A quantized run whose episodes are the
 FP baseline's (same eval_seeds) is compared with it by McNemar's exact test on the per-episode
-outcomes; so are two methods at the same bit setting.
+outcomes; so are two methods at the same bit setting. Two families of tests are declared per
+report: the tests against FP, and the method-vs-method tests; stars come from Holm-adjusted
+p-values within each family (the raw p stays in the CSV). Against FP each row also gets the paired
+difference with its 95% interval, and an equivalence verdict (TOST) for a stated margin.
 
 Column k is entry max(k - 1, 0) of success_rate_by_iter: the success rate after MPC iteration
 max(k, 1), so "0 iters" is the first MPC round.
@@ -28,7 +31,15 @@ from ..io import write_bytes, write_text
 from .figures import plot_latent_mse_and_loss, plot_success_curves
 from .paper import PAPER_METHOD_NAMES, SettingKey, engine_variant, paper_bits, paper_table, setting_key_from_result
 from .spec import setting_key_from_overrides
-from .stats import MCNEMAR_METHODS, holm_adjust, mcnemar, wilson_interval
+from .stats import (
+    MCNEMAR_METHODS,
+    equivalence_test,
+    holm_adjust,
+    mcnemar,
+    paired_difference_interval,
+    smallest_detectable_difference,
+    wilson_interval,
+)
 from .store import CorruptResult, ResultStore
 
 log = logging.getLogger("wmquant.study")
@@ -39,6 +50,10 @@ MCNEMAR_SCOPES = ("final", "all")
 COLUMN_NOTE = ('Column "k iters" is the success rate after MPC iteration max(k, 1), i.e. entry max(k-1, 0) '
                'of success_rate_by_iter; "0 iters" is the first MPC round.')
 BITS_NOTE = "Bit width 32 means not quantized (float), as in the paper; #G \u2013 means per output channel."
+#: Equivalence margin of "no loss" claims: a run is equivalent to FP when the paired 90% interval of
+#: its difference lies inside +-0.10 (TOST at alpha 0.05). 5 of 50 episodes.
+DEFAULT_MARGIN = 0.10
+EQUIVALENT_MARK = "\u2248"
 
 
 def column_index(k: int) -> int:
@@ -55,6 +70,11 @@ class Cell:
     p_vs_fp: float | None = None  # McNemar p-value against the FP baseline, where tested
     b: int | None = None          # episodes this run solved and FP did not
     c: int | None = None          # episodes FP solved and this run did not
+    p_holm: float | None = None   # p_vs_fp adjusted by Holm within the report's tests against FP
+    diff: float | None = None     # rate - FP's rate, on the same episodes
+    diff_lo: float | None = None  # Newcombe 95% interval of the paired difference
+    diff_hi: float | None = None
+    equivalent: bool | None = None  # TOST within the report's margin
 
     @property
     def rate(self) -> float:
@@ -91,6 +111,8 @@ class Comparison:
     p_holm: float = 1.0
     variant_a: str = ""  # engine variants (Row.variant)
     variant_b: str = ""
+    diff_lo: float = 0.0  # Newcombe 95% interval of rate_a - rate_b, paired
+    diff_hi: float = 0.0
 
 
 @dataclass
@@ -108,6 +130,20 @@ class Report:
     mcnemar_scope: str
     mcnemar_method: str
     unpaired: list[str]  # runs that could not be paired with the baseline
+    margin: float = DEFAULT_MARGIN
+
+    def tested_cells(self) -> list[Cell]:
+        return [cell for row in self.rows for cell in row.cells.values() if cell.p_vs_fp is not None]
+
+    def detectable(self) -> tuple[float | None, float | None, int, int]:
+        """(smallest detectable difference of one test, of the first Holm step of the FP family,
+        the family's size, episodes per test): what this table can and cannot see."""
+        tested = self.tested_cells()
+        if not tested:
+            return None, None, 0, 0
+        n = min(cell.n for cell in tested)
+        return (smallest_detectable_difference(n, self.alpha), smallest_detectable_difference(n, self.alpha, len(tested)),
+                len(tested), n)
 
     @property
     def module_layout(self) -> bool:
@@ -144,8 +180,9 @@ def _last_common_column(columns: Sequence[int], a: Mapping[str, Any], b: Mapping
 
 
 def build_report(sweep_dir: str | os.PathLike, alpha: float = 0.05, mcnemar_scope: str = "final",
-                 mcnemar_method: str = "exact") -> Report:
-    """Collect results, intervals, paper numbers and McNemar tests of a sweep directory."""
+                 mcnemar_method: str = "exact", margin: float = DEFAULT_MARGIN) -> Report:
+    """Collect results, intervals, paper numbers, McNemar tests (Holm-adjusted within their
+    family), paired differences and equivalence verdicts of a sweep directory."""
     if mcnemar_scope not in MCNEMAR_SCOPES:
         raise StudyError(f"unknown McNemar scope {mcnemar_scope!r}; valid: {', '.join(MCNEMAR_SCOPES)}")
     if mcnemar_method not in MCNEMAR_METHODS:
@@ -170,12 +207,16 @@ def build_report(sweep_dir: str | os.PathLike, alpha: float = 0.05, mcnemar_scop
     published = paper_table(table) if table else {}
     rows = _rows(store, sweep, results, corrupt, columns, published)
     baseline = next((r for r in rows if r.result is not None and r.key.method == "fp" and not r.variant), None)
-    unpaired = _test_against_baseline(rows, baseline, columns, mcnemar_scope, mcnemar_method)
+    unpaired = _test_against_baseline(rows, baseline, columns, mcnemar_scope, mcnemar_method, alpha, margin)
     comparisons = _pairwise(rows, columns, mcnemar_method)
-    return Report(title=f"Study {sweep.get('spec', store.root.name)}", description=sweep.get("description", ""),
-                  env=env, columns=columns, rows=rows, baseline=baseline, comparisons=comparisons,
-                  corrupt=corrupt, paper_table=table, alpha=alpha, mcnemar_scope=mcnemar_scope,
-                  mcnemar_method=mcnemar_method, unpaired=unpaired)
+    report = Report(title=f"Study {sweep.get('spec', store.root.name)}", description=sweep.get("description", ""),
+                    env=env, columns=columns, rows=rows, baseline=baseline, comparisons=comparisons,
+                    corrupt=corrupt, paper_table=table, alpha=alpha, mcnemar_scope=mcnemar_scope,
+                    mcnemar_method=mcnemar_method, unpaired=unpaired, margin=margin)
+    tested = report.tested_cells()
+    for cell, adjusted in zip(tested, holm_adjust([cell.p_vs_fp for cell in tested])):
+        cell.p_holm = adjusted
+    return report
 
 
 def _rows(store: ResultStore, sweep: Mapping[str, Any], results: list[dict], corrupt: list[CorruptResult],
@@ -207,7 +248,7 @@ def _rows(store: ResultStore, sweep: Mapping[str, Any], results: list[dict], cor
 
 
 def _test_against_baseline(rows: list[Row], baseline: Row | None, columns: list[int], scope: str,
-                           method: str) -> list[str]:
+                           method: str, alpha: float, margin: float) -> list[str]:
     unpaired = []
     if baseline is None:
         return unpaired
@@ -223,7 +264,10 @@ def _test_against_baseline(rows: list[Row], baseline: Row | None, columns: list[
             if ours is None or theirs is None:
                 continue
             test = mcnemar(ours, theirs, method=method)
-            row.cells[k].p_vs_fp, row.cells[k].b, row.cells[k].c = test["p_value"], test["b"], test["c"]
+            cell = row.cells[k]
+            cell.p_vs_fp, cell.b, cell.c = test["p_value"], test["b"], test["c"]
+            cell.diff, cell.diff_lo, cell.diff_hi = paired_difference_interval(ours, theirs)
+            cell.equivalent = equivalence_test(ours, theirs, margin, alpha)["equivalent"]
     return unpaired
 
 
@@ -242,10 +286,11 @@ def _pairwise(rows: list[Row], columns: list[int], method: str) -> list[Comparis
                 continue
             a, b = _outcomes(first.result, k), _outcomes(second.result, k)
             test = mcnemar(a, b, method=method)
+            _, lo, hi = paired_difference_interval(a, b)
             comparisons.append(Comparison(first.key.label(), first.run_id, first.key.method, second.run_id,
                                           second.key.method, k, sum(a) / len(a), sum(b) / len(b),
                                           test["b"], test["c"], test["p_value"],
-                                          variant_a=first.variant, variant_b=second.variant))
+                                          variant_a=first.variant, variant_b=second.variant, diff_lo=lo, diff_hi=hi))
     for comparison, adjusted in zip(comparisons, holm_adjust([c.p_value for c in comparisons])):
         comparison.p_holm = adjusted
     return comparisons
@@ -279,7 +324,23 @@ def setting_values(report: Report, key: SettingKey, variant: str = "") -> list[s
 
 
 def _significant(report: Report, cell: Cell | None) -> bool:
-    return cell is not None and cell.p_vs_fp is not None and cell.p_vs_fp < report.alpha
+    """Starred: Holm-adjusted p within the report's family of tests against FP below alpha."""
+    return cell is not None and cell.p_holm is not None and cell.p_holm < report.alpha
+
+
+def signed(x: float) -> str:
+    return f"{x:+.2f}".replace("+0.00", "0.00").replace("-0.00", "0.00")
+
+
+def difference_text(report: Report, row: Row) -> str:
+    """The paired difference to FP at the last tested column: "-0.20 [-0.33, -0.08]", with the
+    equivalence mark when it is within the margin; "" when the row was not tested."""
+    tested = [row.cells[k] for k in report.columns if k in row.cells and row.cells[k].diff is not None]
+    if not tested:
+        return ""
+    cell = tested[-1]
+    mark = f" {EQUIVALENT_MARK}" if cell.equivalent else ""
+    return f"{signed(cell.diff)} [{signed(cell.diff_lo)}, {signed(cell.diff_hi)}]{mark}"
 
 
 def cell_text(report: Report, row: Row, k: int) -> str:
@@ -308,27 +369,45 @@ def footnotes(report: Report) -> list[str]:
         where = "the last column both runs reach" if report.mcnemar_scope == "final" else "every column"
         test = ("exact test" if report.mcnemar_method == "exact"
                 else "chi-square test with continuity correction")
+        single, family, size, n = report.detectable()
         notes.append(f"* McNemar's {test} on per-episode outcomes against the FP baseline "
-                     f"({report.baseline.run_id}) at {where}: p < {report.alpha}. Only runs evaluated on the "
-                     "same episodes (eval_seeds) are tested; no correction for multiple comparisons.")
+                     f"({report.baseline.run_id}) at {where}, Holm-adjusted within this table's family of "
+                     f"{size} tests against FP: adjusted p < {report.alpha} (raw and adjusted p in the CSV). "
+                     "Only runs evaluated on the same episodes (eval_seeds) are tested.")
+        notes.append(f"\u0394 vs FP: success minus FP's on the same episodes at the last tested column, with "
+                     f"Newcombe's paired 95% interval. {EQUIVALENT_MARK}: equivalent to FP within "
+                     f"\u00b1{report.margin:.2f} (two one-sided tests at {report.alpha}: the paired "
+                     f"{1 - 2 * report.alpha:.0%} interval lies inside the margin). Without {EQUIVALENT_MARK}, "
+                     "a missing star does not mean no loss.")
+        if size:
+            notes.append(f"Smallest detectable difference: with {n} paired episodes the exact test cannot call any "
+                         f"difference below {_detectable_text(single)} significant, and after Holm over {size} "
+                         f"tests none below {_detectable_text(family)}.")
     if report.unpaired:
         notes.append("Not paired with the FP baseline (different episodes), so not tested: "
                      + ", ".join(report.unpaired))
     return notes
 
 
+def _detectable_text(value: float | None) -> str:
+    return "any" if value is None else f"{value:.2f}"
+
+
 def main_table(report: Report) -> tuple[list[str], list[list[str]]]:
-    header = setting_columns(report) + [f"{k} iters" for k in report.columns] + ["Run", "Status"]
+    header = (setting_columns(report) + [f"{k} iters" for k in report.columns] + ["\u0394 vs FP [95%]"]
+              + ["Run", "Status"])
     body = [setting_values(report, row.key, row.variant) + [cell_text(report, row, k) for k in report.columns]
-            + [row.run_id, _status_text(row)] for row in report.rows]
+            + [difference_text(report, row), row.run_id, _status_text(row)] for row in report.rows]
     return header, body
 
 
 def comparison_table(report: Report) -> tuple[list[str], list[list[str]]]:
-    header = ["Setting", "A", "B", "iters", "success A", "success B", "A only", "B only", "p", "p (Holm)", ""]
+    header = ["Setting", "A", "B", "iters", "success A", "success B", "A - B [95%]", "A only", "B only", "p",
+              "p (Holm)", ""]
     body = [[c.setting, method_label(c.method_a, c.variant_a), method_label(c.method_b, c.variant_b),
-             str(c.column), f"{c.rate_a:.2f}", f"{c.rate_b:.2f}", str(c.b), str(c.c), f"{c.p_value:.3g}",
-             f"{c.p_holm:.3g}", "*" if c.p_value < report.alpha else ""] for c in report.comparisons]
+             str(c.column), f"{c.rate_a:.2f}", f"{c.rate_b:.2f}",
+             f"{signed(c.rate_a - c.rate_b)} [{signed(c.diff_lo)}, {signed(c.diff_hi)}]", str(c.b), str(c.c),
+             f"{c.p_value:.3g}", f"{c.p_holm:.3g}", "*" if c.p_holm < report.alpha else ""] for c in report.comparisons]
     return header, body
 
 
@@ -373,8 +452,9 @@ def render_markdown(report: Report, figures: Mapping[str, Path], relative_to: Pa
     parts += [f"{sub} Methods compared at the same setting (McNemar, {report.mcnemar_method})", ""]
     if report.comparisons:
         parts += [_md_table(*comparison_table(report)), "",
-                  f"A only / B only: episodes solved by one run and not the other. * p < {report.alpha}; "
-                  "p (Holm): adjusted over all comparisons of this report.", ""]
+                  f"A only / B only: episodes solved by one run and not the other. A - B: paired difference "
+                  f"with Newcombe's 95% interval. * Holm-adjusted p < {report.alpha}, over the family of all "
+                  f"{len(report.comparisons)} method-vs-method comparisons of this report (raw p beside it).", ""]
     else:
         parts += ["No two methods share a bit setting with paired episodes.", ""]
     parts += [f"{sub} Figures", ""]
@@ -388,7 +468,8 @@ def render_csv(report: Report) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     header = ["run_id", "status", "method", "enc_w", "enc_a", "pred_w", "pred_a", "group", "aqg", "n_evals"]
     for k in report.columns:
-        header += [f"it{k}_success", f"it{k}_lo", f"it{k}_hi", f"it{k}_paper", f"it{k}_p_vs_fp"]
+        header += [f"it{k}_success", f"it{k}_lo", f"it{k}_hi", f"it{k}_paper", f"it{k}_p_vs_fp", f"it{k}_p_holm",
+                   f"it{k}_diff", f"it{k}_diff_lo", f"it{k}_diff_hi", f"it{k}_equivalent"]
     writer.writerow(header)
     for row in report.rows:
         key = row.key
@@ -397,8 +478,10 @@ def render_csv(report: Report) -> str:
         for k in report.columns:
             cell = row.cells.get(k)
             line += ([f"{cell.rate:.4f}", f"{cell.lo:.4f}", f"{cell.hi:.4f}"] if cell else ["", "", ""])
-            line += [f"{row.paper[k]:.2f}" if k in row.paper else "",
-                     f"{cell.p_vs_fp:.4g}" if cell and cell.p_vs_fp is not None else ""]
+            line += [f"{row.paper[k]:.2f}" if k in row.paper else ""]
+            tested = cell is not None and cell.p_vs_fp is not None
+            line += ([f"{cell.p_vs_fp:.4g}", f"{cell.p_holm:.4g}", f"{cell.diff:.4f}", f"{cell.diff_lo:.4f}",
+                      f"{cell.diff_hi:.4f}", str(bool(cell.equivalent)).lower()] if tested else [""] * 6)
         writer.writerow(line)
     return buffer.getvalue()
 
@@ -427,7 +510,8 @@ def render_latex(report: Report) -> str:
     header = " & ".join(latex_escape(h) for h in settings + [f"{k} iters" for k in report.columns])
     lines = ["% Requires \\usepackage{booktabs}.", "\\begin{table*}[t]", "\\centering", "\\scriptsize",
              f"\\caption{{{latex_escape(report.title)}: success rate [Wilson 95\\% interval] (paper). "
-             f"{latex_escape(COLUMN_NOTE)} $^{{*}}$: McNemar p $<$ {report.alpha} against FP.}}",
+             f"{latex_escape(COLUMN_NOTE)} $^{{*}}$: McNemar p $<$ {report.alpha} against FP, Holm-adjusted "
+             f"within the table.}}",
              f"\\begin{{tabular}}{{{spec}}}", "\\toprule", header + " \\\\", "\\midrule"]
     for row in report.rows:
         values = [latex_escape(v) for v in setting_values(report, row.key, row.variant)]
@@ -462,7 +546,8 @@ def _html_cell(report: Report, row: Row, k: int) -> str:
         return f'<td class="missing">\u2014{paper}</td>'
     title = ""
     if cell.p_vs_fp is not None:
-        title = f' title="McNemar vs FP: p={cell.p_vs_fp:.3g}, only this run {cell.b}, only FP {cell.c}"'
+        title = (f' title="McNemar vs FP: p={cell.p_vs_fp:.3g} (Holm {cell.p_holm:.3g}), only this run {cell.b}, '
+                 f'only FP {cell.c}; difference {signed(cell.diff)} [{signed(cell.diff_lo)}, {signed(cell.diff_hi)}]"')
     sig = _significant(report, cell)
     css = ' class="sig"' if sig else ""
     return (f"<td{css}{title}>{cell.rate:.2f}{'*' if sig else ''} "
@@ -476,6 +561,7 @@ def render_html(report: Report, figures: Mapping[str, bytes]) -> str:
     for row in report.rows:
         cells = "".join(f"<td>{html.escape(v)}</td>" for v in setting_values(report, row.key, row.variant))
         cells += "".join(_html_cell(report, row, k) for k in report.columns)
+        cells += f"<td>{html.escape(difference_text(report, row))}</td>"
         cells += f"<td><code>{html.escape(row.run_id)}</code></td><td>{html.escape(_status_text(row))}</td>"
         rows_html.append(f"<tr>{cells}</tr>")
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -508,7 +594,8 @@ def render_html(report: Report, figures: Mapping[str, bytes]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def write_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, alpha: float = 0.05,
-                 mcnemar_scope: str = "final", mcnemar_method: str = "exact") -> dict[str, Path]:
+                 mcnemar_scope: str = "final", mcnemar_method: str = "exact",
+                 margin: float = DEFAULT_MARGIN) -> dict[str, Path]:
     """Write report.md, report.csv, report.tex, report.html and the figures (PNG) of a sweep.
 
     out_dir defaults to SWEEP_DIR/report. PNGs already in SWEEP_DIR/figures (e.g. rollout grids or
@@ -518,25 +605,27 @@ def write_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     Returns {"md", "csv", "tex", "html", "success_curves", "latent_mse_and_loss"} -> path.
     Raises StudyError when the directory holds no valid result.
     """
-    report = build_report(sweep_dir, alpha=alpha, mcnemar_scope=mcnemar_scope, mcnemar_method=mcnemar_method)
+    report = build_report(sweep_dir, alpha=alpha, mcnemar_scope=mcnemar_scope, mcnemar_method=mcnemar_method,
+                          margin=margin)
     out = Path(out_dir) if out_dir is not None else Path(sweep_dir) / "report"
     return write_report_files(report, sweep_dir, out)
+
+
+REPORT_FIGURES = ("success_curves", "latent_mse_and_loss")
 
 
 def write_report_files(report: Report, sweep_dir: str | os.PathLike, out: Path) -> dict[str, Path]:
     """The files of `write_report` for a report already built from `sweep_dir`."""
     results = [row.result for row in report.rows if row.result is not None]
-    figures = {
-        "success_curves": plot_success_curves(results, out / "figures" / "success_curves.png"),
-        "latent_mse_and_loss": plot_latent_mse_and_loss(results, out / "figures" / "latent_mse_and_loss.png"),
-    }
+    plot_success_curves(results, out / "figures" / "success_curves.png")
+    plot_latent_mse_and_loss(results, out / "figures" / "latent_mse_and_loss.png")
     # Figures other commands left in the sweep (Fig. 1, Fig. 2) are copied next to the report, so
     # that the report directory stands alone (e.g. under docs/ while the sweep stays unpublished).
     for source in sorted((Path(sweep_dir) / "figures").glob("*.png")):
         copy = out / "figures" / source.name
         if copy.resolve() != source.resolve():
             write_bytes(copy, source.read_bytes())
-        figures.setdefault(source.stem, copy)
+    figures = report_figures(out)
     embedded = {name: path.read_bytes() for name, path in figures.items()}
     paths = {"md": out / "report.md", "csv": out / "report.csv", "tex": out / "report.tex", "html": out / "report.html"}
     write_text(paths["md"], render_markdown(report, figures, out))
@@ -546,30 +635,70 @@ def write_report_files(report: Report, sweep_dir: str | os.PathLike, out: Path) 
     return {**paths, **figures}
 
 
+def report_figures(out: Path) -> dict[str, Path]:
+    """The figures of a report directory, name -> path: the report's own plots first, then every
+    other PNG in its figures/ (copied from the sweep, or written there by other commands: a
+    published study's Fig. 2 is made from run files that are not published, and stays part of the
+    report when the report is rebuilt), by name."""
+    folder = out / "figures"
+    figures = {name: folder / f"{name}.png" for name in REPORT_FIGURES if (folder / f"{name}.png").is_file()}
+    for path in sorted(folder.glob("*.png")):
+        figures.setdefault(path.stem, path)
+    return figures
+
+
 def write_study_document(sweep_dirs: Sequence[str | os.PathLike], document: str | os.PathLike,
-                         title: str, preface: str = "", alpha: float = 0.05) -> dict[str, Path]:
+                         title: str, preface: str = "", alpha: float = 0.05,
+                         margin: float = DEFAULT_MARGIN) -> dict[str, Path]:
     """One Markdown document for several sweeps (a study note such as docs/study_wall.md).
 
     Each sweep's full report (Markdown, CSV, LaTeX, HTML, figures) goes to DOCUMENT_STEM/<spec>/,
     and the document holds, per sweep, its table with intervals and paper numbers, the paired
-    tests and the figures, after `preface` (the author's reading of the results, as Markdown).
+    tests and the figures, after `preface`: the author's reading of the results, a Markdown
+    template whose numbers are `{{...}}` placeholders computed from the reports (see .prose).
     Returns {"document": path, <spec>: that sweep's report.md}.
     """
     document = Path(document)
     assets = document.with_suffix("")
+    reports = study_reports(sweep_dirs, alpha=alpha, margin=margin)
+    written = {}
+    figures = {}
+    for name, (sweep_dir, report) in reports.items():
+        paths = write_report_files(report, sweep_dir, assets / name)
+        figures[name] = {k: v for k, v in paths.items() if k not in ("md", "csv", "tex", "html")}
+        written[name] = paths["md"]
+    write_text(document, study_document_text(reports, figures, document, title, preface))
+    return {"document": document, **written}
+
+
+def study_reports(sweep_dirs: Sequence[str | os.PathLike], alpha: float = 0.05,
+                  margin: float = DEFAULT_MARGIN) -> dict[str, tuple[Path, Report]]:
+    """spec name -> (sweep dir, its report), in the order given."""
+    reports = {}
+    for sweep_dir in sweep_dirs:
+        name = (ResultStore(sweep_dir).read_sweep() or {}).get("spec") or Path(sweep_dir).name
+        if name in reports:
+            raise StudyError(f"two sweep directories hold spec {name!r}: {reports[name][0]} and {sweep_dir}")
+        reports[name] = (Path(sweep_dir), build_report(sweep_dir, alpha=alpha, margin=margin))
+    return reports
+
+
+def study_document_text(reports: Mapping[str, tuple[Path, Report]], figures: Mapping[str, Mapping[str, Path]],
+                        document: Path, title: str, preface: str = "") -> str:
+    """The Markdown of a study document: the rendered preface, then each sweep's section."""
+    from .prose import hand_written_fractions, render_prose
+
     parts = [f"# {title}", ""]
     if preface.strip():
-        parts += [preface.strip(), ""]
-    written = {}
-    sections = []
-    for sweep_dir in sweep_dirs:
-        report = build_report(sweep_dir, alpha=alpha)
-        name = (ResultStore(sweep_dir).read_sweep() or {}).get("spec") or Path(sweep_dir).name
-        paths = write_report_files(report, sweep_dir, assets / name)
-        figures = {k: v for k, v in paths.items() if k not in ("md", "csv", "tex", "html")}
-        links = " \u00b7 ".join(f"[{kind.upper()}]({os.path.relpath(paths[kind], document.parent)})"
-                            for kind in ("html", "csv", "tex"))
-        sections += [render_markdown(report, figures, document.parent, level=2), f"Full report: {links}", ""]
-        written[name] = paths["md"]
-    write_text(document, "\n".join(parts + sections))
-    return {"document": document, **written}
+        by_spec = {name: report for name, (_, report) in reports.items()}
+        hand = hand_written_fractions(preface)
+        if hand:
+            log.warning("the preface writes %d decimal number(s) by hand (%s); use {{...}} placeholders",
+                        len(hand), ", ".join(hand[:5]))
+        parts += [render_prose(preface, by_spec).strip(), ""]
+    assets = document.with_suffix("")
+    for name, (_, report) in reports.items():
+        links = " \u00b7 ".join(f"[{kind.upper()}]({os.path.relpath(assets / name / f'report.{kind}', document.parent)})"
+                                for kind in ("html", "csv", "tex"))
+        parts += [render_markdown(report, figures.get(name, {}), document.parent, level=2), f"Full report: {links}", ""]
+    return "\n".join(parts)
