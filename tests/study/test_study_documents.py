@@ -22,7 +22,13 @@ RESULTS = ROOT / "results" / "wall_study"
 DOCUMENT = ROOT / "docs" / "study_wall.md"
 PREFACE = ROOT / "docs" / "study_wall.preface.md"
 SPECS = ("table1", "table3", "table4", "table7", "engines_wall", "methods_wall")
-TITLE = "Reproducing the paper's Wall tables on the shipped model"
+#: Each published study document: its file, its prose template, its sweeps and its title (the
+#: `wmquant report ... --document` command in the template).
+DOCUMENTS = {
+    "study_wall": (DOCUMENT, PREFACE, SPECS, "Reproducing the paper's Wall tables on the shipped model"),
+    "quantization_wall": (ROOT / "docs" / "quantization_wall.md", ROOT / "docs" / "quantization_wall.preface.md",
+                          ("methods_wall",), "Every PTQ method on the shipped Wall model: W8A8, W4A16, W4A16 G128"),
+}
 
 pytestmark = pytest.mark.skipif(not RESULTS.is_dir() or not DOCUMENT.is_file(), reason="published Wall study not present")
 
@@ -32,16 +38,21 @@ def reports():
     return study_reports([RESULTS / spec for spec in SPECS])
 
 
-def test_the_preface_types_no_result_by_hand():
-    assert hand_written_fractions(PREFACE.read_text(encoding="utf-8")) == []
+@pytest.mark.parametrize("name", DOCUMENTS)
+def test_the_preface_types_no_result_by_hand(name):
+    _, preface, _, _ = DOCUMENTS[name]
+    assert hand_written_fractions(preface.read_text(encoding="utf-8")) == []
 
 
-def test_the_document_is_the_regeneration_from_published_results(reports):
-    figures = {name: report_figures(DOCUMENT.with_suffix("") / name) for name in reports}
-    text = study_document_text(reports, figures, DOCUMENT, TITLE, PREFACE.read_text(encoding="utf-8"))
-    assert text == DOCUMENT.read_text(encoding="utf-8"), (
-        "docs/study_wall.md differs from its regeneration; run the `wmquant report ... --document docs/study_wall.md` "
-        "command of docs/study_wall.preface.md")
+@pytest.mark.parametrize("name", DOCUMENTS)
+def test_the_document_is_the_regeneration_from_published_results(name):
+    document, preface, specs, title = DOCUMENTS[name]
+    reports = study_reports([RESULTS / spec for spec in specs])
+    figures = {spec: report_figures(document.with_suffix("") / spec) for spec in reports}
+    text = study_document_text(reports, figures, document, title, preface.read_text(encoding="utf-8"))
+    assert text == document.read_text(encoding="utf-8"), (
+        f"docs/{name}.md differs from its regeneration; run the `wmquant report ... --document docs/{name}.md` "
+        f"command of docs/{name}.preface.md")
 
 
 def _results(spec: str) -> dict[str, dict]:

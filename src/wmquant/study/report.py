@@ -661,6 +661,10 @@ def write_study_document(sweep_dirs: Sequence[str | os.PathLike], document: str 
     document = Path(document)
     assets = document.with_suffix("")
     reports = study_reports(sweep_dirs, alpha=alpha, margin=margin)
+    if preface.strip():  # a placeholder that cannot be computed fails before any file is written
+        from .prose import render_prose
+
+        render_prose(preface, {name: report for name, (_, report) in reports.items()})
     written = {}
     figures = {}
     for name, (sweep_dir, report) in reports.items():
