@@ -6,8 +6,8 @@ import pytest
 from fake_runner import build_result
 
 from wmquant.errors import StudyError
-from wmquant.study.figures import (plot_activation_outliers, plot_latent_mse_and_loss, plot_rollout_grid,
-                                   plot_success_curves)
+from wmquant.study.figures import (VARIANT_STYLES, line_style, plot_activation_outliers, plot_latent_mse_and_loss,
+                                   plot_rollout_grid, plot_success_curves, success_figure)
 
 
 def _results(settings):
@@ -73,3 +73,36 @@ def test_activation_outliers(tmp_path):
         plot_activation_outliers({**before, "x": np.ones(4)}, after, ["x"], tmp_path / "missing.png")
     with pytest.raises(StudyError, match="not finite"):
         plot_activation_outliers({"x": np.array([1.0, np.nan])}, {"x": np.ones(2)}, ["x"], tmp_path / "nan.png")
+
+
+def test_engine_variants_get_their_own_line_styles():
+    fp = build_result({"method": "fp", "env": "wall", "n_evals": 8, "planner.max_iter": 6}, "fp")
+    bf16 = build_result({"method": "fp", "env": "wall", "n_evals": 8, "planner.max_iter": 6,
+                         "engine.precision": "bf16"}, "fp_bf16")
+    real = build_result({"method": "rtn", "env": "wall", "n_evals": 8, "planner.max_iter": 6, "engine.backend": "real",
+                         "predictor_wbit": 8, "predictor_abit": 8}, "real")
+    assert line_style(fp, baseline=True) == "--"
+    assert line_style(bf16, baseline=True) == VARIANT_STYLES["bf16"] != "--"
+    assert line_style(real) == VARIANT_STYLES["real kernels"] != line_style(fp)
+
+
+def test_success_curves_draw_the_papers_numbers():
+    figure = success_figure(_results([8]), paper={"fp": {0: 0.1, 5: 0.2}, "rtn8": {50: 0.7}})
+    axis = figure.axes[0]
+    markers = [line for line in axis.get_lines() if line.get_marker() == "D"]
+    # FP's numbers after MPC iterations 1 and 5 (column 0 is iteration 1), RTN's at column 50
+    assert sorted((tuple(line.get_xdata()), tuple(line.get_ydata())) for line in markers) == [
+        ((1, 5), (0.1, 0.2)), ((50,), (0.7,))]
+    assert "paper" in figure._suptitle.get_text()
+    assert not [line for line in success_figure(_results([8])).axes[0].get_lines() if line.get_marker() == "D"]
+
+
+def test_legends_sit_outside_the_curves():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure = success_figure(_results([8, 4]))
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    for axis in figure.axes:
+        legend = axis.get_legend().get_window_extent(renderer)
+        assert legend.x0 >= axis.get_window_extent(renderer).x1  # right of the plot area, over no curve

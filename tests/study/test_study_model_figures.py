@@ -8,7 +8,7 @@ import torch
 
 from wmquant.models.checkpoint import build_world_model
 from wmquant.quant.methods._equivalence import smoothquant_scale
-from wmquant.study.model_figures import open_loop_rows, run_label, smoothed_stats, write_model_figures
+from wmquant.study.model_figures import open_loop_rows, rollout_label, smoothed_stats, write_model_figures
 
 
 def _tiny_model():
@@ -20,19 +20,24 @@ def _tiny_model():
     })
 
 
-def _result(run_id, method, w=16, a=16, group=None, granularity="per_tensor"):
+def _result(run_id, method, w=16, a=16, group=None, granularity="per_tensor", enc=None, quant_encoder=True):
+    enc_w, enc_a = enc or (w, a)
     quant = None if method == "fp" else {
-        "quant_encoder": True,
-        "encoder": {"w_bits": w, "a_bits": a, "w_group_size": group, "a_granularity": granularity},
+        "quant_encoder": quant_encoder, "quant_predictor": True,
+        "encoder": {"w_bits": enc_w, "a_bits": enc_a, "w_group_size": group, "a_granularity": granularity},
         "predictor": {"w_bits": w, "a_bits": a, "w_group_size": group, "a_granularity": granularity},
     }
-    return {"run_id": run_id, "method": method, "quant": quant}
+    return {"run_id": run_id, "method": method, "quant": quant, "env": "wall"}
 
 
-def test_run_labels():
-    assert run_label(_result("a", "fp")) == "FP"
-    assert run_label(_result("b", "rtn", 4, 16, 128)) == "rtn W4A16 G128"
-    assert run_label(_result("c", "omse", 8, 8, None, "per_token")) == "omse W8A8 per-token"
+def test_rollout_labels_name_both_parts_bits():
+    assert rollout_label(_result("a", "fp")) == "FP"
+    assert rollout_label(_result("b", "rtn", 4, 16, 128)) == "RTN: encoder W4A32 / predictor W4A32 (G128)"
+    assert rollout_label(_result("c", "omse", 8, 8, None, "per_token")) == \
+        "OMSE: encoder W8A8 / predictor W8A8 (per-token)"
+    assert rollout_label(_result("d", "smoothquant", 4, 4, enc=(8, 8))) == \
+        "SmoothQuant: encoder W8A8 / predictor W4A4"
+    assert rollout_label(_result("e", "rtn", 4, 4, quant_encoder=False)) == "RTN: encoder W32A32 / predictor W4A4"
 
 
 def test_open_loop_rows_put_env_and_fp_first(tmp_path):
@@ -40,11 +45,13 @@ def test_open_loop_rows_put_env_and_fp_first(tmp_path):
     for run_id in ("fp", "rtn"):
         run = tmp_path / "runs" / run_id
         run.mkdir(parents=True)
-        np.savez(run / "open_loop.npz", env_frames=np.full((3, 4, 4, 3), 99, np.uint8), imagined_frames=frames[run_id])
+        np.savez(run / "open_loop.npz", env_frames=np.full((3, 4, 4, 3), 99, np.uint8), imagined_frames=frames[run_id],
+                 episode_seed=np.int64(397))
     results = [_result("rtn", "rtn", 8, 8), _result("fp", "fp")]
-    rows = open_loop_rows(tmp_path, results)
-    assert list(rows) == ["env", "FP", "rtn W8A8"]
-    assert rows["env"][0, 0, 0, 0] == 99 and rows["FP"][0, 0, 0, 0] == 10 and rows["rtn W8A8"][0, 0, 0, 0] == 20
+    rows, episode = open_loop_rows(tmp_path, results)
+    label = "RTN: encoder W8A8 / predictor W8A8"
+    assert list(rows) == ["env", "FP", label] and episode == 397
+    assert rows["env"][0, 0, 0, 0] == 99 and rows["FP"][0, 0, 0, 0] == 10 and rows[label][0, 0, 0, 0] == 20
     paths = write_model_figures(tmp_path, results)
     assert paths["rollouts_open_loop"].stat().st_size > 500
 

@@ -10,15 +10,40 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..planning.results import run_label
 from .figures import plot_activation_outliers, plot_rollout_grid
+from .paper import paper_bits
+from .report import method_label
 
 OPEN_LOOP_FILE = "open_loop.npz"
 
 
-def open_loop_rows(sweep_dir: Path, results: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    """{"env": real frames, "FP": imagined, "<run label>": imagined, ...} from runs with open_loop.npz."""
+def rollout_label(result: Mapping[str, Any]) -> str:
+    """A rollout row's label with both parts' bits, as the paper's tables print them (32 = float):
+    "FP", "RTN: encoder W4A4 / predictor W8A8 (G128, per-token)"."""
+    quant = result.get("quant")
+    if not quant:
+        return "FP"
+    method = method_label(result["method"])
+
+    def bits(part: str) -> str:
+        scheme = quant[part]
+        on = quant.get(f"quant_{part}", True)
+        w, a = (scheme["w_bits"], scheme["a_bits"]) if on else (16, 16)
+        return f"{part} W{paper_bits(w)}A{paper_bits(a)}"
+
+    predictor = quant["predictor"]
+    extras = [f"G{predictor['w_group_size']}"] if predictor.get("w_group_size") else []
+    if predictor["a_bits"] < 16 and predictor.get("a_granularity") == "per_token":
+        extras.append("per-token")
+    suffix = f" ({', '.join(extras)})" if extras else ""
+    return f"{method}: {bits('encoder')} / {bits('predictor')}{suffix}"
+
+
+def open_loop_rows(sweep_dir: Path, results: Sequence[Mapping[str, Any]]) -> tuple[dict[str, np.ndarray], int | None]:
+    """({"env": real frames, "FP": imagined, "<rollout label>": imagined, ...}, the episode's seed)
+    from runs with open_loop.npz. Every run of a sweep rolls out the same episode and actions."""
     rows: dict[str, np.ndarray] = {}
+    episode = None
     ordered = sorted(results, key=lambda r: r.get("quant") is not None)  # FP first
     for result in ordered:
         path = Path(sweep_dir) / "runs" / str(result["run_id"]) / OPEN_LOOP_FILE
@@ -27,11 +52,12 @@ def open_loop_rows(sweep_dir: Path, results: Sequence[Mapping[str, Any]]) -> dic
         with np.load(path) as data:
             if "env" not in rows:
                 rows["env"] = data["env_frames"]
-            label = run_label(result)
+                episode = int(data["episode_seed"]) if "episode_seed" in data else None
+            label = rollout_label(result)
             while label in rows:
                 label += "'"
             rows[label] = data["imagined_frames"]
-    return rows
+    return rows, episode
 
 
 def smoothed_stats(model, act_stats: Mapping[str, Any], alpha: float = 0.5) -> dict[str, Any]:
@@ -68,9 +94,13 @@ def write_model_figures(sweep_dir: Path, results: Sequence[Mapping[str, Any]]) -
 
     out: dict[str, Path] = {}
     figures = Path(sweep_dir) / "figures"
-    rows = open_loop_rows(Path(sweep_dir), results)
+    rows, episode = open_loop_rows(Path(sweep_dir), results)
     if len(rows) > 1:
-        out["rollouts_open_loop"] = plot_rollout_grid(rows, figures / "rollouts_open_loop.png")
+        env = results[0].get("env", "")
+        where = f"{env} evaluation episode with env seed {episode}" if episode is not None else f"first {env} evaluation episode"
+        title = (f"Open-loop rollouts decoded from each model, from the start of the {where}, under one fixed "
+                 "random action sequence (top row: the environment)")
+        out["rollouts_open_loop"] = plot_rollout_grid(rows, figures / "rollouts_open_loop.png", title=title)
     smooth = [r for r in results if r["method"] == "smoothquant"]
     if smooth:
         from omegaconf import OmegaConf

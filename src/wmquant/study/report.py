@@ -617,7 +617,8 @@ REPORT_FIGURES = ("success_curves", "latent_mse_and_loss")
 def write_report_files(report: Report, sweep_dir: str | os.PathLike, out: Path) -> dict[str, Path]:
     """The files of `write_report` for a report already built from `sweep_dir`."""
     results = [row.result for row in report.rows if row.result is not None]
-    plot_success_curves(results, out / "figures" / "success_curves.png")
+    plot_success_curves(results, out / "figures" / "success_curves.png",
+                        paper={row.run_id: row.paper for row in report.rows if row.result is not None and row.paper})
     plot_latent_mse_and_loss(results, out / "figures" / "latent_mse_and_loss.png")
     # Figures other commands left in the sweep (Fig. 1, Fig. 2) are copied next to the report, so
     # that the report directory stands alone (e.g. under docs/ while the sweep stays unpublished).
