@@ -167,6 +167,10 @@ def test_summary_bits():
     qkv = model.predictor.blocks[0].attn.qkv  # (3*32, 40): groups of 16 -> 3 per row
     layer_bits = (4 * qkv.weight.numel() + 16 * qkv.out_features * 3) / qkv.weight.numel()
     assert 4 < summary["predictor"]["avg_bits_quantized_weights"] <= layer_bits + 1
+    # groups per row: per-channel encoder 1; predictor G16 over inputs 40 (qkv, fc1) .. widest
+    widths = [m.in_features for n, m in model.predictor.named_modules() if n.endswith(("qkv", "proj", "fc1", "fc2"))]
+    assert summary["encoder"]["groups_per_row"] == {"min": 1, "max": 1}
+    assert summary["predictor"]["groups_per_row"] == {"min": -(-min(widths) // 16), "max": -(-max(widths) // 16)}
     json.dumps(summary)
 
 

@@ -3,13 +3,14 @@
 import csv
 import io
 import re
+import statistics
 
 import pytest
 from fake_runner import build_result
 
 from wmquant.errors import StudyError
 from wmquant.io import write_json
-from wmquant.study.report import build_report, column_index, write_report
+from wmquant.study.report import build_report, column_index, replicate_table, write_report
 from wmquant.study.spec import load_spec
 from wmquant.study.store import ResultStore
 
@@ -269,3 +270,42 @@ def test_rows_carry_the_paired_difference_and_equivalence(sweep):
     assert float(table[ids["sq44"]]["it5_p_vs_fp"]) == pytest.approx(2 / 64, rel=1e-3)
     assert float(table[ids["sq44"]]["it5_p_holm"]) == pytest.approx(4 / 64, rel=1e-3)
     assert table[ids["omse44"]]["it5_equivalent"] == "false" and table[ids["fp"]]["it5_diff"] == ""
+
+
+def test_replicates_are_tested_against_their_own_models_fp_and_summarised(tmp_path):
+    spec = load_spec("replicates_wall")
+    overrides = {"n_evals": 10, "planner.max_iter": 5, "act_scales_dir": "act_scales"}
+    runs = spec.expand(overrides)
+    store = ResultStore(tmp_path / "sweep")
+    store.bind(spec, overrides, runs)
+
+    def find(model, offset, method, w, a, aqg="layer_wise"):
+        return next(r for r in runs if r.overrides.get("model_name") == model and r.overrides.get("method") == method
+                    and r.overrides.get("calib_seed_offset", 0) == offset and r.overrides.get("predictor_wbit") == w
+                    and r.overrides.get("predictor_abit") == a and r.overrides.get("encoder_wbit") == w
+                    and r.overrides.get("calib_mode_a", "layer_wise") == aqg)
+
+    def put(run, final):
+        store.prepare_run(run)
+        write_json(store.result_path(run.run_id), build_result(run.overrides, run.run_id, success_by_iter=_series(final)))
+        return run.run_id
+
+    fp = next(r for r in runs if r.overrides["method"] == "fp" and r.overrides["model_name"] == "wall")
+    fp1 = next(r for r in runs if r.overrides["method"] == "fp" and r.overrides["model_name"] == "wall_seed1")
+    put(fp, [1] * 10)
+    put(fp1, [0] * 10)  # the second model fails everything in FP
+    ids = [put(find("wall", offset, "rtn", 4, 4), [1] * k + [0] * (10 - k)) for offset, k in ((0, 2), (1, 3), (2, 1))]
+    seed1 = put(find("wall_seed1", 0, "rtn", 4, 4), [0] * 10)
+    report = build_report(store.root)
+    rows = {row.run_id: row for row in report.rows}
+    assert rows[ids[0]].cells[5].c == 8  # against the shipped model's FP
+    assert rows[seed1].cells[5].p_vs_fp == 1.0 and rows[seed1].cells[5].c == 0  # against wall_seed1's own FP
+    assert not [c for c in report.comparisons if {c.run_a, c.run_b} & set(ids)]  # one method: nothing to compare
+    header, body = replicate_table(report)
+    rtn = next(line for line in body if line[0].startswith("RTN"))
+    assert rtn[1] == "4" and rtn[3] == "0.15" and rtn[5] == "0.00-0.30"
+    assert rtn[2] == "wall cal0 0.20; wall cal1 0.30; wall cal2 0.10; wall_seed1 cal0 0.00"
+    assert rtn[4] == f"{statistics.stdev([0.2, 0.3, 0.1, 0.0]):.2f}"
+    fp_line = next(line for line in body if line[0].startswith("FP"))
+    assert fp_line[1] == "2" and fp_line[6] == "\u2013"  # baselines are not tested
+    assert "\n## Replicates\n" in write_report(store.root)["md"].read_text()

@@ -327,7 +327,8 @@ def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession |
         "method_report": report.get("method_report"),
         "calibration_seconds": calib_seconds,
         "quant_iter": int(cfg.quant_iter),
-        "calibration": {"episodes": len(calib_episodes), "mpc_iterations": int(cfg.quant_iter), **budget},
+        "calibration": {"episodes": len(calib_episodes), "mpc_iterations": int(cfg.quant_iter),
+                        "seed_offset": session.calibration_replicate(), **budget},
         "backend": backend,
     }
     result = evaluate_and_write(cfg, session, run_dir, start, progress, method, quant, calib_episodes)

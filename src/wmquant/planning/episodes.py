@@ -75,10 +75,18 @@ def evaluation_seeds(seed: int, n_evals: int) -> list[int]:
     return [seed * n + 1 for n in range(n_evals)]
 
 
-def calibration_seeds(seed: int, n_evals: int) -> list[int]:
-    """Env seeds of the calibration episodes: seed*n + 2 (QuantWM's); disjoint from evaluation_seeds."""
+def calibration_seeds(seed: int, n_evals: int, replicate: int = 0) -> list[int]:
+    """Env seeds of the calibration episodes: seed*n + 2 (QuantWM's); disjoint from evaluation_seeds
+    (seed*n + 1 never equals seed*m + 2 for seed >= 2).
+
+    replicate r > 0 (`calib_seed_offset`) continues the same sequence past the first r*n_evals
+    episodes, n = r*n_evals .. (r+1)*n_evals - 1: a calibration set disjoint from replicate 0's and
+    from evaluation, for repeating a run with another calibration draw."""
     seed = check_seed(seed)
-    return [seed * n + 2 for n in range(n_evals)]
+    if isinstance(replicate, bool) or not isinstance(replicate, (int, np.integer)) or replicate < 0:
+        raise ConfigError(f"calib_seed_offset must be an integer >= 0 (0 = the study's calibration set), got {replicate!r}")
+    start = int(replicate) * n_evals
+    return [seed * n + 2 for n in range(start, start + n_evals)]
 
 
 def _episode_rng(env_seed: int) -> np.random.Generator:

@@ -87,6 +87,7 @@ def validate_planning_config(cfg: DictConfig) -> None:
     check_seed(cfg.seed)
     if cfg.get("n_calib") is not None:
         _positive_int(cfg, "n_calib")
+    calibration_seeds(int(cfg.seed), 1, cfg.get("calib_seed_offset") or 0)  # checks the offset
     calib = calibration_budget(cfg)
     if cfg.planner.sub_planner.name == "cem" and calib["topk"] > calib["num_samples"]:
         raise ConfigError(f"calibration CEM keeps topk={calib['topk']} of num_samples={calib['num_samples']}; need topk <= "
@@ -218,7 +219,7 @@ class PlanningSession:
             seeds, split = evaluation_seeds(int(self.cfg.seed), n), "val"
         elif purpose == "calibration":
             n = self.calibration_episode_count()
-            seeds, split = calibration_seeds(int(self.cfg.seed), n), "train"
+            seeds, split = calibration_seeds(int(self.cfg.seed), n, self.calibration_replicate()), "train"
         else:
             raise ValueError(purpose)
         env = self.make_env(n)
@@ -231,6 +232,10 @@ class PlanningSession:
     def calibration_episode_count(self) -> int:
         """`n_calib`, or `n_evals` when it is null (the original study calibrates on n_evals episodes)."""
         return int(self.cfg.n_evals) if self.cfg.get("n_calib") is None else int(self.cfg.n_calib)
+
+    def calibration_replicate(self) -> int:
+        """`calib_seed_offset`: which disjoint calibration set (0 = the study's)."""
+        return int(self.cfg.get("calib_seed_offset") or 0)
 
     def calibration_budget(self) -> dict[str, int]:
         return calibration_budget(self.cfg)

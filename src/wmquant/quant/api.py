@@ -206,8 +206,9 @@ def _part_of(name: str) -> str:
 
 
 def quant_summary(model: nn.Module) -> dict:
-    """Per part (encoder, predictor, other): quantized layers, weight bits, activation quantizers and
-    the average bits per weight.
+    """Per part (encoder, predictor, other): quantized layers, weight bits, activation quantizers,
+    the average bits per weight, and the fewest and most weight groups per row of its quantized
+    layers (1 = per-channel; G128 on a 128-wide input is also 1).
 
     avg_bits_per_weight: over every parameter element of the part; a quantized weight costs
     w_bits per element plus a 16-bit scale (and 16-bit zero point if asymmetric) per (row, group);
@@ -220,7 +221,7 @@ def quant_summary(model: nn.Module) -> dict:
     def entry(part: str) -> dict:
         return summary.setdefault(part, {
             "quantized_layers": 0, "weight_bits": set(), "activation_quantizers": 0,
-            "activation_bits": set(), "_all": [], "_quantized": [],
+            "activation_bits": set(), "_all": [], "_quantized": [], "_groups": [],
         })
 
     for name, layer in quantized_layers(model):
@@ -229,6 +230,8 @@ def quant_summary(model: nn.Module) -> dict:
             item = entry(_part_of(name))
             item["quantized_layers"] += 1
             item["weight_bits"].add(layer.weight_quantizer.bits)
+            item["_groups"].append(qmath.num_groups(qmath.as_2d_weight(layer.weight).shape[1],
+                                                    layer.weight_quantizer.group_size))
     for name, module in model.named_modules():
         if isinstance(module, ActQuantizer):
             item = entry(_part_of(name))
@@ -251,6 +254,8 @@ def quant_summary(model: nn.Module) -> dict:
     for item in summary.values():
         item["avg_bits_per_weight"] = _none_if_nan(qmath.average_bits_per_weight(item.pop("_all")))
         item["avg_bits_quantized_weights"] = _none_if_nan(qmath.average_bits_per_weight(item.pop("_quantized")))
+        groups = item.pop("_groups")
+        item["groups_per_row"] = {"min": min(groups), "max": max(groups)} if groups else None
         item["weight_bits"] = sorted(item["weight_bits"])
         item["activation_bits"] = sorted(item["activation_bits"])
     return summary

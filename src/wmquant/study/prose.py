@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 from ..errors import StudyError
-from .report import Report, Row, signed
+from .report import Report, Row, last_tested_cell, signed
 from .stats import holm_adjust, mcnemar, wilson_interval
 
 PLACEHOLDER = re.compile(r"\{\{\s*(.*?)\s*\}\}")
@@ -129,14 +129,8 @@ class ProseContext:
             raise StudyError(f"generated prose: {ref} has no result at column {k}")
         return report, row, cell
 
-    @staticmethod
-    def last_tested(report: Report, row: Row):
-        """The row's cell at its last column tested against FP; None if it was not tested."""
-        cells = [row.cells[k] for k in report.columns if k in row.cells and row.cells[k].p_vs_fp is not None]
-        return cells[-1] if cells else None
-
     def tested(self, ref: str):
-        cell = self.last_tested(*self.one(ref))
+        cell = last_tested_cell(*self.one(ref))
         if cell is None:
             raise StudyError(f"generated prose: {ref} was not tested against FP (FP itself, or other episodes)")
         return cell
@@ -225,7 +219,7 @@ def _evaluate(ctx: ProseContext, words: list[str]) -> str:
         return f"{ctx.report(args[0]).margin:.2f}"
     if name == "equivalent":
         return str(sum(1 for report, row in ctx.filtered(args)
-                       if (cell := ctx.last_tested(report, row)) is not None and cell.equivalent))
+                       if (cell := last_tested_cell(report, row)) is not None and cell.equivalent))
     if name == "pvs_family":
         need(0)
         return str(len(ctx.pair_holm))

@@ -131,6 +131,7 @@ class Report:
     mcnemar_method: str
     unpaired: list[str]  # runs that could not be paired with the baseline
     margin: float = DEFAULT_MARGIN
+    baselines: dict = field(default_factory=dict)  # model -> its FP baseline row (model replicates)
 
     def tested_cells(self) -> list[Cell]:
         return [cell for row in self.rows for cell in row.cells.values() if cell.p_vs_fp is not None]
@@ -206,13 +207,14 @@ def build_report(sweep_dir: str | os.PathLike, alpha: float = 0.05, mcnemar_scop
     table = sweep.get("paper_table")
     published = paper_table(table) if table else {}
     rows = _rows(store, sweep, results, corrupt, columns, published)
-    baseline = next((r for r in rows if r.result is not None and r.key.method == "fp" and not r.variant), None)
-    unpaired = _test_against_baseline(rows, baseline, columns, mcnemar_scope, mcnemar_method, alpha, margin)
+    baselines = _baselines(rows)
+    baseline = next(iter(baselines.values()), None)
+    unpaired = _test_against_baseline(rows, baselines, columns, mcnemar_scope, mcnemar_method, alpha, margin)
     comparisons = _pairwise(rows, columns, mcnemar_method)
     report = Report(title=f"Study {sweep.get('spec', store.root.name)}", description=sweep.get("description", ""),
                     env=env, columns=columns, rows=rows, baseline=baseline, comparisons=comparisons,
                     corrupt=corrupt, paper_table=table, alpha=alpha, mcnemar_scope=mcnemar_scope,
-                    mcnemar_method=mcnemar_method, unpaired=unpaired, margin=margin)
+                    mcnemar_method=mcnemar_method, unpaired=unpaired, margin=margin, baselines=baselines)
     tested = report.tested_cells()
     for cell, adjusted in zip(tested, holm_adjust([cell.p_vs_fp for cell in tested])):
         cell.p_holm = adjusted
@@ -247,13 +249,87 @@ def _rows(store: ResultStore, sweep: Mapping[str, Any], results: list[dict], cor
     return rows
 
 
-def _test_against_baseline(rows: list[Row], baseline: Row | None, columns: list[int], scope: str,
+def _model_of(row: Row) -> str | None:
+    return (row.result or {}).get("model")
+
+
+def replicate_of(row: Row) -> tuple[str | None, int]:
+    """(model, calibration set) of a finished run: what a replicate changes."""
+    config = (row.result or {}).get("config") or {}
+    return _model_of(row), int(config.get("calib_seed_offset") or 0)
+
+
+def replicate_label(row: Row) -> str:
+    model, offset = replicate_of(row)
+    return f"{model} cal{offset}"
+
+
+@dataclass
+class ReplicateGroup:
+    """Runs of one configuration (method, bits, groups, activations, engine) that differ only in
+    their model or calibration set."""
+
+    label: str
+    rows: list[Row]
+
+    def finals(self) -> list[float]:
+        return [row.result["success_rate_by_iter"][-1] for row in self.rows]
+
+
+def replicate_groups(report: Report) -> list[ReplicateGroup]:
+    groups: dict[tuple, list[Row]] = {}
+    for row in report.rows:
+        if row.result is not None:
+            groups.setdefault((row.key, row.variant), []).append(row)
+    return [ReplicateGroup(method_label(key.method, variant) + ("" if key.method == "fp" else f" {key.label()}"), rows)
+            for (key, variant), rows in groups.items() if len({replicate_of(r) for r in rows}) > 1]
+
+
+def replicate_table(report: Report) -> tuple[list[str], list[list[str]]]:
+    """One row per configuration with replicates: each replicate's final success, their mean,
+    standard deviation and range, and in how many the difference to FP is significant (Holm) or
+    shown equivalent."""
+    header = ["Configuration", "n", "final success per replicate (model, calibration set)", "mean", "sd", "range",
+              "* vs FP", f"{EQUIVALENT_MARK} FP"]
+    body = []
+    for group in replicate_groups(report):
+        finals = group.finals()
+        mean = sum(finals) / len(finals)
+        sd = (sum((x - mean) ** 2 for x in finals) / (len(finals) - 1)) ** 0.5
+        tested = [cell for row in group.rows if (cell := last_tested_cell(report, row)) is not None]
+        body.append([group.label, str(len(finals)),
+                     "; ".join(f"{replicate_label(row)} {value:.2f}" for row, value in zip(group.rows, finals)),
+                     f"{mean:.2f}", f"{sd:.2f}", f"{min(finals):.2f}-{max(finals):.2f}",
+                     f"{sum(_significant(report, c) for c in tested)}/{len(tested)}" if tested else "\u2013",
+                     f"{sum(bool(c.equivalent) for c in tested)}/{len(tested)}" if tested else "\u2013"])
+    return header, body
+
+
+def last_tested_cell(report: Report, row: Row) -> Cell | None:
+    """The row's cell at the last column tested against FP; None where it was not tested."""
+    cells = [row.cells[k] for k in report.columns if k in row.cells and row.cells[k].p_vs_fp is not None]
+    return cells[-1] if cells else None
+
+
+def _baselines(rows: list[Row]) -> dict[str | None, Row]:
+    """The FP baseline of each model in the sweep (its first exact FP run): a run is tested against
+    the FP run of its own model (model replicates each have their own)."""
+    found: dict[str | None, Row] = {}
+    for row in rows:
+        if row.result is not None and row.key.method == "fp" and not row.variant:
+            found.setdefault(_model_of(row), row)
+    return found
+
+
+def _test_against_baseline(rows: list[Row], baselines: Mapping[str | None, Row], columns: list[int], scope: str,
                            method: str, alpha: float, margin: float) -> list[str]:
     unpaired = []
-    if baseline is None:
-        return unpaired
     for row in rows:
-        if row.result is None or row is baseline:
+        baseline = baselines.get(_model_of(row))
+        if row.result is None or row is baseline or not baselines:
+            continue
+        if baseline is None:
+            unpaired.append(row.run_id)  # no FP run of its model in this sweep
             continue
         if not _paired(row.result, baseline.result):
             unpaired.append(row.run_id)
@@ -275,7 +351,8 @@ def _pairwise(rows: list[Row], columns: list[int], method: str) -> list[Comparis
     groups: dict[tuple, list[Row]] = {}
     for row in rows:
         if row.result is not None and row.key.method != "fp":
-            groups.setdefault(row.key.setting, []).append(row)
+            # methods are compared on one model with one calibration set, never across replicates
+            groups.setdefault((row.key.setting, replicate_of(row)), []).append(row)
     comparisons = []
     for members in groups.values():
         for first, second in itertools.combinations(members, 2):
@@ -313,9 +390,22 @@ def method_label(method: str, variant: str = "") -> str:
     return f"{'FP' if method == 'fp' else METHOD_DISPLAY.get(method, method)} ({variant})"
 
 
-def setting_values(report: Report, key: SettingKey, variant: str = "") -> list[str]:
+def groups_per_row_text(result: Mapping[str, Any] | None) -> str:
+    """" (enc 2, pred 1/row)": weight groups per row that a group size gave each part, from the
+    run's quantization summary; "" where the result does not record it (runs before it did)."""
+    summary = ((result or {}).get("quant") or {}).get("summary") or {}
+    parts = []
+    for part, short in (("encoder", "enc"), ("predictor", "pred")):
+        groups = (summary.get(part) or {}).get("groups_per_row")
+        if groups:
+            span = str(groups["min"]) if groups["min"] == groups["max"] else f"{groups['min']}-{groups['max']}"
+            parts.append(f"{short} {span}")
+    return f" ({', '.join(parts)}/row)" if parts else ""
+
+
+def setting_values(report: Report, key: SettingKey, variant: str = "", result: Mapping[str, Any] | None = None) -> list[str]:
     method = method_label(key.method, variant)
-    group = str(key.group) if key.group else "\u2013"
+    group = f"{key.group}{groups_per_row_text(result)}" if key.group else "\u2013"
     aqg = key.aqg.replace("_", "-") if key.aqg else "\u2013"
     if report.module_layout:
         bits = [paper_bits(b) for b in (key.enc_w, key.enc_a, key.pred_w, key.pred_a)]
@@ -335,10 +425,9 @@ def signed(x: float) -> str:
 def difference_text(report: Report, row: Row) -> str:
     """The paired difference to FP at the last tested column: "-0.20 [-0.33, -0.08]", with the
     equivalence mark when it is within the margin; "" when the row was not tested."""
-    tested = [row.cells[k] for k in report.columns if k in row.cells and row.cells[k].diff is not None]
-    if not tested:
+    cell = last_tested_cell(report, row)
+    if cell is None:
         return ""
-    cell = tested[-1]
     mark = f" {EQUIVALENT_MARK}" if cell.equivalent else ""
     return f"{signed(cell.diff)} [{signed(cell.diff_lo)}, {signed(cell.diff_hi)}]{mark}"
 
@@ -370,8 +459,10 @@ def footnotes(report: Report) -> list[str]:
         test = ("exact test" if report.mcnemar_method == "exact"
                 else "chi-square test with continuity correction")
         single, family, size, n = report.detectable()
-        notes.append(f"* McNemar's {test} on per-episode outcomes against the FP baseline "
-                     f"({report.baseline.run_id}) at {where}, Holm-adjusted within this table's family of "
+        fp_runs = ", ".join(row.run_id for row in report.baselines.values()) or report.baseline.run_id
+        whose = "the FP baseline" if len(report.baselines) <= 1 else "the FP baseline of the run's own model"
+        notes.append(f"* McNemar's {test} on per-episode outcomes against {whose} "
+                     f"({fp_runs}) at {where}, Holm-adjusted within this table's family of "
                      f"{size} tests against FP: adjusted p < {report.alpha} (raw and adjusted p in the CSV). "
                      "Only runs evaluated on the same episodes (eval_seeds) are tested.")
         notes.append(f"\u0394 vs FP: success minus FP's on the same episodes at the last tested column, with "
@@ -384,7 +475,7 @@ def footnotes(report: Report) -> list[str]:
                          f"difference below {_detectable_text(single)} significant, and after Holm over {size} "
                          f"tests none below {_detectable_text(family)}.")
     if report.unpaired:
-        notes.append("Not paired with the FP baseline (different episodes), so not tested: "
+        notes.append("Without an FP baseline of the same model on the same episodes, so not tested: "
                      + ", ".join(report.unpaired))
     return notes
 
@@ -396,7 +487,7 @@ def _detectable_text(value: float | None) -> str:
 def main_table(report: Report) -> tuple[list[str], list[list[str]]]:
     header = (setting_columns(report) + [f"{k} iters" for k in report.columns] + ["\u0394 vs FP [95%]"]
               + ["Run", "Status"])
-    body = [setting_values(report, row.key, row.variant) + [cell_text(report, row, k) for k in report.columns]
+    body = [setting_values(report, row.key, row.variant, row.result) + [cell_text(report, row, k) for k in report.columns]
             + [difference_text(report, row), row.run_id, _status_text(row)] for row in report.rows]
     return header, body
 
@@ -449,6 +540,13 @@ def render_markdown(report: Report, figures: Mapping[str, Path], relative_to: Pa
     parts += ["- " + note.replace("*", "\\*") for note in footnotes(report)] + [""]
     if report.corrupt:
         parts += [f"{sub} Corrupt result files (excluded)", ""] + _corrupt_lines(report) + [""]
+    replicates = replicate_table(report)
+    if replicates[1]:
+        parts += [f"{sub} Replicates", "", _md_table(*replicates), "",
+                  "Replicates differ in their trained model or their calibration set (calib_seed_offset); "
+                  "sd is the sample standard deviation of the final success over them. * vs FP: replicates whose "
+                  "difference to their model's FP is significant after Holm; "
+                  f"{EQUIVALENT_MARK} FP: replicates shown equivalent to it.", ""]
     parts += [f"{sub} Methods compared at the same setting (McNemar, {report.mcnemar_method})", ""]
     if report.comparisons:
         parts += [_md_table(*comparison_table(report)), "",
@@ -514,7 +612,7 @@ def render_latex(report: Report) -> str:
              f"within the table.}}",
              f"\\begin{{tabular}}{{{spec}}}", "\\toprule", header + " \\\\", "\\midrule"]
     for row in report.rows:
-        values = [latex_escape(v) for v in setting_values(report, row.key, row.variant)]
+        values = [latex_escape(v) for v in setting_values(report, row.key, row.variant, row.result)]
         lines.append(" & ".join(values + [_latex_cell(report, row, k) for k in report.columns]) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}", "\\end{table*}", ""]
     return "\n".join(lines)
@@ -559,7 +657,7 @@ def render_html(report: Report, figures: Mapping[str, bytes]) -> str:
     header, _ = main_table(report)
     rows_html = []
     for row in report.rows:
-        cells = "".join(f"<td>{html.escape(v)}</td>" for v in setting_values(report, row.key, row.variant))
+        cells = "".join(f"<td>{html.escape(v)}</td>" for v in setting_values(report, row.key, row.variant, row.result))
         cells += "".join(_html_cell(report, row, k) for k in report.columns)
         cells += f"<td>{html.escape(difference_text(report, row))}</td>"
         cells += f"<td><code>{html.escape(row.run_id)}</code></td><td>{html.escape(_status_text(row))}</td>"

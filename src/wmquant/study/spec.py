@@ -153,6 +153,7 @@ KNOWN_KEYS: dict[str, Callable[[str, Any], Any]] = {
     "W_GROUP_SIZE": _group_size,
     "quant_iter": _positive,
     "n_calib": _positive,
+    "calib_seed_offset": _non_negative,
     "scale_tag": _text,
     "tag": _text,
     "n_evals": _positive,
@@ -317,7 +318,19 @@ def setting_key_from_overrides(run: Mapping[str, Any]) -> SettingKey:
 
 
 def run_slug(run: Mapping[str, Any]) -> str:
-    """Readable part of a run id, e.g. rtn_w4a16_g128, smoothquant_enc-w4a8_pred-w8a8_gpc_pt."""
+    """Readable part of a run id, e.g. rtn_w4a16_g128, smoothquant_enc-w4a8_pred-w8a8_gpc_pt; a
+    replicate adds its calibration set (`_cal1`) or its model when that is not the env's shipped
+    one (`_m-wall_seed1`)."""
+    replicate = ""
+    if run.get("calib_seed_offset"):
+        replicate += f"_cal{run['calib_seed_offset']}"
+    model = run.get("model_name")
+    if model and model not in ENVS:
+        replicate += f"_m-{model}"
+    return _setting_slug(run) + replicate
+
+
+def _setting_slug(run: Mapping[str, Any]) -> str:
     key = setting_key_from_overrides(run)
     if key.method == "fp":
         return "fp"
