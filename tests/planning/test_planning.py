@@ -40,6 +40,26 @@ def test_cem_converges_on_a_quadratic():
     assert (result.best_cost < 0.05).all()
 
 
+def test_cem_reports_its_cost_at_every_optimisation_step():
+    target = torch.tensor([[[0.7, -1.2, 0.3]]]).expand(1, 4, 3).clone()
+    engine = QuadraticEngine(target)
+    costs = []
+    original = engine.sample_costs
+    engine.sample_costs = lambda z0, goal, samples: costs.append(original(z0, goal, samples)) or costs[-1]
+    result = CEMPlanner(CEMConfig(horizon=4, topk=20, num_samples=200, opt_steps=12), action_dim=3).plan(
+        engine, None, None, [noise_generator(0, 1, 0)])
+    assert result.step_costs.shape == (1, 12)
+    # each step's entry is the lowest cost that step sampled; the last is best_cost
+    assert torch.equal(result.step_costs[0], torch.stack([c.min(dim=1).values[0] for c in costs]))
+    assert result.step_costs[0, -1] == result.best_cost[0] and result.step_costs[0, -1] < result.step_costs[0, 0] / 10
+
+
+def test_mpc_logs_the_loss_after_every_optimisation_step(reference_trace):
+    for entry in reference_trace.logs:
+        assert len(entry["mpc/planning_loss_by_opt_step"]) == 4  # opt_steps of _plan's planner
+        assert all(np.isfinite(entry["mpc/planning_loss_by_opt_step"]))
+
+
 def test_cem_keeps_the_mean_as_sample_zero():
     target = torch.full((1, 2, 2), 0.3)
     engine = QuadraticEngine(target)

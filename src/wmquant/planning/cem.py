@@ -50,6 +50,7 @@ class CEMConfig:
 class PlanResult:
     actions: torch.Tensor  # (E, H, A) normalised, on the CPU
     best_cost: torch.Tensor  # (E,) lowest sampled cost at the last optimisation step
+    step_costs: torch.Tensor | None = None  # (E, opt_steps) the planner's cost at every optimisation step
 
 
 class CEMPlanner:
@@ -79,8 +80,8 @@ class CEMPlanner:
             [torch.randn((cfg.opt_steps, cfg.num_samples, cfg.horizon, self.action_dim), generator=g) for g in generators]
         )
         device = engine.device
-        mu, best = self.optimize(engine, z0, z_goal, mu.to(device), sigma.to(device), noise.to(device))
-        return PlanResult(actions=mu.cpu(), best_cost=best.cpu())
+        mu, best, steps = self.optimize(engine, z0, z_goal, mu.to(device), sigma.to(device), noise.to(device))
+        return PlanResult(actions=mu.cpu(), best_cost=best.cpu(), step_costs=steps.cpu())
 
     def optimize(
         self,
@@ -90,12 +91,14 @@ class CEMPlanner:
         mu: torch.Tensor,
         sigma: torch.Tensor,
         noise: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The CEM iterations, all on the engine's device: mu, sigma (E, H, A), noise (E, steps, S, H, A)
-        -> (final mu (E, H, A), lowest sampled cost at the last step (E,)). Nothing here reads a
-        device value on the host, so a GPU runs the whole loop from one queue of work."""
+        -> (final mu (E, H, A), lowest sampled cost at the last step (E,), lowest sampled cost at
+        every step (E, steps)). Nothing here reads a device value on the host, so a GPU runs the
+        whole loop from one queue of work."""
         cfg = self.config
         best = torch.full((mu.shape[0],), float("inf"), device=mu.device)
+        per_step = []
         for step in range(cfg.opt_steps):
             samples = mu[:, None] + sigma[:, None] * noise[:, step]
             samples[:, 0] = mu
@@ -105,4 +108,5 @@ class CEMPlanner:
             mu = elites.mean(dim=1)
             sigma = elites.std(dim=1)
             best = torch.gather(costs, 1, order[:, :1]).squeeze(1)
-        return mu, best
+            per_step.append(best)
+        return mu, best, torch.stack(per_step, dim=1)

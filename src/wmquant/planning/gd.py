@@ -67,6 +67,7 @@ class GDPlanner:
         actions = init.to(device).requires_grad_(True)
         noise = noise.to(device) * cfg.action_noise
         cost = torch.full((episodes,), float("inf"))
+        per_step = []
         for step in range(cfg.opt_steps):
             z = engine.rollout(z0, actions, grad=True)
             per_episode = engine.objective(z, z_goal)
@@ -75,4 +76,5 @@ class GDPlanner:
                 actions -= cfg.lr * grad
                 actions += noise[:, step]
             cost = per_episode.detach().cpu()
-        return PlanResult(actions=actions.detach().cpu(), best_cost=cost)
+            per_step.append(cost)
+        return PlanResult(actions=actions.detach().cpu(), best_cost=cost, step_costs=torch.stack(per_step, dim=1))

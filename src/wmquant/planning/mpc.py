@@ -220,6 +220,10 @@ def run_mpc(
                 # Frobenius norms over the whole batch, as upstream (not means, despite the names).
                 "mpc/mean_div_visual_emb": float(np.sqrt(div_visual.sum())),
                 "mpc/mean_div_proprio_emb": float(np.sqrt(div_proprio.sum())),
+                # the planner's cost after each of its optimisation steps, averaged over the
+                # episodes it planned (does the optimisation still descend, or has it stalled?)
+                "mpc/planning_loss_by_opt_step": ([] if plan.step_costs is None
+                                                  else [float(v) for v in plan.step_costs.mean(dim=0)]),
                 "step": k + 1,
             }
         )

@@ -67,6 +67,9 @@ def build_result(
         "latent_mse_by_iter": trace.latent_mse_by_iter,
         "planning_loss_by_iter": trace.planning_loss_by_iter,
         "first_success_iter": trace.success_iter,
+        # per MPC iteration: state and latent distances, the model's divergence from the reached
+        # latent, and the planning loss after every optimisation step (the mechanism measurements)
+        "mpc_logs": trace.logs,
         "final_success_rate": trace.success_rate_by_iter[-1] if trace.success_by_iter else 0.0,
         "wall_seconds": float(wall_seconds),
         "episodes": {
