@@ -9,6 +9,7 @@ observers watch, apply the recipe, switch quantization on, then plan on the eval
 
 from __future__ import annotations
 
+import copy
 import re
 import sys
 import time
@@ -52,6 +53,13 @@ def env_from_overrides(overrides: Sequence[str], default: str = "wall") -> str:
     if env not in ENV_NAMES:
         raise ConfigError(f"unknown env {env!r}; valid envs: {', '.join(ENV_NAMES)}")
     return env
+
+
+def _flag(cfg: DictConfig, key: str) -> bool:
+    value = cfg.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} must be true or false")
+    return value
 
 
 def _explicit(overrides: Sequence[str], key: str) -> bool:
@@ -287,6 +295,8 @@ def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession |
     session = session or PlanningSession(cfg)
     if backend == "real":
         check_real_config(session.model, qconfig)  # refuse schemes the kernels cannot run, before calibrating
+    mechanisms = _flag(cfg, "mechanisms")
+    float_model = copy.deepcopy(session.model) if mechanisms else None  # the reference of the measurements
     run_dir = new_run_dir(cfg)
     start = time.perf_counter()
     calib_episodes, calib_env = session.episodes("calibration")
@@ -316,6 +326,15 @@ def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession |
         calib_env.close()
     apply_engine_backend_(session.model, backend)  # engine.backend=real: swap in the int8 / int4 kernels
     calib_seconds = time.perf_counter() - start
+    measured = None
+    if float_model is not None:
+        from ..diagnose.mechanisms import measure_mechanisms
+
+        if progress:
+            print("mechanisms: encoder damage, linear probes and cross-evaluated first plans (mechanisms=true)",
+                  file=sys.stderr, flush=True)
+        measured = measure_mechanisms(session, float_model, progress)
+        del float_model
     quant = {
         "method": method,
         "quant_encoder": bool(cfg.quant_encoder),
@@ -331,6 +350,8 @@ def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession |
                         "seed_offset": session.calibration_replicate(), **budget},
         "backend": backend,
     }
+    if measured is not None:
+        quant["mechanisms"] = measured
     result = evaluate_and_write(cfg, session, run_dir, start, progress, method, quant, calib_episodes)
     return result, run_dir
 

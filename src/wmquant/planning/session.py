@@ -169,16 +169,21 @@ class PlanningSession:
             torch.set_num_threads(int(cfg.engine.threads))
         self.device = resolve_device(cfg.engine.device)
         self.objective = Objective(mode=cfg.objective.mode, alpha=float(cfg.objective.alpha), base=float(cfg.objective.base))
-        chunk = cfg.engine.chunk_episodes
-        self.engine = Engine(
-            model=self.bundle.model,
+        self.engine = self.engine_for(self.bundle.model)
+
+    def engine_for(self, model: torch.nn.Module) -> Engine:
+        """An engine with this session's device, precision and batching for `model` (the session's
+        own, or another copy of it, such as the float model beside a quantized one)."""
+        chunk = self.cfg.engine.chunk_episodes
+        return Engine(
+            model=model,
             normalization=self.bundle.normalization,
             img_size=self.bundle.img_size,
             objective=self.objective,
             device=self.device,
-            precision=str(cfg.engine.precision),
+            precision=str(self.cfg.engine.precision),
             chunk_episodes=chunk if chunk == "auto" else int(chunk),
-            compile=cfg.engine.get("compile", False),
+            compile=self.cfg.engine.get("compile", False),
         )
 
     @property

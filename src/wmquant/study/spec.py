@@ -154,6 +154,7 @@ KNOWN_KEYS: dict[str, Callable[[str, Any], Any]] = {
     "quant_iter": _positive,
     "n_calib": _positive,
     "calib_seed_offset": _non_negative,
+    "mechanisms": _boolean,
     "scale_tag": _text,
     "tag": _text,
     "n_evals": _positive,

@@ -1,0 +1,63 @@
+"""Mechanism measurements: the probe, the latent error, and cross-evaluation of plans."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from wmquant.cli import compose_config, main
+from wmquant.diagnose.mechanisms import LinearProbe, measure_mechanisms, relative_latent_error
+from wmquant.models.checkpoint import shipped_model_names
+from wmquant.planning.session import PlanningSession
+
+TINY = ["n_evals=4", "n_calib=4", "planner.max_iter=1", "quant_iter=1", "planner.sub_planner.num_samples=30",
+        "planner.sub_planner.topk=5", "planner.sub_planner.opt_steps=3", "save_plots=false", "engine.device=cpu"]
+needs_wall = pytest.mark.skipif("wall" not in shipped_model_names(), reason="the shipped Wall model is missing")
+
+
+def test_probe_recovers_a_linear_map_and_not_noise():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(200, 12))
+    states = features @ rng.normal(size=(12, 2)) + 3.0
+    probe = LinearProbe(features[:150], states[:150])
+    assert probe.r2(features[150:], states[150:]) > 0.999
+    noise = rng.normal(size=(200, 2))
+    assert LinearProbe(features[:150], noise[:150]).r2(features[150:], noise[150:]) < 0.2
+
+
+def test_relative_latent_error():
+    z = {"visual": torch.ones(3, 1, 4, 2), "proprio": torch.full((3, 1, 2), 2.0)}
+    assert relative_latent_error(z, z)["visual"].tolist() == [0.0, 0.0, 0.0]
+    scaled = {"visual": z["visual"] * 1.1, "proprio": z["proprio"]}
+    assert relative_latent_error(z, scaled)["visual"] == pytest.approx([0.01] * 3)
+
+
+@needs_wall
+def test_a_float_copy_measures_no_damage_and_identical_plans():
+    session = PlanningSession(compose_config("plan_wall", TINY))
+    measured = measure_mechanisms(session, copy.deepcopy(session.model))
+    encoder = measured["encoder"]
+    assert encoder["relative_latent_error"] == {"visual": 0.0, "proprio": 0.0}
+    assert encoder["probe_r2"]["fp"] == encoder["probe_r2"]["fp_probe_on_quantized"] == encoder["probe_r2"]["quantized_refit"]
+    per_episode = measured["cross_evaluation"]["per_episode"]
+    assert per_episode["cost_under_fp_of_fp_plan"] == per_episode["cost_under_quantized_of_quantized_plan"]
+    assert per_episode["sim_state_dist_of_fp_plan"] == per_episode["sim_state_dist_of_quantized_plan"]
+    assert measured["cross_evaluation"]["summary"]["quantized_objective_misranks"] == 0.0
+    assert len(per_episode["sim_success_of_fp_plan"]) == 4
+
+
+@needs_wall
+def test_quant_run_publishes_its_mechanisms(tmp_path):
+    out = tmp_path / "run"
+    assert main(["quant", "method=rtn", "predictor_wbit=4", "predictor_abit=4", "encoder_wbit=4", "encoder_abit=4",
+                 *TINY, "mechanisms=true", f"output_dir={out}"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    encoder = result["quant"]["mechanisms"]["encoder"]
+    assert encoder["relative_latent_error"]["visual"] > 1e-4  # W4A4 moves the latents
+    assert encoder["probe_frames"] == {"train": 8, "test": 8}
+    assert result["mpc_logs"][0]["mpc/planning_loss_by_opt_step"] and len(result["mpc_logs"]) == 1
+    assert main(["quant", "method=rtn", *TINY, "mechanisms=maybe", f"output_dir={tmp_path / 'bad'}"]) == 2
