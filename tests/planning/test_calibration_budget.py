@@ -33,10 +33,11 @@ def test_quant_calibrates_on_n_calib_episodes_with_its_own_budget(tmp_path, caps
     assert code == 0
     result = json.loads((out / "result.json").read_text())
     assert len(result["calibration_seeds"]) == 3 and len(result["eval_seeds"]) == 2
-    assert result["quant"]["calibration"] == {"episodes": 3, "mpc_iterations": 1, "num_samples": 12, "topk": 3, "opt_steps": 1}
+    assert result["quant"]["calibration"] == {"episodes": 3, "mpc_iterations": 1, "seed_offset": 0, "num_samples": 12,
+                                              "topk": 3, "opt_steps": 1}
     err = capsys.readouterr().err
     assert "calibration: 3 episodes" in err
-    assert "calibration: 1 planning pass(es) (observe activation ranges); expected about" in err
+    assert "calibration: 1 planning pass(es) (observe activation ranges); their planning is expected to take about" in err
 
 
 def test_plan_time_estimate_scales_with_iterations_and_steps():
@@ -57,3 +58,17 @@ def test_bad_calibration_keys_are_refused(override, fragment, tmp_path, capsys):
     assert main(["quant", "method=rtn", *TINY, override, f"output_dir={tmp_path / 'x'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert fragment in err and len(err.splitlines()) == 1
+
+
+def test_calibration_replicates_draw_disjoint_episodes(tmp_path):
+    from wmquant.planning.episodes import calibration_seeds, evaluation_seeds
+
+    first, second = calibration_seeds(99, 50), calibration_seeds(99, 50, replicate=1)
+    assert second[0] == 99 * 50 + 2 and not set(first) & set(second)
+    assert not (set(first) | set(second)) & set(evaluation_seeds(99, 200))
+    session = PlanningSession(compose_config("plan_wall", [*TINY, "calib_seed_offset=2"]))
+    episodes, env = session.episodes("calibration")
+    env.close()
+    assert list(episodes.seeds) == calibration_seeds(99, 2, replicate=2)
+    assert main(["quant", "method=rtn", *TINY, "calib_seed_offset=-1", f"output_dir={tmp_path / 'x'}"]) == 2
+    assert not (tmp_path / "x").exists()

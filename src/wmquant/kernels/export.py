@@ -210,10 +210,12 @@ def _calibrated_model(model_name: str, method_overrides: Sequence[str], device: 
 
 def export_main(argv: Sequence[str]) -> int:
     from ..cli import flag_parser
+    from ..quant.recipes import registered
 
     parser = flag_parser("wmquant export", "Calibrate a model, quantize it and write a real low-bit checkpoint.")
     parser.add_argument("--model", default="wall", help="shipped model name or model directory (default: wall)")
-    parser.add_argument("--method", default="rtn", help="PTQ method (rtn, omse, smoothquant, awq, omniquant, gptq)")
+    parser.add_argument("--method", default="rtn",
+                        help=f"PTQ method or recipe (a+b, applied in order): {', '.join(registered())}")
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
                         help="quantization and calibration keys of plan_<env>.yaml, e.g. predictor_wbit=4 "
                              "predictor_abit=16 W_GROUP_SIZE=128 calib_mode_a=token_wise")

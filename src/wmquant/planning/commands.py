@@ -29,10 +29,7 @@ from .session import PlanningSession
 #: Config keys that name where or how a run is shown, not what it measures.
 RUN_LOCAL_KEYS = ("output_dir", "save_plots", "save_video", "resume", "n_plot_samples")
 
-# Seed README compatibility: the original scripts chose the method through w_quant_method.
-METHOD_FROM_W_QUANT_METHOD = {"minmax": "rtn", "omse": "omse", "awq": "awq", "omniquant": "omniquant"}
 A_GRANULARITY = {"layer_wise": "per_tensor", "token_wise": "per_token"}
-A_OBSERVER = {"minmax": "minmax", "omse": "omse", "awq": "minmax", "omniquant": "minmax"}
 
 
 def _compose(config_name: str | None, overrides: Sequence[str]) -> DictConfig:
@@ -187,23 +184,27 @@ def plan_act_command(config_name: str | None, overrides: Sequence[str]) -> int:
 
 # --- quant ----------------------------------------------------------------------------------------
 def resolve_method(cfg: DictConfig) -> str:
-    from ..quant.methods import METHODS
+    """The recipe a config names: `method=awq`, `method=[smoothquant,gptq]` (applied in order) or
+    `method=smoothquant+gptq`; with `method=fp`, the seed README's `w_quant_method` (through the
+    compatibility table of wmquant.quant.legacy). Returns the recipe's name ("awq", "smoothquant+gptq")."""
+    from ..quant.legacy import W_QUANT_METHOD_TO_METHOD
+    from ..quant.recipes import check_recipe
 
-    method = str(cfg.method)
+    raw = cfg.method
+    method = [str(m) for m in raw] if OmegaConf.is_list(raw) else str(raw)
     if method == "fp":
-        method = METHOD_FROM_W_QUANT_METHOD.get(str(cfg.w_quant_method), "")
+        method = W_QUANT_METHOD_TO_METHOD.get(str(cfg.w_quant_method), "")
         if not method:
             raise ConfigError(
-                f"unknown w_quant_method {cfg.w_quant_method!r}; valid: {', '.join(METHOD_FROM_W_QUANT_METHOD)}"
+                f"unknown w_quant_method {cfg.w_quant_method!r}; valid: {', '.join(W_QUANT_METHOD_TO_METHOD)}"
             )
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}; valid methods: {', '.join(sorted(METHODS))}")
-    return method
+    return check_recipe(method)
 
 
 def build_quant_config(cfg: DictConfig, method: str):
     """The seed README's keys -> a QuantConfig (validated)."""
     from ..quant.config import QuantConfig, QuantScheme
+    from ..quant.legacy import A_QUANT_METHOD_TO_OBSERVER
 
     granularity = A_GRANULARITY.get(str(cfg.calib_mode_a))
     if granularity is None:
@@ -216,11 +217,10 @@ def build_quant_config(cfg: DictConfig, method: str):
             raise ConfigError(f"W_GROUP_SIZE must be -1 (per-channel) or a positive integer, got {group!r}") from err
     if isinstance(group, bool) or not isinstance(group, int) or (group != -1 and group < 1):
         raise ConfigError(f"W_GROUP_SIZE must be -1 (per-channel) or a positive integer, got {group!r}")
-    w_observer = "omse" if method == "omse" or cfg.w_quant_method == "omse" else "minmax"
-    # QuantWM's observer registry maps `awq` and `omniquant` to min/max (spec quantwm.md section 2).
-    a_observer = A_OBSERVER.get(str(cfg.a_quant_method))
+    w_observer = "omse" if "omse" in method.split("+") or cfg.w_quant_method == "omse" else "minmax"
+    a_observer = A_QUANT_METHOD_TO_OBSERVER.get(str(cfg.a_quant_method))
     if a_observer is None:
-        raise ConfigError(f"unknown a_quant_method {cfg.a_quant_method!r}; valid: {', '.join(A_OBSERVER)}")
+        raise ConfigError(f"unknown a_quant_method {cfg.a_quant_method!r}; valid: {', '.join(A_QUANT_METHOD_TO_OBSERVER)}")
 
     def scheme(on: bool, part: str) -> QuantScheme:
         w_bits, a_bits = (bit_key(cfg, f"{part}_{kind}bit") for kind in ("w", "a"))
@@ -268,14 +268,15 @@ def calibration_forecast(session: PlanningSession, episodes, quant_iter: int, bu
     if not passes:
         return "calibration: no planning pass needed (weights only, data-free method)"
     per_pass = session.estimate_plan_seconds(episodes, quant_iter, budget)
-    expected = "" if per_pass is None else f"; expected about {format_seconds(per_pass * len(passes))}"
+    expected = ("" if per_pass is None else
+                f"; their planning is expected to take about {format_seconds(per_pass * len(passes))}, the "
+                "methods' own computation comes on top")
     return f"calibration: {len(passes)} planning pass(es) ({', '.join(passes)}){expected}"
 
 
 def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession | None = None) -> tuple[dict, Path]:
     from ..kernels.real import apply_engine_backend_, check_engine_backend, check_real_config
-    from ..quant.calibration import calibrate_and_quantize
-    from ..quant.methods import get_method
+    from ..quant.calibration import calibrate_and_quantize, needs_act_stats
     from ..quant.stats import load_act_stats
 
     # Everything that can be wrong with the request is checked before any planning starts.
@@ -284,11 +285,8 @@ def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession |
                           "and/or quant_encoder=true (encoder)")
     method = resolve_method(cfg)
     qconfig = build_quant_config(cfg, method)
-    recipe = get_method(method)
     options = OmegaConf.to_container(cfg.method_options, resolve=True) if cfg.method_options else {}
-    parsed_options = recipe.make_options(options)
-    recipe.check_config(qconfig, parsed_options)
-    act_stats = load_act_stats(act_stats_path(cfg)) if recipe.requirements(parsed_options).act_stats else None
+    act_stats = load_act_stats(act_stats_path(cfg)) if needs_act_stats(method, qconfig, options) else None
     backend = str(cfg.engine.backend)
     check_engine_backend(backend)
 
@@ -344,6 +342,9 @@ def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession |
         "summary": report["summary"],
         "options": report.get("method_options", options),
         "method_report": report.get("method_report"),
+        # a recipe's later method replacing an earlier one's weight grid (e.g. GPTQ after AWQ's clipping)
+        **({"superseded_weight_qparams": report["superseded_weight_qparams"]}
+           if "superseded_weight_qparams" in report else {}),
         "calibration_seconds": calib_seconds,
         "quant_iter": int(cfg.quant_iter),
         "calibration": {"episodes": len(calib_episodes), "mpc_iterations": int(cfg.quant_iter),

@@ -22,7 +22,7 @@ import contextlib
 import dataclasses
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,7 @@ from .api import (
     set_quantization_,
 )
 from .config import PARTS, QuantConfig
+from .recipes import method_chain, recipe_name
 from .stats import validate_act_stats
 
 
@@ -282,73 +283,128 @@ class CalibrationData:
 
 RECORD_PASS = "record method inputs"
 OBSERVE_PASS = "observe activation ranges"
+def _chain_options(chain: list[str], method_options: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    """Options per method: a single method takes `method_options` as they are; a chain takes
+    `method_options.<method>.<key>` for each of its methods."""
+    options = dict(method_options or {})
+    if len(chain) == 1:
+        return [options]
+    unknown = sorted(set(options) - set(chain))
+    if unknown:
+        raise QuantizationError(f"method_options {unknown} name no method of the recipe {recipe_name(chain)}; "
+                                f"give options per method, e.g. method_options.{chain[0]}.<key>=...")
+    return [options.get(name) or {} for name in chain]
+
+
+def check_composition(recipes: Sequence[Any]) -> None:
+    """Refuse recipes whose methods cannot compose. Each method of a recipe works on the float
+    model left by the previous one, so:
+    * a method that reads `plan-act` statistics must come first (they describe the model before
+      any transformation);
+    * a method that settles the weights on its grid (GPTQ, OmniQuant) must come last (a later
+      transformation would move them off that grid);
+    * a method appears once."""
+    names = [r.name for r in recipes]
+    if len(set(names)) != len(names):
+        raise QuantizationError(f"recipe {recipe_name(names)} names a method twice")
+    for position, recipe in enumerate(recipes):
+        if recipe.needs_act_stats and position > 0:
+            raise QuantizationError(
+                f"recipe {recipe_name(names)}: {recipe.name} reads plan-act statistics of the untransformed model, "
+                "so it must come first")
+        if recipe.finalizes_weights and position < len(recipes) - 1:
+            raise QuantizationError(
+                f"recipe {recipe_name(names)}: {recipe.name} settles the weights on its quantization grid, so no "
+                f"method can follow it ({names[position + 1]} does)")
+
+
+def plan_recipe(method: str | Sequence[str], qconfig: QuantConfig,
+                method_options: Mapping[str, Any] | None = None) -> tuple[list[Any], list[Any]]:
+    """(method instances, their parsed options) of a recipe, after every check that needs no model:
+    registered names, composition, options, and each method's acceptance of the config."""
+    from .methods import get_method
+
+    if not isinstance(qconfig, QuantConfig):
+        raise QuantizationError(f"qconfig must be a QuantConfig, got {type(qconfig).__name__}")
+    chain = method_chain(method)
+    recipes = [get_method(name) for name in chain]
+    check_composition(recipes)
+    options = [recipe.make_options(raw) for recipe, raw in zip(recipes, _chain_options(chain, method_options))]
+    for recipe, opts in zip(recipes, options):
+        recipe.check_config(qconfig, opts)
+    return recipes, options
+
+
+def needs_act_stats(method: str | Sequence[str], qconfig: QuantConfig, method_options: Mapping[str, Any] | None = None) -> bool:
+    recipes, options = plan_recipe(method, qconfig, method_options)
+    return any(recipe.requirements(opts).act_stats for recipe, opts in zip(recipes, options))
 
 
 def calibrate_and_quantize(
     model: nn.Module,
-    method: str,
+    method: str | Sequence[str],
     qconfig: QuantConfig,
     run_calibration: Callable[[], None],
     act_stats: Mapping[str, torch.Tensor] | None = None,
     method_options: Mapping[str, Any] | None = None,
     on_passes: Callable[[list[str]], None] | None = None,
 ) -> dict:
-    """Quantize `model` in place with a registered method; returns a report for result.json.
+    """Quantize `model` in place with a registered method, or a recipe of several applied in
+    order; returns a report for result.json.
 
+    method: a registered name, or a list of them (or "a+b"): each method transforms the float
+    model that the previous one left, with inputs recorded anew when it needs them, and the
+    weight quantization parameters of a later method replace an earlier one's for the same layer.
+    method_options: the method's options; for a recipe, {method name: its options}.
     run_calibration: runs the model on the calibration data (FP MPC-CEM planning on the
-    calibration episodes for quant_iter iterations). It is called zero, one or two times, always
+    calibration episodes for quant_iter iterations). It is called zero or more times, always
     with the model computing in float. Everything is validated before it is first called.
     on_passes: told the purposes of the calibration passes that will run, once everything is
     validated and before the first (so a caller can say how long calibration will take).
     """
-    from .methods import get_method
-
-    if not isinstance(qconfig, QuantConfig):
-        raise QuantizationError(f"qconfig must be a QuantConfig, got {type(qconfig).__name__}")
-    ptq = get_method(method)
-    options = ptq.make_options(method_options or {})
-    needs = ptq.requirements(options)
-    ptq.check_config(qconfig, options)
-    if needs.act_stats and act_stats is None:
-        raise QuantizationError(
-            f"method {method!r} needs per-channel activation statistics; make them with `wmquant plan-act` "
-            "and pass the file"
-        )
+    chain = method_chain(method)
+    recipes, options = plan_recipe(chain, qconfig, method_options)
+    needs = [recipe.requirements(opts) for recipe, opts in zip(recipes, options)]
+    for recipe, need in zip(recipes, needs):
+        if need.act_stats and act_stats is None:
+            raise QuantizationError(
+                f"method {recipe.name!r} needs per-channel activation statistics; make them with `wmquant plan-act` "
+                "and pass the file"
+            )
     stats = validate_act_stats(act_stats) if act_stats is not None else None
     targets = active_targets(model, qconfig)
     check_model_finite(model)
-    ptq.check_model(model, qconfig, options, stats)
+    for recipe, opts in zip(recipes, options):
+        recipe.check_model(model, qconfig, opts, stats)
 
-    report: dict[str, Any] = {"calibration_passes": []}
-    calib = CalibrationData(act_stats=stats)
-    block_parts = ptq.block_parts(model, qconfig) if needs.block_inputs else ()
-    layer_names = [t.name for t in targets if not t.is_tap and t.scheme.quantizes_weights] if needs.layer_inputs else []
-    record_inputs = bool(block_parts or layer_names)
+    layer_names = [t.name for t in targets if not t.is_tap and t.scheme.quantizes_weights]
+    recordings = []
+    for recipe, opts, need in zip(recipes, options, needs):
+        block_parts = recipe.block_parts(model, qconfig) if need.block_inputs else ()
+        recordings.append((block_parts, layer_names if need.layer_inputs else []))
     observe_ranges = any(t.scheme.quantizes_activations and t.scheme.a_granularity == "per_tensor" for t in targets)
     if on_passes is not None:
-        on_passes([purpose for purpose, runs in ((RECORD_PASS, record_inputs), (OBSERVE_PASS, observe_ranges)) if runs])
-    if record_inputs:
-        block_recorder = BlockInputRecorder(model, block_parts, max_samples=getattr(options, "n_samples", 128),
-                                            seed=getattr(options, "seed", 0))
-        layer_recorder = LinearInputRecorder(model, layer_names)
-        try:
-            run_calibration()
-        finally:
-            block_recorder.remove()
-            layer_recorder.remove()
-        block_recorder.check_nonempty()
-        layer_recorder.check_nonempty()
-        calib.block_inputs = block_recorder.all_inputs()
-        calib.layer_grams = {n: (layer_recorder.grams[n], layer_recorder.rows[n]) for n in layer_names}
-        report["calibration_passes"].append({
-            "purpose": RECORD_PASS,
-            "block_input_sequences": {p: block_recorder.num_sequences(p) for p in block_parts},
-            "block_input_calls": {p: block_recorder.reservoirs[p].calls for p in block_parts},
-            "layer_input_rows": dict(layer_recorder.rows),
-        })
+        on_passes([RECORD_PASS for parts, layers in recordings if parts or layers] + ([OBSERVE_PASS] * observe_ranges))
 
-    result = ptq.transform(model, qconfig, calib, options)
-    quantize_(model, qconfig, weight_qparams=result.weight_qparams, act_observer=result.act_observer)
+    report: dict[str, Any] = {"calibration_passes": []}
+    weight_qparams: dict[str, Any] = {}
+    act_observer = None
+    method_reports: dict[str, Any] = {}
+    superseded: dict[str, list[str]] = {}
+    for recipe, opts, (block_parts, names) in zip(recipes, options, recordings):
+        calib = CalibrationData(act_stats=stats)
+        if block_parts or names:
+            calib.block_inputs, calib.layer_grams, record = _record_inputs(model, block_parts, names, run_calibration, opts)
+            report["calibration_passes"].append({**record, **({"method": recipe.name} if len(recipes) > 1 else {})})
+        result = recipe.transform(model, qconfig, calib, opts)
+        for name in result.weight_qparams:
+            if name in weight_qparams:
+                superseded.setdefault(recipe.name, []).append(name)
+        weight_qparams.update(result.weight_qparams)
+        act_observer = result.act_observer or act_observer
+        method_reports[recipe.name] = result.report
+
+    quantize_(model, qconfig, weight_qparams=weight_qparams, act_observer=act_observer)
 
     static = [a for a in act_quantizers(model) if a.needs_calibration]
     if static:
@@ -362,11 +418,39 @@ def calibrate_and_quantize(
         })
     set_quantization_(model, True)
 
+    single = len(recipes) == 1
     report.update({
-        "method": ptq.name,
-        "method_options": dataclasses.asdict(options),
+        "method": recipe_name(chain),
+        "method_options": (dataclasses.asdict(options[0]) if single
+                           else {r.name: dataclasses.asdict(o) for r, o in zip(recipes, options)}),
         "quant_config": qconfig.to_dict(),
         "summary": quant_summary(model),
-        "method_report": result.report,
+        "method_report": method_reports[chain[0]] if single else method_reports,
     })
+    if superseded:
+        # e.g. AWQ's clip ratios, replaced by GPTQ's grid for the same layers
+        report["superseded_weight_qparams"] = superseded
     return report
+
+
+def _record_inputs(model: nn.Module, block_parts: Sequence[str], layer_names: list[str],
+                   run_calibration: Callable[[], None], options: Any):
+    """One calibration pass with recorders: (block inputs, layer Gram matrices, the pass's record)."""
+    block_recorder = BlockInputRecorder(model, block_parts, max_samples=getattr(options, "n_samples", 128),
+                                        seed=getattr(options, "seed", 0))
+    layer_recorder = LinearInputRecorder(model, layer_names)
+    try:
+        run_calibration()
+    finally:
+        block_recorder.remove()
+        layer_recorder.remove()
+    block_recorder.check_nonempty()
+    layer_recorder.check_nonempty()
+    record = {
+        "purpose": RECORD_PASS,
+        "block_input_sequences": {p: block_recorder.num_sequences(p) for p in block_parts},
+        "block_input_calls": {p: block_recorder.reservoirs[p].calls for p in block_parts},
+        "layer_input_rows": dict(layer_recorder.rows),
+    }
+    return (block_recorder.all_inputs(), {n: (layer_recorder.grams[n], layer_recorder.rows[n]) for n in layer_names},
+            record)

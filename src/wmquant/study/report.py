@@ -29,7 +29,8 @@ from typing import Any, Mapping, Sequence
 from ..errors import StudyError
 from ..io import write_bytes, write_text
 from .figures import plot_latent_mse_and_loss, plot_success_curves
-from .paper import PAPER_METHOD_NAMES, SettingKey, engine_variant, paper_bits, paper_table, setting_key_from_result
+from ..quant.recipes import display_name
+from .paper import SettingKey, engine_variant, paper_bits, paper_table, setting_key_from_result
 from .spec import setting_key_from_overrides
 from .stats import (
     MCNEMAR_METHODS,
@@ -45,7 +46,6 @@ from .store import CorruptResult, ResultStore
 log = logging.getLogger("wmquant.study")
 
 DEFAULT_COLUMNS = {"wall": (0, 5, 10, 20, 30, 40, 50), "pusht": (0, 5, 10, 20, 30)}
-METHOD_DISPLAY = {v: k for k, v in PAPER_METHOD_NAMES.items()}
 MCNEMAR_SCOPES = ("final", "all")
 COLUMN_NOTE = ('Column "k iters" is the success rate after MPC iteration max(k, 1), i.e. entry max(k-1, 0) '
                'of success_rate_by_iter; "0 iters" is the first MPC round.')
@@ -383,11 +383,12 @@ def setting_columns(report: Report) -> list[str]:
 
 
 def method_label(method: str, variant: str = "") -> str:
-    """The paper's method name, with the engine variant if any: "RTN (real kernels)"."""
+    """The method's name as the registry prints it (the paper's names), with the engine variant
+    if any: "RTN (real kernels)", "SmoothQuant+GPTQ"."""
     if not variant:
-        return METHOD_DISPLAY.get(method, method)
+        return display_name(method)
     # "FP32 (bf16)" would contradict itself: the float model in another precision is "FP (bf16)"
-    return f"{'FP' if method == 'fp' else METHOD_DISPLAY.get(method, method)} ({variant})"
+    return f"{'FP' if method == 'fp' else display_name(method)} ({variant})"
 
 
 def groups_per_row_text(result: Mapping[str, Any] | None) -> str:

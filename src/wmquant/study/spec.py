@@ -23,8 +23,10 @@ set several of them at once (`ALIASES`): `w_bits`, `a_bits` (both modules), `wa_
 (`planner: {max_iter: 5}`) and dotted keys (`planner.max_iter: 5`) are the same thing.
 
 Every run gets `env`, `quant` (false for method fp) and the README's `w_quant_method` /
-`a_quant_method` of its method (`METHOD_DEFAULTS`). The FP baseline drops every quantization
-key, so all specs of one environment share the same baseline run id.
+`a_quant_method` of its method (the compatibility table `wmquant.quant.legacy`). The FP baseline
+drops every quantization key, so all specs of one environment share the same baseline run id.
+A run's `method` is `fp`, any method of the registry (`wmquant.quant.methods`), or a recipe of
+several applied in order (`method: [smoothquant, gptq]`, stored as "smoothquant+gptq").
 """
 
 from __future__ import annotations
@@ -40,22 +42,29 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
-from ..errors import StudyError
+from ..errors import QuantizationError, StudyError
+from ..quant.legacy import legacy_flags
+from ..quant.recipes import FLOAT, check_recipe, registered
 from .paper import OFF_BITS, SettingKey
 
 SPEC_SCHEMA_KEYS = ("name", "paper_table", "env", "description", "columns", "base", "method_base", "runs")
 ENVS = ("wall", "pusht")
-METHODS = ("fp", "rtn", "omse", "smoothquant", "awq", "omniquant", "gptq")
-# The original README's flags for each method (spec quantwm.md section 10).
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "fp": {},
-    "rtn": {"w_quant_method": "minmax", "a_quant_method": "minmax"},
-    "omse": {"w_quant_method": "omse", "a_quant_method": "minmax"},
-    "smoothquant": {"w_quant_method": "minmax", "a_quant_method": "minmax"},
-    "awq": {"w_quant_method": "awq", "a_quant_method": "minmax"},
-    "omniquant": {"w_quant_method": "omniquant", "a_quant_method": "omniquant"},
-    "gptq": {"w_quant_method": "gptq", "a_quant_method": "minmax"},
-}
+
+
+def study_methods() -> list[str]:
+    """fp and every registered method, read from the registry at each call (a method registered
+    later, e.g. by a plugin, is known from then on)."""
+    return [FLOAT, *registered()]
+
+
+def _method(key: str, value: Any) -> str:
+    """A run's method: fp, a registered method, or a recipe (a list, or names joined by +)."""
+    if isinstance(value, (list, tuple)):
+        value = [_coerce_text(v) for v in value]
+    try:
+        return check_recipe(value, allow_float=True)
+    except QuantizationError as err:
+        raise StudyError(f"invalid value {value!r} for {key}: {err}") from None
 CALIB_MODES = {"layer_wise": "per_tensor", "token_wise": "per_token"}
 AQG_TO_CALIB_MODE = {v: k for k, v in CALIB_MODES.items()}
 QUANT_ONLY_KEYS = ("quant_encoder", "encoder_wbit", "encoder_abit", "predictor_wbit", "predictor_abit",
@@ -140,7 +149,7 @@ _non_negative = _int_in(lambda n: n >= 0, "a non-negative integer")
 KNOWN_KEYS: dict[str, Callable[[str, Any], Any]] = {
     "env": _one_of(ENVS),
     "model_name": _text,
-    "method": _one_of(METHODS),
+    "method": _method,
     "quant": _boolean,
     "quant_encoder": _boolean,
     "encoder_wbit": _bits,
@@ -286,14 +295,14 @@ def normalise_run(overrides: Mapping[str, Any], where: str) -> dict[str, Any]:
     run = {key: _validate_value(key, value, where) for key, value in flatten_overrides(overrides, where).items()}
     method = run.get("method")
     if method is None:
-        raise StudyError(f"{where} has no method; valid methods: {', '.join(METHODS)}")
+        raise StudyError(f"{where} has no method; valid methods: {', '.join(study_methods())}")
     quantized = method != "fp"
     if run.setdefault("quant", quantized) != quantized:
         raise StudyError(f"{where}: quant={run['quant']} contradicts method {method!r} "
                          f"(method fp runs unquantized, every other method quantized)")
     if not quantized:
         return {k: v for k, v in run.items() if k not in QUANT_ONLY_KEYS}
-    for key, value in METHOD_DEFAULTS[method].items():
+    for key, value in legacy_flags(method).items():
         run.setdefault(key, value)
     run.setdefault("quant_encoder", True)
     required = ("predictor_wbit", "predictor_abit") + (("encoder_wbit", "encoder_abit") if run["quant_encoder"] else ())
@@ -465,7 +474,7 @@ def _parse_method_base(data: Any, name: str) -> dict[str, dict[str, Any]]:
         raise StudyError(f"study spec {name!r}: method_base must be a mapping of method: {{key: value}}, got {data!r}")
     parsed = {}
     for method, overrides in data.items():
-        _one_of(METHODS)("method_base", method)
+        method = _method("method_base", method)
         flat = flatten_overrides(overrides, f"spec {name!r} method_base.{method}")
         if "method" in flat:
             raise StudyError(f"study spec {name!r}: method_base.{method} cannot set 'method'")
@@ -507,7 +516,8 @@ def parse_spec(data: Any, source: str = "<spec>") -> StudySpec:
         for entry in _expand_entry(raw, index, name):
             # base < the run's method's settings < the run's own keys
             method = entry.get("method", base.get("method"))
-            merged.append({"env": env, **base, **method_base.get(method, {}), **entry})
+            recipe = "+".join(map(str, method)) if isinstance(method, (list, tuple)) else method
+            merged.append({"env": env, **base, **method_base.get(recipe, {}), **entry})
     runs = _deduplicate([make_run_spec(normalise_run(m, f"spec {name!r}")) for m in merged], name)
     description = data.get("description") or ""
     return StudySpec(name=name, env=env, columns=tuple(columns), base=base, description=str(description).strip(),

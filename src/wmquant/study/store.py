@@ -29,7 +29,9 @@ from ..errors import StudyError
 from ..io import write_json
 from ..planning.checkpoint import CHECKPOINT_FILE, checkpoint_progress
 from .paper import setting_key_from_result
-from .spec import ENVS, METHODS, RunSpec, StudySpec, canonical_json, setting_key_from_overrides
+from ..errors import QuantizationError
+from ..quant.recipes import check_recipe
+from .spec import ENVS, RunSpec, StudySpec, canonical_json, setting_key_from_overrides
 
 RESULT_SCHEMA = "wmquant.result/1"
 SWEEP_SCHEMA = "wmquant.sweep/1"
@@ -127,8 +129,10 @@ def validate_result(data: Any) -> str | None:
         return f"missing keys: {', '.join(missing)}"
     if data["env"] not in ENVS:
         return f"env is {data['env']!r}, not one of {', '.join(ENVS)}"
-    if data["method"] not in METHODS:
-        return f"method is {data['method']!r}, not one of {', '.join(METHODS)}"
+    try:
+        check_recipe(data["method"], allow_float=True)
+    except QuantizationError as err:
+        return f"method is {data['method']!r}: {err}"
     for key in ("run_id", "model", "tag", "created", "wmquant_version"):
         if not isinstance(data[key], str):
             return f"{key} is not a string"

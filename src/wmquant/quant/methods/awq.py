@@ -184,6 +184,7 @@ def _fold(block: nn.Module, pair: str, scale: torch.Tensor) -> None:
 
 @register_method("awq")
 class AWQ(PTQMethod):
+    display_name = "AWQ"
     supports_activation_quant = False
     needs_block_inputs = True
     options = AWQOptions

@@ -64,6 +64,11 @@ class PTQMethod:
     needs_layer_inputs: ClassVar[bool] = False
     needs_act_stats: ClassVar[bool] = False
     options: ClassVar[type] = NoOptions
+    #: The method leaves the weights on its own quantization grid (fixed qparams or learned
+    #: clipping bound to its transformed weights): in a recipe, nothing may follow it.
+    finalizes_weights: ClassVar[bool] = False
+    #: How reports print the method ("" = the registered name).
+    display_name: ClassVar[str] = ""
 
     def make_options(self, overrides: Mapping[str, Any] | Any = None) -> Any:
         """The options dataclass with `overrides` applied; unknown keys raise QuantConfigError."""

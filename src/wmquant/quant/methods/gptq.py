@@ -135,6 +135,8 @@ class _GramHooks:
 
 @register_method("gptq")
 class GPTQ(PTQMethod):
+    display_name = "GPTQ"
+    finalizes_weights = True
     supports_activation_quant = False
     needs_block_inputs = True
     options = GPTQOptions

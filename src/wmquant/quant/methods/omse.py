@@ -97,6 +97,7 @@ def search_output_clip_ratios(weight: torch.Tensor, gram: torch.Tensor, bits: in
 
 @register_method("omse")
 class OMSE(PTQMethod):
+    display_name = "OMSE"
     options = OMSEOptions
 
     def requirements(self, options: OMSEOptions) -> Requirements:

@@ -11,6 +11,7 @@ from .base import MethodResult, NoOptions, PTQMethod, register_method
 
 @register_method("rtn")
 class RTN(PTQMethod):
+    display_name = "RTN"
     """Weights: minmax per channel or group (the scheme's observer). Activations: the scheme's
     observer, per tensor (calibrated) or per token (dynamic)."""
 

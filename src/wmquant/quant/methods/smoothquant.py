@@ -67,6 +67,7 @@ def _stat(act_stats: Mapping[str, torch.Tensor], key: str, width: int) -> torch.
 
 @register_method("smoothquant")
 class SmoothQuant(PTQMethod):
+    display_name = "SmoothQuant"
     needs_act_stats = True
     options = SmoothQuantOptions
 
