@@ -103,6 +103,35 @@ def test_sweep_dir_is_bound_to_one_spec_and_overrides(table2_store):
     assert store.bind(table2, {"planner.max_iter": 6, "n_evals": 4}, runs)["spec"] == "table2"
 
 
+def _spec_file(tmp_path, name, extra_runs=""):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"""name: grow
+env: wall
+columns: [0, 5]
+base: {{model_name: wall, n_evals: 4, planner.max_iter: 6, quant_encoder: true, quant_iter: 1}}
+runs:
+  - method: fp
+  - {{method: rtn, wa_bits: [8, 8]}}
+{extra_runs}""")
+    return load_spec(path)
+
+
+def test_a_spec_that_gains_runs_extends_its_sweep_and_keeps_finished_ones(tmp_path):
+    small = _spec_file(tmp_path, "small")
+    store = ResultStore(tmp_path / "sweep")
+    store.bind(small, {}, small.runs)
+    for run in small.runs:
+        store.prepare_run(run)
+        _write(store, run)
+    grown = _spec_file(tmp_path, "grown", "  - {method: [awq, gptq], wa_bits: [4, 16]}\n")
+    sweep = store.bind(grown, {}, grown.runs)
+    assert sweep["spec_hash"] == grown.spec_hash and len(sweep["runs"]) == 3
+    assert set(store.completed()) == {r.run_id for r in small.runs}
+    changed = _spec_file(tmp_path, "changed", "").runs[:1]  # a run dropped: not an extension
+    with pytest.raises(StudyError, match="belongs to study"):
+        store.bind(_spec_file(tmp_path, "other", "  - {method: rtn, wa_bits: [6, 6]}\n"), {}, changed)
+
+
 def test_runs_without_sweep_file_are_not_adopted(tmp_path):
     (tmp_path / "runs" / "x").mkdir(parents=True)
     spec = load_spec("table2")

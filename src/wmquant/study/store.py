@@ -209,6 +209,13 @@ class ResultStore:
         """Create sweep.json, or check that the directory belongs to this spec and overrides."""
         current = {"spec": spec.name, "spec_hash": spec.spec_hash, "overrides": dict(overrides)}
         existing = self.read_sweep()
+        if existing is not None and self._extends(existing, spec, overrides, runs):
+            # The spec gained runs and kept every run it had (same ids): the sweep takes them on, and
+            # its finished runs stay finished (e.g. composed-recipe rows added to methods_wall).
+            planned = [{"run_id": r.run_id, "overrides": r.overrides} for r in runs]
+            existing = {**existing, "spec_hash": spec.spec_hash, "runs": planned, "extended": now_iso()}
+            write_json(self.sweep_path, existing)
+            return existing
         if existing is not None:
             if (existing.get("spec"), existing.get("spec_hash")) != (spec.name, spec.spec_hash):
                 raise StudyError(
@@ -228,6 +235,19 @@ class ResultStore:
                  "created": now_iso(), "wmquant_version": __version__}
         write_json(self.sweep_path, sweep)
         return sweep
+
+    @staticmethod
+    def _extends(existing: Mapping[str, Any], spec: StudySpec, overrides: Mapping[str, Any],
+                 runs: Iterable[RunSpec]) -> bool:
+        """True when `spec` is the bound spec with runs added: same name and overrides, every run
+        planned before still planned with the same overrides, and at least one new run."""
+        if existing.get("spec") != spec.name or existing.get("spec_hash") == spec.spec_hash:
+            return False
+        if canonical_json(existing.get("overrides", {})) != canonical_json(dict(overrides)):
+            return False
+        now = {r.run_id: canonical_json(r.overrides) for r in runs}
+        before = {r["run_id"]: canonical_json(r["overrides"]) for r in existing.get("runs", [])}
+        return bool(before) and all(now.get(i) == o for i, o in before.items()) and len(now) > len(before)
 
     def planned_runs(self) -> list[RunSpec]:
         sweep = self.read_sweep() or {}
