@@ -1,3 +1,3 @@
 """wmquant: post-training quantization of world models used for planning."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

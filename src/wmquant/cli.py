@@ -9,7 +9,6 @@ Every failure a user can cause ends as one line on stderr and exit code 2.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from typing import Callable, Sequence
@@ -17,23 +16,23 @@ from typing import Callable, Sequence
 from .errors import ConfigError, WmquantError
 
 HYDRA_COMMANDS = {
-    "plan": ("wmquant.planning.commands", "plan_command", "FP planning (the baseline): `wmquant plan --config-name plan_wall.yaml model_name=wall`"),
-    "quant": ("wmquant.planning.commands", "quant_command", "calibrate, quantize and plan: `wmquant quant method=rtn predictor_wbit=8 ...`"),
-    "ceiling": ("wmquant.planning.commands", "ceiling_command", "the planning ceiling: MPC-CEM with the true dynamics and a Euclidean state cost"),
-    "plan-act": ("wmquant.planning.commands", "plan_act_command", "per-channel activation statistics for SmoothQuant/OmniQuant"),
-    "train": ("wmquant.training.commands", "train_command", "train a world model (and its encoder): `wmquant train --config-name train_wall.yaml`"),
-    "sweep": ("wmquant.study.commands", "sweep_command", "run a study spec: `wmquant sweep study=table1 model_name=wall`"),
+    "plan": ("wmquant.commands.plan", "plan_command", "FP planning (the baseline): `wmquant plan --config-name plan_wall.yaml model_name=wall`"),
+    "quant": ("wmquant.commands.plan", "quant_command", "calibrate, quantize and plan: `wmquant quant method=rtn predictor_wbit=8 ...`"),
+    "ceiling": ("wmquant.commands.plan", "ceiling_command", "the planning ceiling: MPC-CEM with the true dynamics and a Euclidean state cost"),
+    "plan-act": ("wmquant.commands.plan", "plan_act_command", "per-channel activation statistics for SmoothQuant/OmniQuant"),
+    "train": ("wmquant.commands.train", "train_command", "train a world model (and its encoder): `wmquant train --config-name train_wall.yaml`"),
+    "sweep": ("wmquant.commands.study", "sweep_command", "run a study spec: `wmquant sweep study=table1 model_name=wall`"),
 }
 
 FLAG_COMMANDS = {
-    "data": ("wmquant.data.commands", "data_main", "generate a dataset in DINO-WM's on-disk layout"),
-    "demo": ("wmquant.planning.demo", "demo_main", "the quickstart: FP, W8A8 and W4 planning on the shipped Wall model"),
-    "diagnose": ("wmquant.diagnose.commands", "diagnose_main", "diagnostics: `wmquant diagnose landscape --model wall`"),
-    "runs": ("wmquant.study.commands", "runs_main", "list and filter runs of a sweep: `wmquant runs list SWEEP_DIR`"),
-    "report": ("wmquant.study.commands", "report_main", "tables, figures and an HTML page for a sweep: `wmquant report SWEEP_DIR`"),
-    "bench": ("wmquant.bench", "bench_main", "speed and memory benchmarks (`--quick` for a CPU smoke run)"),
-    "export": ("wmquant.kernels.export", "export_main", "write a real low-bit checkpoint"),
-    "models": ("wmquant.models.checkpoint", "models_main", "list the shipped world models"),
+    "data": ("wmquant.commands.data", "data_main", "generate a dataset in DINO-WM's on-disk layout"),
+    "demo": ("wmquant.commands.demo", "demo_main", "the quickstart: FP, W8A8 and W4 planning on the shipped Wall model"),
+    "diagnose": ("wmquant.commands.diagnose", "diagnose_main", "diagnostics: `wmquant diagnose landscape --model wall`"),
+    "runs": ("wmquant.commands.study", "runs_main", "list and filter runs of a sweep: `wmquant runs list SWEEP_DIR`"),
+    "report": ("wmquant.commands.study", "report_main", "tables, figures and an HTML page for a sweep: `wmquant report SWEEP_DIR`"),
+    "bench": ("wmquant.commands.bench", "bench_main", "speed and memory benchmarks (`--quick` for a CPU smoke run)"),
+    "export": ("wmquant.commands.export", "export_main", "write a real low-bit checkpoint"),
+    "models": ("wmquant.commands.models", "models_main", "list the shipped world models"),
 }
 
 
@@ -62,53 +61,6 @@ def parse_hydra_args(argv: Sequence[str]) -> tuple[str | None, list[str]]:
     if config_name is not None and config_name.endswith(".yaml"):
         config_name = config_name[: -len(".yaml")]
     return config_name, overrides
-
-
-def compose_config(config_name: str, overrides: Sequence[str]):
-    """Compose `wmquant/conf/<config_name>.yaml` with Hydra and the given overrides."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_module(config_module="wmquant.conf", version_base=None):
-            return compose(config_name=config_name, overrides=list(overrides))
-    except (HydraException, OmegaConfBaseException) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        hint = _unknown_key_hint(config_name, first)
-        raise ConfigError(f"{first} (config {config_name}.yaml){hint}") from err
-    finally:
-        GlobalHydra.instance().clear()
-
-
-def _unknown_key_hint(config_name: str, message: str) -> str:
-    """For Hydra's "Could not override 'key'": the closest keys the config has, and the `+key=`
-    form that adds a new one."""
-    import difflib
-    import re
-
-    match = re.match(r"Could not override '([^']+)'", message)
-    if not match:
-        return ""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="wmquant.conf", version_base=None):
-        base = OmegaConf.to_container(compose(config_name=config_name), resolve=False)
-
-    def keys(node, prefix=""):
-        for name, value in node.items():
-            yield f"{prefix}{name}"
-            if isinstance(value, dict):
-                yield from keys(value, f"{prefix}{name}.")
-
-    close = difflib.get_close_matches(match.group(1), list(keys(base)), n=3, cutoff=0.6)
-    nearest = f"; closest keys: {', '.join(close)}" if close else ""
-    return f": no such key{nearest} (`+{match.group(1)}=...` adds a new key)"
 
 
 def _usage() -> str:
@@ -152,16 +104,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`wmquant runs list ... | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 141
-
-
-def flag_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """An argparse parser whose usage errors exit with 2 and one line, like every other failure."""
-
-    class _Parser(argparse.ArgumentParser):
-        def error(self, message: str) -> None:  # noqa: D102
-            raise ConfigError(f"{message} (see `{self.prog} --help`)")
-
-    return _Parser(prog=prog, description=description)
 
 
 def entrypoint() -> None:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from wmquant.cli import compose_config, main
+from wmquant.cli import main
+from wmquant.configs import compose_config
 from wmquant.diagnose.mechanisms import LinearProbe, measure_mechanisms, relative_latent_error
 from wmquant.models.checkpoint import shipped_model_names
 from wmquant.planning.session import PlanningSession

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from wmquant.cli import compose_config, main
+from wmquant.cli import main
+from wmquant.configs import compose_config
 from wmquant.diagnose.open_loop import open_loop_error
 from wmquant.models.checkpoint import shipped_model_names
 from wmquant.planning.session import PlanningSession

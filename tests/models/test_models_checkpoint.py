@@ -153,7 +153,9 @@ def test_names_resolve_to_shipped_models(saved, tmp_path, monkeypatch, tiny, cap
         load_world_model("pusht_big")
     with pytest.raises(CheckpointError, match="no such model directory"):
         load_world_model(tmp_path / "nowhere" / "model")
-    assert checkpoint.models_main([]) == 0
+    from wmquant.commands.models import models_main
+
+    assert models_main([]) == 0
     assert capsys.readouterr().out == (
         "tiny_wall: env ?, 32 px, encoder vit/8 dim 16 depth 1, predictor depth 2, num_hist 3, frameskip 2\n"
     )

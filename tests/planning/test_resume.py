@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from wmquant.cli import main
-from wmquant.planning import commands
+from wmquant.planning import runs
 from wmquant.planning.checkpoint import CHECKPOINT_FILE
 
 # 6 episodes, of which 0, 2, 5, 6, 6 have succeeded after MPC iterations 1-5: an interruption after
@@ -26,7 +26,7 @@ class Killed(Exception):
 
 
 def _interrupt_after(monkeypatch, iterations):
-    real = commands.progress_writer
+    real = runs.progress_writer
 
     def writer(run_dir, started):
         write = real(run_dir, started)
@@ -36,7 +36,7 @@ def _interrupt_after(monkeypatch, iterations):
             if iteration + 1 == iterations:
                 raise Killed
         return write_then_die
-    monkeypatch.setattr(commands, "progress_writer", writer)
+    monkeypatch.setattr(runs, "progress_writer", writer)
 
 
 def _result(path):

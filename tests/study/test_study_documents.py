@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from wmquant.study.prose import hand_written_fractions, render_prose, run_name
-from wmquant.study.report import report_figures, study_document_text, study_reports
+from wmquant.study.document import study_document_text, study_reports
+from wmquant.study.report import report_figures
 
 statsmodels = pytest.importorskip("statsmodels")
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar  # noqa: E402

@@ -117,7 +117,7 @@ def test_custom_spec_expands_grid_with_the_first_axis_outermost():
 
 @pytest.mark.parametrize("change, message", [
     ({"colour": 1}, "unknown key 'colour'.*valid keys: name, paper_table"),
-    ({"runs": [{"method": "bogus", "w_bits": 8}]}, "invalid value 'bogus' for method; valid: fp, rtn"),
+    ({"runs": [{"method": "bogus", "w_bits": 8}]}, "invalid value 'bogus' for method: unknown method 'bogus'; valid: fp, awq"),
     ({"base": {"encoder_wbits": 8}}, "unknown key 'encoder_wbits'.*did you mean encoder_wbit"),
     ({"runs": [{"grid": {"method": ["rtn"], "aqg": ["per_channel"]}}]}, "aqg; valid: per_tensor, per_token"),
     ({"runs": [{"grid": {"method": "rtn"}}]}, "non-empty list"),

@@ -32,29 +32,17 @@ import torch
 from ..envs import pusht as pusht_env
 from ..errors import ConfigError, DatasetError
 from ..io import atomic_directory, atomic_path, write_bytes
-from .base import Episode, Normalization, Trajectory, TrajectoryDataset
+from .base import Episode, Trajectory, TrajectoryDataset
+from .pusht_official import NORMALIZATION, PIXELS_PER_ACTION_UNIT
 from .pusht_policies import DEFAULT_POLICY, ScriptedExpert, ScriptedPusher, make_policy, policy_class
 from .pusht_stats import compare_with_official, segment_distribution
 
 GENERATOR_VERSION = 2  # bump when a scripted policy or the written layout changes
 SPLITS = ("train", "val")
 VIDEO_FORMATS = ("mp4", "pth")
-PIXELS_PER_ACTION_UNIT = pusht_env.ACTION_SCALE
 DEFAULT_STEPS = ScriptedPusher.default_steps  # the pusher's episode length
 EXPERT_MAX_STEPS = ScriptedExpert.default_steps  # the expert's cap; it ends an episode once done
 VAL_FRACTION = 0.1
-
-# Fixed statistics of `pusht_noise` that DINO-WM normalises with (spec 2.10); action statistics are
-# for env units (px / 100).
-NORMALIZATION = Normalization(
-    action_mean=torch.tensor([-0.0087, 0.0068]),
-    action_std=torch.tensor([0.2019, 0.2002]),
-    proprio_mean=torch.tensor([236.6155, 264.5674, -2.93032027, 2.54307914]),
-    proprio_std=torch.tensor([101.1202, 87.0112, 74.84556075, 74.14009094]),
-    state_mean=torch.tensor([236.6155, 264.5674, 255.1307, 266.3721, 1.9584, -2.93032027, 2.54307914]),
-    state_std=torch.tensor([101.1202, 87.0112, 52.7054, 57.4971, 1.7556, 74.84556075, 74.14009094]),
-)
-
 
 def pixels_to_env_actions(rel_actions_px: torch.Tensor) -> torch.Tensor:
     """Stored relative actions (px, float32) -> env units (float32). The generator feeds the env

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..envs import pusht as pusht_env
+from .pusht_official import NORMALIZATION, PIXELS_PER_ACTION_UNIT
 
 STATE_NAMES = ("agent x", "agent y", "block x", "block y", "block angle", "agent vx", "agent vy")
 ACTION_NAMES = ("action x", "action y")
@@ -80,8 +81,6 @@ def _valid_frames(episodes: Sequence[dict[str, np.ndarray]]) -> tuple[np.ndarray
 def official_statistics() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(state mean, state std, action mean, action std), actions in px: the normalisation constants
     of `wmquant.data.pusht` (spec 2.10), which upstream computed on the official data."""
-    from .pusht import NORMALIZATION, PIXELS_PER_ACTION_UNIT  # here: that module imports this one
-
     n = NORMALIZATION
     return (n.state_mean.double().numpy(), n.state_std.double().numpy(),
             n.action_mean.double().numpy() * PIXELS_PER_ACTION_UNIT, n.action_std.double().numpy() * PIXELS_PER_ACTION_UNIT)

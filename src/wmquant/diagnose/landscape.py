@@ -285,3 +285,17 @@ def _cost_maps(points, costs, goals, path: Path, xlabel: str, ylabel: str, wall_
         fig.colorbar(sc, ax=ax, fraction=0.046, label="log10 latent MSE")
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def encoder_fn(model, img_size: int, device: torch.device):
+    """uint8 frames (P, H, W, 3) -> the model's visual latents (P, N, E), as planning computes them."""
+    from ..data.transforms import to_model_input
+
+    model = model.to(device).eval()
+
+    @torch.no_grad()
+    def encode(frames: np.ndarray) -> torch.Tensor:
+        x = to_model_input(frames, img_size, channels_last=True, device=device)
+        return model.encoder(model.resize_for_encoder(x)).float().cpu()
+
+    return encode

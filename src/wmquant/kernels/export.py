@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
-import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -174,11 +172,10 @@ def _calibrated_model(model_name: str, method_overrides: Sequence[str], device: 
     episodes only). Returns (session, qconfig, method, report, composed config)."""
     from omegaconf import OmegaConf
 
-    from ..cli import compose_config
-    from ..planning.commands import act_stats_path, build_quant_config, resolve_method
+    from ..configs import compose_config
+    from ..planning.runs import act_stats_path, build_quant_config, resolve_method
     from ..planning.session import PlanningSession, load_planning_model
-    from ..quant.calibration import calibrate_and_quantize
-    from ..quant.methods import get_method
+    from ..quant.calibration import calibrate_and_quantize, needs_act_stats
     from ..quant.stats import load_act_stats
 
     bundle = load_planning_model(OmegaConf.create({"model_name": model_name, "ckpt_base_path": None}))
@@ -190,11 +187,10 @@ def _calibrated_model(model_name: str, method_overrides: Sequence[str], device: 
     cfg = compose_config(f"plan_{bundle.env}", overrides)
     method = resolve_method(cfg)
     qconfig = build_quant_config(cfg, method)
-    recipe = get_method(method)
     options = OmegaConf.to_container(cfg.method_options, resolve=True) if cfg.method_options else {}
-    recipe.check_config(qconfig, recipe.make_options(options))
+    stats_needed = needs_act_stats(method, qconfig, options)  # checks the recipe and its options
     check_real_config(bundle.model, qconfig)  # refuse before calibrating, not after
-    act_stats = load_act_stats(act_stats_path(cfg)) if recipe.requirements(recipe.make_options(options)).act_stats else None
+    act_stats = load_act_stats(act_stats_path(cfg)) if stats_needed else None
     session = PlanningSession(cfg, bundle=bundle)
     episodes, env = session.episodes("calibration")
     try:
@@ -206,40 +202,3 @@ def _calibrated_model(model_name: str, method_overrides: Sequence[str], device: 
     finally:
         env.close()
     return session, qconfig, method, report, cfg
-
-
-def export_main(argv: Sequence[str]) -> int:
-    from ..cli import flag_parser
-    from ..quant.recipes import registered
-
-    parser = flag_parser("wmquant export", "Calibrate a model, quantize it and write a real low-bit checkpoint.")
-    parser.add_argument("--model", default="wall", help="shipped model name or model directory (default: wall)")
-    parser.add_argument("--method", default="rtn",
-                        help=f"PTQ method or recipe (a+b, applied in order): {', '.join(registered())}")
-    parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="quantization and calibration keys of plan_<env>.yaml, e.g. predictor_wbit=4 "
-                             "predictor_abit=16 W_GROUP_SIZE=128 calib_mode_a=token_wise")
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--device", default="cpu", help="calibration device (default cpu)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
-    args = parser.parse_args(list(argv))
-    bad = [o for o in args.config if "=" not in o]
-    if bad:
-        raise ConfigError(f"--config takes KEY=VALUE items, got {bad}")
-    if args.out.exists() and not args.overwrite:
-        raise ConfigError(f"output directory {args.out} already exists; choose another --out or pass --overwrite")
-    start = time.perf_counter()
-    session, qconfig, method, report, cfg = _calibrated_model(
-        args.model, [f"method={args.method}", *args.config], args.device
-    )
-    section = export_quantized(
-        session.model, qconfig, args.out, session.bundle.config, overwrite=args.overwrite,
-        extra={"export": {"method": method, "command": "wmquant export " + " ".join(argv),
-                          "calibration": {"n_evals": int(cfg.n_evals), "quant_iter": int(cfg.quant_iter)},
-                          "method_report": yaml_ready(report.get("method_report"))}},
-    )
-    sizes = section["weight_bytes"]
-    print(f"wrote {args.out} ({len(section['layers'])} real layers, method {method}, {time.perf_counter() - start:.1f} s)")
-    print(f"quantized weights: {sizes['stored_bytes']} bytes stored vs {sizes['fp16_bytes']} in FP16 "
-          f"({sizes['stored_over_fp16']:.3f}x)", file=sys.stdout)
-    return 0

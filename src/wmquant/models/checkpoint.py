@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -441,21 +441,14 @@ def _describe(document: dict[str, Any]) -> str:
     )
 
 
-def models_main(argv: Sequence[str]) -> int:
-    """`wmquant models`: one line per shipped model (name, env, resolution, encoder, predictor)."""
-    from ..cli import flag_parser
-
-    parser = flag_parser("wmquant models", "List the world models shipped with wmquant; load one with model_name=NAME.")
-    parser.parse_args(list(argv))
-    names = shipped_model_names()
-    if not names:
-        print("no shipped models")
-        return 0
-    for name in names:
+def shipped_model_descriptions() -> list[tuple[str, str]]:
+    """(name, one-line description: env, resolution, encoder, predictor) of every shipped model."""
+    out = []
+    for name in shipped_model_names():
         text = (_shipped_models_root() / name / CONFIG_FILE).read_text()
         try:
             description = _describe(yaml.safe_load(text) or {})
         except yaml.YAMLError as exc:
             description = f"unreadable config.yaml ({first_line(exc)})"
-        print(f"{name}: {description}")
-    return 0
+        out.append((name, description))
+    return out

@@ -4,12 +4,14 @@
     qconfig = QuantConfig.uniform(w_bits=4, a_bits=8, w_group_size=128)
     report = calibrate_and_quantize(model, "smoothquant", qconfig, run_calibration, act_stats=stats)
 
-Layout: `qmath` (all arithmetic), `config`, `layers`, `api` (quantize_ and friends), `calibration`
-(recorders and the pipeline), `stats` (plan-act statistics), `methods/` (registered recipes).
+Layout: `qmath` (all arithmetic), `config`, `layers`, `api` (quantize_ and friends), `recorders`
+(what calibration records), `calibration` (the pipeline), `recipes` (method names, one registry),
+`legacy` (the seed README's method flags), `stats` (plan-act statistics), `methods/` (registered methods).
 """
 
 from .api import freeze_, observe_activations, quant_summary, quantize_, resolve_targets, set_quantization_
-from .calibration import BlockInputRecorder, CalibrationData, LinearInputRecorder, calibrate_and_quantize
+from .calibration import calibrate_and_quantize
+from .recorders import BlockInputRecorder, CalibrationData, LinearInputRecorder
 from .config import DEFAULT_TARGETS, TARGET_PRESETS, QuantConfig, QuantConfigError, QuantScheme
 from .layers import ActQuantizer, QuantConv1d, QuantConv2d, QuantLinear, WeightQParams, WeightQuantizer
 from .methods import METHODS, get_method, register_method

@@ -52,7 +52,12 @@ class QuantScheme:
     a_granularity: "per_tensor" (static, calibrated) or "per_token" (dynamic, one scale per token).
     w_observer / a_observer: "minmax", or "omse" (MSE clip search: per weight group over clip
     ratios 0.35..1; per activation tensor over shrink factors 1..0.11 on a calibration sample).
-    quantwm_weight_scale: reproduce QuantWM's symmetric denominator (2^b - 1)/2 (a bug, off).
+    quantwm_weight_scale: reproduce QuantWM's minmax symmetric denominator (2^b - 1)/2 (a bug, off).
+    QuantWM's OMSE observer always divides by 2^(b-1) - 1, so the flag applies to minmax weights
+    only (`minmax_quantwm_scale`): with w_observer="omse" it changes nothing, as in QuantWM.
+    a_include_zero: widen each per-token activation range to contain 0 (the default, as per-tensor
+    ranges are); false reproduces QuantWM's per-token quantizer, which takes the token's own min and
+    max (2.3x less MSE on all-positive tokens, e.g. after a GELU).
     """
 
     w_bits: int = 16
@@ -64,6 +69,7 @@ class QuantScheme:
     w_observer: str = "minmax"
     a_observer: str = "minmax"
     quantwm_weight_scale: bool = False
+    a_include_zero: bool = True
 
     def __post_init__(self) -> None:
         for what in ("w_bits", "a_bits"):
@@ -75,7 +81,7 @@ class QuantScheme:
             qmath.check_group_size(self.w_group_size)
         except QuantizationError as err:
             raise QuantConfigError(f"w_group_size: {err}") from None
-        for what in ("w_symmetric", "a_symmetric", "quantwm_weight_scale"):
+        for what in ("w_symmetric", "a_symmetric", "quantwm_weight_scale", "a_include_zero"):
             if not isinstance(getattr(self, what), bool):
                 _fail(f"{what}={getattr(self, what)!r} must be true or false")
         if self.a_granularity not in A_GRANULARITIES:
@@ -85,6 +91,12 @@ class QuantScheme:
                 _fail(f"{what}={getattr(self, what)!r} is unknown; valid: {', '.join(OBSERVERS)}")
         if self.a_observer == "omse" and self.a_granularity != "per_tensor":
             _fail("a_observer='omse' searches a static range and needs a_granularity='per_tensor'")
+
+    @property
+    def minmax_quantwm_scale(self) -> bool:
+        """Whether the weights' symmetric scale divides by QuantWM's (2^b - 1)/2: only for minmax
+        weights with quantwm_weight_scale (QuantWM's OMSE never used that denominator)."""
+        return self.quantwm_weight_scale and self.w_observer == "minmax"
 
     @property
     def quantizes_weights(self) -> bool:

@@ -57,7 +57,7 @@ class WeightQuantizer(nn.Module):
         self.group_size = scheme.w_group_size
         self.symmetric = scheme.w_symmetric
         self.observer = scheme.w_observer
-        self.quantwm_scale = scheme.quantwm_weight_scale
+        self.quantwm_scale = scheme.minmax_quantwm_scale
         self.enabled = True
         self.register_buffer("scale", None, persistent=False)
         self.register_buffer("zero_point", None, persistent=False)
@@ -152,9 +152,11 @@ class ActQuantizer(nn.Module):
         sample_size: int = 1 << 16,
         seed: int = 0,
         name: str = "",
+        include_zero: bool = True,
     ) -> None:
         super().__init__()
         self.bits = qmath.check_bits(bits, "activation bits")
+        self.include_zero = include_zero
         self.symmetric = symmetric
         self.granularity = granularity
         self.observer = observer
@@ -204,10 +206,11 @@ class ActQuantizer(nn.Module):
         # Where nothing needs a gradient, one fused GPU kernel gives the same bits (fused_fake_quant).
         if self.granularity == "per_token":
             moved = x.movedim(self.channel_axis, -1)
-            if fused_fake_quant.applies(moved):
+            if self.include_zero and fused_fake_quant.applies(moved):
                 out = fused_fake_quant.fake_quantize_per_token(moved, self.bits, self.symmetric)
             else:
-                out = qmath.per_token_fake_quantize(moved, self.bits, self.symmetric, ste=True)
+                out = qmath.per_token_fake_quantize(moved, self.bits, self.symmetric, ste=True,
+                                                    include_zero=self.include_zero)
             return out.movedim(-1, self.channel_axis)
         if self.scale.numel() == 1 and fused_fake_quant.applies(x):
             return fused_fake_quant.fake_quantize_per_tensor(x, self.scale, self.zero_point, self.bits, self.symmetric)
@@ -293,6 +296,7 @@ def make_act_quantizer(scheme: QuantScheme, name: str, channel_axis: int = -1) -
         observer=scheme.a_observer,
         channel_axis=channel_axis,
         name=name,
+        include_zero=scheme.a_include_zero,
     )
 
 

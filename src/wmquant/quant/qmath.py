@@ -99,15 +99,21 @@ def qparams_from_range(
     symmetric: bool,
     quantwm_scale: bool = False,
     ste: bool = False,
+    include_zero: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point (same shape as xmin/xmax) for values in [xmin, xmax].
+
+    The range is widened to contain 0 (so that 0, e.g. padding, is exact) unless `include_zero` is
+    false (asymmetric only): the scale then spans exactly [xmin, xmax] and the zero point may lie
+    outside the integer range (QuantWM's per-token quantizer: z = round(-xmin / s), unclamped).
 
     `quantwm_scale` reproduces QuantWM's symmetric denominator (2^b - 1) / 2, which clips the
     positive extreme (to 0.933 * absmax at 4 bits); it exists only for comparisons with that code.
     Gradients flow into xmin/xmax (learnable clipping); `ste` lets them pass the zero-point rounding.
     """
-    xmin = torch.minimum(xmin, torch.zeros_like(xmin))
-    xmax = torch.maximum(xmax, torch.zeros_like(xmax))
+    if include_zero or symmetric:
+        xmin = torch.minimum(xmin, torch.zeros_like(xmin))
+        xmax = torch.maximum(xmax, torch.zeros_like(xmax))
     qmin, qmax = qrange(bits, symmetric)
     if symmetric:
         absmax = torch.maximum(-xmin, xmax)
@@ -115,8 +121,8 @@ def qparams_from_range(
         scale = (absmax / denominator).clamp(min=SCALE_EPS)
         return scale, torch.zeros_like(scale)
     scale = ((xmax - xmin) / qmax).clamp(min=SCALE_EPS)
-    zero_point = round_half_even(-xmin / scale, ste=ste).clamp(qmin, qmax)
-    return scale, zero_point
+    zero_point = round_half_even(-xmin / scale, ste=ste)
+    return scale, zero_point.clamp(qmin, qmax) if include_zero else zero_point
 
 
 def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int, symmetric: bool,
@@ -270,12 +276,14 @@ def search_weight_clip_ratios(
 # activations
 
 
-def per_token_fake_quantize(x: torch.Tensor, bits: int, symmetric: bool = False, ste: bool = False) -> torch.Tensor:
-    """Dynamic quantization with one scale per row of the last axis (per token)."""
+def per_token_fake_quantize(x: torch.Tensor, bits: int, symmetric: bool = False, ste: bool = False,
+                            include_zero: bool = True) -> torch.Tensor:
+    """Dynamic quantization with one scale per row of the last axis (per token); `include_zero`
+    as in `qparams_from_range`."""
     if not is_quantized(bits):
         return x
     xmin, xmax = torch.aminmax(x.detach(), dim=-1, keepdim=True)  # one pass over x for both
-    scale, zero_point = qparams_from_range(xmin, xmax, bits, symmetric)
+    scale, zero_point = qparams_from_range(xmin, xmax, bits, symmetric, include_zero=include_zero)
     return fake_quantize(x, scale, zero_point, bits, symmetric, ste=ste)
 
 

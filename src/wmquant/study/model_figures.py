@@ -89,7 +89,7 @@ def write_model_figures(sweep_dir: Path, results: Sequence[Mapping[str, Any]]) -
     """Write the figures that can be made for this sweep; returns {name: path}. Missing inputs
     (no open_loop.npz, no statistics file) skip a figure rather than fail the report."""
     from ..models.checkpoint import load_world_model
-    from ..planning.commands import act_stats_path
+    from ..planning.runs import act_stats_path
     from ..quant.stats import load_act_stats
 
     out: dict[str, Path] = {}

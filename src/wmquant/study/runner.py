@@ -29,7 +29,7 @@ def hydra_overrides(base, overrides: Mapping[str, Any]) -> list[str]:
 
 
 def compose_run_config(overrides: Mapping[str, Any], run_dir: str | Path | None = None):
-    from ..cli import compose_config
+    from ..configs import compose_config
 
     env = str(overrides.get("env", "wall"))
     base = compose_config(f"plan_{env}", [])
@@ -44,7 +44,7 @@ def compose_run_config(overrides: Mapping[str, Any], run_dir: str | Path | None 
 
 
 def run_one(overrides: Mapping[str, Any], run_dir: str | Path) -> dict:
-    from ..planning.commands import run_from_config
+    from ..planning.runs import run_from_config
 
     cfg = compose_run_config(overrides, run_dir)
     result, _ = run_from_config(cfg, progress=False)

@@ -164,6 +164,7 @@ KNOWN_KEYS: dict[str, Callable[[str, Any], Any]] = {
     "n_calib": _positive,
     "calib_seed_offset": _non_negative,
     "mechanisms": _boolean,
+    "a_include_zero": _boolean,
     "scale_tag": _text,
     "tag": _text,
     "n_evals": _positive,

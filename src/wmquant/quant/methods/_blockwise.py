@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..api import Target, active_targets
-from ..calibration import BlockCall
+from ..recorders import BlockCall
 from ..config import QuantConfig
 
 

@@ -15,7 +15,8 @@ Block by block, on recorded block inputs propagated through the float blocks:
    as inference (the scheme's bits, symmetry, group size, minmax).
 2. Each chosen scale is folded into the float weights at once. This is an exact equivalence, so
    the remaining searches (which re-run sub-modules on their captured inputs) are unaffected.
-3. Clip search per Linear: for each (row, group), clip ratios f = 1, 1 - 1/clip_grid, ...
+3. Clip search per Linear (for attn.qkv, V's rows only unless `clip_qk`, as llm-awq skips q and k):
+   for each (row, group), clip ratios f = 1, 1 - 1/clip_grid, ...
    (down to 1 - max_shrink): Q with the group's range shrunk by f (values beyond it clamp to the
    ends of the integer range); loss = mean over tokens of the group's
    partial output error (sum_j x_j (w_hat_j - w_j))^2. f = 1 is tried first; the winners are
@@ -35,7 +36,7 @@ import torch
 from torch import nn
 
 from .. import qmath
-from ..calibration import CalibrationData
+from ..recorders import CalibrationData
 from ..config import QuantConfig, QuantScheme
 from ..layers import WeightQParams
 from ._blockwise import Captured, SquaredError, block_targets, model_device, run_and_capture, run_block, split_calls
@@ -51,6 +52,7 @@ class AWQOptions:
     pairs: tuple[str, ...] = PAIRS
     n_grid: int = 20
     clip: bool = True
+    clip_qk: bool = False  # llm-awq leaves the q and k rows unclipped (their products feed a softmax)
     clip_grid: int = 20
     max_shrink: float = 0.5
     clip_max_tokens: int = 512
@@ -63,6 +65,9 @@ class AWQOptions:
         if unknown:
             raise QuantConfigError(f"AWQ pairs {unknown} are unknown; valid: {', '.join(PAIRS)}")
         check_positive(self, "n_grid", "clip_grid", "clip_max_tokens", "n_samples", "batch_size")
+        for name in ("clip", "clip_qk"):
+            if not isinstance(getattr(self, name), bool):
+                raise QuantConfigError(f"AWQ {name}={getattr(self, name)!r} must be true or false")
         if not 0.0 <= self.max_shrink < 1.0:
             raise QuantConfigError(f"AWQ max_shrink={self.max_shrink!r} must be in [0, 1)")
 
@@ -72,7 +77,7 @@ def quantize_like_inference(weight: torch.Tensor, scheme: QuantScheme,
     """Q(W): the minmax fake quantizer that quantize_ applies, with the scheme's settings and
     optional clip ratios (per (row, group), as handed to the weight quantizer)."""
     return qmath.fake_quantize_weight(weight, scheme.w_bits, scheme.w_group_size, scheme.w_symmetric,
-                                      clip_max=clip, clip_min=clip, quantwm_scale=scheme.quantwm_weight_scale)
+                                      clip_max=clip, clip_min=clip, quantwm_scale=scheme.minmax_quantwm_scale)
 
 
 def candidate_scale(act_mean: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -237,7 +242,14 @@ class AWQ(PTQMethod):
                     continue
                 weight = block.get_submodule(name).weight.detach()
                 rows = _strided_rows(layer_inputs[name], options.clip_max_tokens).to(weight.dtype)
-                best = search_clip(weight, rows, target.scheme, factors)
+                if name == "attn.qkv" and not options.clip_qk:
+                    # only V's rows are searched; q and k keep their full range (ratio 1), as in llm-awq
+                    searched = v_rows(block.attn)
+                    best = torch.ones(weight.shape[0], qmath.num_groups(weight.shape[1], target.scheme.w_group_size),
+                                      dtype=weight.dtype, device=weight.device)
+                    best[searched] = search_clip(weight[searched], rows, target.scheme, factors)
+                else:
+                    best = search_clip(weight, rows, target.scheme, factors)
                 clip_ratios[target.name] = WeightQParams(clip_max=best, clip_min=best)
                 result.setdefault("clip", {})[name] = float(best.double().mean())
         return result

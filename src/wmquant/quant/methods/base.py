@@ -18,7 +18,7 @@ from torch import nn
 
 from ...errors import QuantizationError
 from ..api import active_targets
-from ..calibration import CalibrationData
+from ..recorders import CalibrationData
 from ..config import PARTS, QuantConfig, QuantConfigError
 from ..layers import WeightQParams
 

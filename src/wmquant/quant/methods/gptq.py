@@ -25,11 +25,11 @@ import torch
 from torch import nn
 
 from .. import qmath
-from ..calibration import CalibrationData, layer_input_rows
+from ..recorders import CalibrationData, layer_input_rows
 from ..config import QuantConfig, QuantScheme
 from ..layers import WeightQParams
 from ._blockwise import block_targets, model_device, run_block, split_calls
-from .base import MethodResult, PTQMethod, QuantConfigError, check_positive, register_method
+from .base import check_choice, MethodResult, PTQMethod, QuantConfigError, check_positive, register_method
 
 
 @dataclass
@@ -37,6 +37,10 @@ class GPTQOptions:
     block_size: int = 128
     damp: float = 0.01
     act_order: bool = False
+    # where a group's scale comes from, without act-order: "block_start" = the weights as they were
+    # when the current block of columns began (the original GPTQ: W, not its working copy W1);
+    # "updated" = the weights after this block's earlier columns fed their error back (wmquant 0.1)
+    group_params: str = "block_start"
     n_samples: int = 128
     batch_size: int = 16
     seed: int = 0
@@ -45,12 +49,13 @@ class GPTQOptions:
         check_positive(self, "block_size", "damp", "n_samples", "batch_size")
         if not isinstance(self.act_order, bool):
             raise QuantConfigError(f"GPTQ act_order={self.act_order!r} must be true or false")
+        check_choice(self, "group_params", ("block_start", "updated"))
 
 
 def _group_qparams(w: torch.Tensor, scheme: QuantScheme, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Minmax (scale, zero) of a (out, cols) slice treated as one group, in the weight dtype."""
     scale, zero = qmath.weight_qparams(w.to(dtype), scheme.w_bits, None, scheme.w_symmetric,
-                                       quantwm_scale=scheme.quantwm_weight_scale)
+                                       quantwm_scale=scheme.minmax_quantwm_scale)
     return scale[:, 0], zero[:, 0]
 
 
@@ -97,7 +102,10 @@ def gptq_quantize(weight: torch.Tensor, gram: torch.Tensor, rows: int, scheme: Q
             column = int(order[start + i])
             group = column // width
             if not static and column % width == 0:
-                current = torch.cat([w_block[:, i:], w[:, end:]], dim=1)[:, :sizes[group]]
+                if options.group_params == "block_start":
+                    current = w[:, start + i: start + i + sizes[group]]
+                else:
+                    current = torch.cat([w_block[:, i:], w[:, end:]], dim=1)[:, :sizes[group]]
                 scale[:, group], zero[:, group] = _group_qparams(current, scheme, dtype)
             s, z = scale[:, group].double(), zero[:, group].double()
             q = qmath.quantize(w_block[:, i], s, z, scheme.w_bits, scheme.w_symmetric)

@@ -36,7 +36,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .. import qmath
-from ..calibration import BlockCall, CalibrationData
+from ..recorders import BlockCall, CalibrationData
 from ..config import PARTS, QuantConfig
 from ..layers import WeightQParams
 from ._blockwise import SquaredError, block_targets, model_device, run_block, split_calls
@@ -63,7 +63,7 @@ class OmniQuantOptions:
     weight_decay: float = 0.0
     alpha: float = 0.5
     lwc_init: float = 4.0
-    keep_best: bool = True
+    keep_best: bool = False  # the original keeps the last epoch's parameters; true keeps the best epoch's
     n_samples: int = 128
     batch_size: int = 1
     seed: int = 0
@@ -136,7 +136,7 @@ class _BlockState:
             clip_max, clip_min = self.clip_factors(name) if name in self.lwc_names else (None, None)
             subs[f"{name}.weight"] = qmath.fake_quantize_weight(
                 weight, scheme.w_bits, scheme.w_group_size, scheme.w_symmetric, clip_max=clip_max, clip_min=clip_min,
-                quantwm_scale=scheme.quantwm_weight_scale, ste=ste,
+                quantwm_scale=scheme.minmax_quantwm_scale, ste=ste,
             )
         return subs
 
@@ -158,8 +158,12 @@ class _InputFakeQuant:
         per_token = scheme.a_granularity == "per_token"
 
         def hook(module: nn.Module, args: tuple) -> tuple:
-            quantize = qmath.per_token_fake_quantize if per_token else qmath.per_tensor_fake_quantize
-            return (quantize(args[0], scheme.a_bits, scheme.a_symmetric, ste=True),) + tuple(args[1:])
+            if per_token:
+                x = qmath.per_token_fake_quantize(args[0], scheme.a_bits, scheme.a_symmetric, ste=True,
+                                                  include_zero=scheme.a_include_zero)
+            else:
+                x = qmath.per_tensor_fake_quantize(args[0], scheme.a_bits, scheme.a_symmetric, ste=True)
+            return (x,) + tuple(args[1:])
         return hook
 
     def remove(self) -> None:

@@ -21,10 +21,10 @@ from torch import nn
 
 from .. import qmath
 from ..api import active_targets
-from ..calibration import CalibrationData
+from ..recorders import CalibrationData
 from ..config import QuantConfig
 from ..layers import WeightQParams
-from .base import MethodResult, PTQMethod, Requirements, check_choice, register_method
+from .base import QuantConfigError, MethodResult, PTQMethod, Requirements, check_choice, register_method
 
 
 @dataclass
@@ -100,6 +100,14 @@ class OMSE(PTQMethod):
     display_name = "OMSE"
     options = OMSEOptions
 
+    def check_config(self, qconfig: QuantConfig, options: OMSEOptions) -> None:
+        super().check_config(qconfig, options)
+        for part, scheme in (("encoder", qconfig.encoder), ("predictor", qconfig.predictor), ("other", qconfig.other)):
+            if scheme is not None and scheme.quantizes_weights and scheme.minmax_quantwm_scale:
+                raise QuantConfigError(
+                    f"{part}: quantwm_weight_scale with method omse needs w_observer='omse': QuantWM's OMSE divides by "
+                    "2^(b-1) - 1, not by its minmax denominator (2^b - 1)/2")
+
     def requirements(self, options: OMSEOptions) -> Requirements:
         return Requirements(layer_inputs=options.objective == "output")
 
@@ -114,11 +122,11 @@ class OMSE(PTQMethod):
             weight = qmath.as_2d_weight(target.module.weight.detach())
             if options.objective == "weight":
                 chosen = qmath.search_weight_clip_ratios(weight, scheme.w_bits, scheme.w_group_size, scheme.w_symmetric,
-                                                         ratios, scheme.quantwm_weight_scale)
+                                                         ratios, scheme.minmax_quantwm_scale)
             else:
                 gram, _ = calib.layer_grams[target.name]
                 chosen = search_output_clip_ratios(weight, gram, scheme.w_bits, scheme.w_group_size, scheme.w_symmetric,
-                                                   ratios, scheme.quantwm_weight_scale)
+                                                   ratios, scheme.minmax_quantwm_scale)
             qparams[target.name] = WeightQParams(clip_max=chosen, clip_min=chosen)
             mean_ratio[target.name] = float(chosen.double().mean())
         return MethodResult(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..calibration import CalibrationData
+from ..recorders import CalibrationData
 from ..config import QuantConfig
 from .base import MethodResult, NoOptions, PTQMethod, register_method
 

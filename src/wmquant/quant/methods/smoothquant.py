@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ...errors import QuantizationError
-from ..calibration import CalibrationData
+from ..recorders import CalibrationData
 from ..config import PARTS, QuantConfig
 from ._blockwise import block_targets
 from ._equivalence import (

@@ -1,4 +1,5 @@
-"""`wmquant train`: pretrain the encoder (temporal-metric objective), freeze it, train the world model.
+"""Training a world model: pretrain the encoder (temporal-metric objective), freeze it, train the
+world model (`run_training`; its command line is `wmquant train`, wmquant.commands.train).
 
     wmquant train --config-name train_wall.yaml dataset_path=DATA output_dir=RUN [key=value ...]
 
@@ -19,7 +20,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -197,17 +198,3 @@ def run_training(cfg: DictConfig, progress: bool = True) -> dict[str, Any]:
     }
     wio.write_json(out / "train_summary.json", summary)
     return summary
-
-
-def train_command(config_name: str | None, overrides: Sequence[str]) -> int:
-    from ..cli import compose_config
-
-    if config_name is None:
-        from ..planning.commands import env_from_overrides
-
-        config_name = f"train_{env_from_overrides(overrides)}"
-    cfg = compose_config(config_name, overrides)
-    summary = run_training(cfg)
-    print(json.dumps(summary, indent=2))
-    print(f"model: {Path(str(cfg.output_dir)) / 'model'}")
-    return 0

@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ConfigError
-
+from . import flag_parser
 
 
 def data_main(argv: Sequence[str]) -> int:
-    from ..cli import flag_parser
+    from ..data.generate import generate_dataset
     from ..envs import ENV_NAMES
-    from .generate import generate_dataset
 
     parser = flag_parser("wmquant data", "Generate trajectories and write them in DINO-WM's on-disk layout.")
     parser.add_argument("--env", required=True, help=f"one of {', '.join(ENV_NAMES)}")
@@ -50,7 +49,7 @@ def data_main(argv: Sequence[str]) -> int:
         if args.video is not None:
             kwargs["video"] = args.video
         if args.policy is not None:
-            from .pusht_policies import POLICIES
+            from ..data.pusht_policies import POLICIES
 
             if args.policy not in POLICIES:
                 raise ConfigError(f"unknown --policy {args.policy!r}; valid policies: {', '.join(POLICIES)}")
@@ -70,7 +69,7 @@ def data_main(argv: Sequence[str]) -> int:
 
 
 def _write_goals(args) -> int:
-    from .goals import goal_file_from_dataset
+    from ..data.goals import goal_file_from_dataset
 
     if args.train_episodes < 1:
         raise ConfigError(f"--train-episodes must be a positive integer, got {args.train_episodes}")
@@ -96,14 +95,14 @@ def summary(env: str, out: Path, stats: dict, seconds: float) -> str:
                  f"{100 * stats.get('reached_goal_fraction', 0):.1f}% reached the goal pose")
     comparison = stats.get("official_comparison")
     if comparison:
-        from .pusht_stats import DimensionCheck, statistics_table
+        from ..data.pusht_stats import DimensionCheck, statistics_table
 
         checks = [DimensionCheck.from_dict(entry) for entry in comparison]
         passed = sum(c.ok for c in checks)
         lines += ["", f"Against the official pusht_noise statistics (spec 2.10): {passed} of {len(checks)} dimensions within "
                   "bounds (mean within 0.25 official std, std within 15 %):", statistics_table(checks)]
     if stats.get("val_segments"):
-        from .pusht_stats import segment_table
+        from ..data.pusht_stats import segment_table
 
         lines += ["", "Goal segments of the validation split:", segment_table(stats["val_segments"])]
     lines += ["", "(--json prints every statistic)"]

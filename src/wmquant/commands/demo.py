@@ -23,10 +23,11 @@ RUNS = (
 
 
 def demo_main(argv: Sequence[str]) -> int:
-    from ..cli import compose_config, flag_parser
+    from ..configs import compose_config
+    from ..planning.results import success_table
+    from ..planning.runs import run_plan, run_quant
     from ..study.figures import plot_success_curves
-    from .commands import run_plan, run_quant
-    from .results import success_table
+    from . import flag_parser
 
     parser = flag_parser("wmquant demo", "FP, W8A8 and W4A4 planning on the shipped Wall model (CPU-sized budget).")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default demo_outputs/<time>)")

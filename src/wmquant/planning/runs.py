@@ -1,7 +1,8 @@
-"""`wmquant plan`, `wmquant plan-act` and `wmquant quant`: the original study's scripts
-(`plan.py`, `plan_act.py`, `plan_quant_*.py`) as one pipeline with a registered PTQ recipe.
+"""Planning runs: the original study's scripts (`plan.py`, `plan_act.py`, `plan_quant_*.py`) as one
+pipeline with a registered PTQ recipe, plus the planning ceiling. `wmquant.commands.plan` gives
+them their command line; the study runner calls them directly.
 
-Order of work in `quant`: validate every setting, load the FP model, FP-plan `quant_iter` MPC
+Order of work in a quantized run: validate every setting, load the FP model, FP-plan `quant_iter` MPC
 iterations on the calibration episodes (seeds seed*n+2, training split) while recorders and
 observers watch, apply the recipe, switch quantization on, then plan on the evaluation episodes
 (seeds seed*n+1) exactly as `plan` does.
@@ -18,11 +19,12 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..configs import compose_config, env_from_overrides
 from ..errors import ConfigError
 from ..hardware import describe_device
 from ..quant import fused_fake_quant
-from .results import (build_result, new_run_dir, progress_writer, run_label, success_table, write_figures, write_logs,
-                      write_open_loop, write_result)
+from .results import (build_result, new_run_dir, progress_writer, write_figures, write_logs, write_open_loop,
+                      write_result)
 from .checkpoint import CHECKPOINT_FILE, fingerprint
 from .session import PlanningSession
 
@@ -32,24 +34,13 @@ RUN_LOCAL_KEYS = ("output_dir", "save_plots", "save_video", "resume", "n_plot_sa
 A_GRANULARITY = {"layer_wise": "per_tensor", "token_wise": "per_token"}
 
 
-def _compose(config_name: str | None, overrides: Sequence[str]) -> DictConfig:
-    from ..cli import compose_config
-
+def compose_plan_config(config_name: str | None, overrides: Sequence[str]) -> DictConfig:
+    """plan_<env>.yaml (or `config_name`) with the overrides; `method_options` is an open mapping of
+    method hyper-parameters, so `method_options.alpha=0.8` adds a key."""
     if config_name is None:
         config_name = f"plan_{env_from_overrides(overrides)}"
-    # method_options is an open mapping of method hyper-parameters: `method_options.alpha=0.8` adds a key.
     overrides = [f"+{o}" if o.startswith("method_options.") else o for o in overrides]
     return compose_config(config_name, overrides)
-
-
-def env_from_overrides(overrides: Sequence[str], default: str = "wall") -> str:
-    """The env an override list names (`env=...`), to pick plan_<env>.yaml / train_<env>.yaml."""
-    from ..envs import ENV_NAMES
-
-    env = next((o.split("=", 1)[1] for o in overrides if o.startswith("env=")), default)
-    if env not in ENV_NAMES:
-        raise ConfigError(f"unknown env {env!r}; valid envs: {', '.join(ENV_NAMES)}")
-    return env
 
 
 def _flag(cfg: DictConfig, key: str) -> bool:
@@ -57,10 +48,6 @@ def _flag(cfg: DictConfig, key: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{key}={value!r} must be true or false")
     return value
-
-
-def _explicit(overrides: Sequence[str], key: str) -> bool:
-    return any(o.lstrip("+~").split("=", 1)[0] == key for o in overrides)
 
 
 # --- plan -----------------------------------------------------------------------------------------
@@ -107,44 +94,10 @@ def evaluate_and_write(cfg: DictConfig, session: PlanningSession, run_dir: Path,
     return result
 
 
-def print_result(label: str, result: dict, run_dir: Path) -> None:
-    print(success_table({label: result["success_rate_by_iter"]}))
-    bits = (result.get("quant") or {}).get("avg_bits_per_weight") or {}
-    if bits:
-        print("average bits per weight: " + ", ".join(f"{k} {v:.2f}" for k, v in bits.items()))
-    breakdown = result.get("failure_breakdown")
-    if breakdown:
-        print(failure_summary(breakdown))
-    print(f"wrote {run_dir / 'result.json'} ({result['wall_seconds']:.1f} s)")
-
-
-def failure_summary(breakdown: dict) -> str:
-    """Two lines: which part of the success test the unsolved episodes fail, and success split by
-    whether the goal needs the block pushed."""
-    def rate(value):
-        return "n/a" if value is None else f"{value:.2f}"
-
-    n = len(breakdown["agent_error_px"])
-    return (
-        f"unsolved {breakdown['failed']} of {n}: position only {breakdown['position_only']}, angle only "
-        f"{breakdown['angle_only']}, both {breakdown['position_and_angle']} (position errors led by the block "
-        f"{breakdown['position_block_dominant']}, by the agent {breakdown['position_agent_dominant']})\n"
-        f"success on the {breakdown['needs_push']} goals that need the block pushed (>= 5 px): "
-        f"{rate(breakdown['success_rate_needs_push'])}; on the other {n - breakdown['needs_push']}: {rate(breakdown['success_rate_no_push'])}"
-    )
-
-
 def run_plan(cfg: DictConfig, progress: bool = True, session: PlanningSession | None = None) -> tuple[dict, Path]:
     session = session or PlanningSession(cfg)
     run_dir = new_run_dir(cfg)
     return evaluate_and_write(cfg, session, run_dir, time.perf_counter(), progress), run_dir
-
-
-def plan_command(config_name: str | None, overrides: Sequence[str]) -> int:
-    cfg = _compose(config_name, overrides)
-    result, run_dir = run_plan(cfg)
-    print_result(f"{cfg.model_name} {run_label(result)}", result, run_dir)
-    return 0
 
 
 # --- plan-act -------------------------------------------------------------------------------------
@@ -173,13 +126,6 @@ def run_plan_act(cfg: DictConfig, progress: bool = True, session: PlanningSessio
     path = act_stats_path(cfg)
     save_act_stats(path, recorder.stats())
     return path
-
-
-def plan_act_command(config_name: str | None, overrides: Sequence[str]) -> int:
-    cfg = _compose(config_name, overrides)
-    path = run_plan_act(cfg)
-    print(f"wrote activation statistics {path}")
-    return 0
 
 
 # --- quant ----------------------------------------------------------------------------------------
@@ -229,6 +175,7 @@ def build_quant_config(cfg: DictConfig, method: str):
         return QuantScheme(
             w_bits=w_bits, a_bits=a_bits, w_group_size=None if group == -1 else int(group),
             a_granularity=granularity, w_observer=w_observer, a_observer=a_observer,
+            a_include_zero=_flag(cfg, "a_include_zero") if "a_include_zero" in cfg else True,
         )
 
     targets = cfg.quant_targets
@@ -357,18 +304,6 @@ def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession |
     return result, run_dir
 
 
-def quant_command(config_name: str | None, overrides: Sequence[str]) -> int:
-    overrides = list(overrides)
-    # `wmquant quant` quantizes both parts unless told otherwise (the seed README always passes both).
-    for key in ("quant", "quant_encoder"):
-        if not _explicit(overrides, key):
-            overrides.append(f"{key}=true")
-    cfg = _compose(config_name, overrides)
-    result, run_dir = run_quant(cfg)
-    print_result(f"{cfg.model_name} {run_label(result)}", result, run_dir)
-    return 0
-
-
 def run_from_config(cfg: DictConfig, progress: bool = False) -> tuple[dict[str, Any], Path]:
     """FP or quantized planning, whichever the config asks for (used by the study runner)."""
     if str(cfg.method) == "fp" and not cfg.quant and not cfg.quant_encoder:
@@ -410,10 +345,3 @@ def run_ceiling_plan(cfg: DictConfig, progress: bool = True, session: PlanningSe
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)
     return result, run_dir
-
-
-def ceiling_command(config_name: str | None, overrides: Sequence[str]) -> int:
-    cfg = _compose(config_name, overrides)
-    result, run_dir = run_ceiling_plan(cfg)
-    print_result(f"{cfg.env} ceiling", result, run_dir)
-    return 0

@@ -9,7 +9,7 @@ from ..errors import ConfigError
 
 
 def sweep_command(config_name: str | None, overrides: Sequence[str]) -> int:
-    from .sweep import parse_sweep_args, run_sweep
+    from ..study.sweep import parse_sweep_args, run_sweep
 
     if config_name is not None:
         raise ConfigError("wmquant sweep takes study=NAME, not --config-name (e.g. `wmquant sweep study=table1 model_name=wall`)")
@@ -22,9 +22,9 @@ def sweep_command(config_name: str | None, overrides: Sequence[str]) -> int:
 
 
 def runs_main(argv: Sequence[str]) -> int:
-    from ..cli import flag_parser
-    from .spec import parse_override_strings
-    from .store import ResultStore, format_runs
+    from . import flag_parser
+    from ..study.spec import parse_override_strings
+    from ..study.store import ResultStore, format_runs
 
     parser = flag_parser("wmquant runs", "List the runs of a sweep directory.")
     parser.add_argument("action", choices=("list",))
@@ -39,8 +39,8 @@ def runs_main(argv: Sequence[str]) -> int:
 
 
 def report_main(argv: Sequence[str]) -> int:
-    from ..cli import flag_parser
-    from .report import DEFAULT_MARGIN, write_report
+    from . import flag_parser
+    from ..study.report import DEFAULT_MARGIN, write_report
 
     parser = flag_parser("wmquant report", "Markdown, CSV, LaTeX and HTML tables and figures for sweeps.")
     parser.add_argument("sweep_dirs", type=Path, nargs="+", metavar="SWEEP_DIR")
@@ -70,14 +70,14 @@ def report_main(argv: Sequence[str]) -> int:
         raise ConfigError(f"--preface {args.preface}: no such file")
     for sweep_dir in args.sweep_dirs:
         if not args.no_model_figures and sweep_dir.is_dir():
-            from .model_figures import write_model_figures
-            from .store import ResultStore
+            from ..study.model_figures import write_model_figures
+            from ..study.store import ResultStore
 
             results, _ = ResultStore(sweep_dir).load_results()
             for name, path in write_model_figures(sweep_dir, results).items():
                 print(f"{name:>20}: {path}")
     if args.document is not None:
-        from .report import write_study_document
+        from ..study.document import write_study_document
 
         preface = args.preface.read_text(encoding="utf-8") if args.preface else ""
         paths = write_study_document(args.sweep_dirs, args.document, args.title, preface, alpha=args.alpha,

@@ -1,36 +1,20 @@
-"""`wmquant diagnose landscape`: measure a frozen encoder's goal-cost landscape."""
+"""`wmquant diagnose landscape|rollout`: a frozen encoder's goal-cost landscape, or a model's
+open-loop error over the planning horizon (wmquant.diagnose)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-import torch
-
 from .. import io as wio
 from ..errors import ConfigError
 
 
-def encoder_fn(model, img_size: int, device: torch.device):
-    """uint8 frames (P, H, W, 3) -> the model's visual latents (P, N, E), as planning computes them."""
-    from ..data.transforms import to_model_input
-
-    model = model.to(device).eval()
-
-    @torch.no_grad()
-    def encode(frames: np.ndarray) -> torch.Tensor:
-        x = to_model_input(frames, img_size, channels_last=True, device=device)
-        return model.encoder(model.resize_for_encoder(x)).float().cpu()
-
-    return encode
-
-
 def diagnose_main(argv: Sequence[str]) -> int:
-    from ..cli import flag_parser
+    from ..diagnose.landscape import encoder_fn, pusht_landscape, wall_landscape
     from ..models.checkpoint import load_world_model
     from ..planning.engine import resolve_device
-    from .landscape import pusht_landscape, wall_landscape
+    from . import flag_parser
 
     parser = flag_parser("wmquant diagnose", "Diagnostics of a world model: its encoder's goal-cost landscape, or its open-loop error over the planning horizon.")
     parser.add_argument("what", choices=("landscape", "rollout"))
@@ -68,10 +52,10 @@ def diagnose_main(argv: Sequence[str]) -> int:
 
 def _rollout(args) -> int:
     """`wmquant diagnose rollout`: the open-loop error on the evaluation episodes of the plan config."""
-    from ..cli import compose_config
+    from ..configs import compose_config
     from ..models.checkpoint import read_model_config
     from ..planning.session import PlanningSession
-    from .open_loop import open_loop_error, open_loop_table
+    from ..diagnose.open_loop import open_loop_error, open_loop_table
 
     cfg = read_model_config(args.model)  # the env only: the session loads the model
     env_name = (cfg.get("planning") or {}).get("env")

@@ -1,0 +1,265 @@
+"""What calibration records: recorders fed by forward hooks, and the data handed to a method.
+
+The recorders hook modules of the model, so whatever runs the model (the MPC-CEM planner on the
+calibration episodes) feeds them without knowing:
+
+* `BlockInputRecorder` keeps a seeded reservoir of whole sequences entering each part's
+  `blocks.0` (with the extra block arguments, e.g. the predictor's frame-causal mask); block-wise
+  methods (AWQ, OmniQuant, GPTQ) propagate them through the blocks from there.
+* `LinearInputRecorder` accumulates, per Linear/Conv layer, the Gram matrix sum_t x_t x_t^T of its
+  input rows; a layer's output error for a weight error E is then exactly the sum of
+  diag(E H E^T) over all calibration tokens (OMSE's output objective).
+
+Methods read `CalibrationData`; the pipeline that runs them is `wmquant.quant.calibration`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import QuantizationError
+from .config import PARTS
+
+
+@dataclass
+class BlockCall:
+    """Sequences x (n, N, D) that enter a block with the same extra arguments (e.g. a mask)."""
+
+    x: torch.Tensor
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> "BlockCall":
+        move = lambda v: v.to(device) if isinstance(v, torch.Tensor) else v  # noqa: E731
+        return BlockCall(self.x.to(device), tuple(move(a) for a in self.args), {k: move(v) for k, v in self.kwargs.items()})
+
+    def with_x(self, x: torch.Tensor) -> "BlockCall":
+        return BlockCall(x, self.args, self.kwargs)
+
+    @property
+    def num_sequences(self) -> int:
+        return self.x.shape[0]
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (
+            isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+            and a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.cpu(), b.cpu())
+        )
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_value(a[k], b[k]) for k in a)
+    return a == b
+
+
+def _detached(value: Any, device: str) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(device, copy=True)
+    if isinstance(value, tuple):
+        return tuple(_detached(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _detached(v, device) for k, v in value.items()}
+    return value
+
+
+def _plain_tensors() -> contextlib.ExitStack:
+    """No autograd, and outside inference mode even if the planner runs in it: recorded tensors
+    must stay usable by methods that differentiate (OmniQuant) or update them in place."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode(False))
+    stack.enter_context(torch.no_grad())
+    return stack
+
+
+class _PartReservoir:
+    """Reservoir sampling (algorithm R) over the sequences entering one part's first block."""
+
+    def __init__(self, max_samples: int, seed: int, device: str) -> None:
+        self.max_samples = max_samples
+        self.rng = random.Random(seed)
+        self.device = device
+        self.signatures: list[tuple[tuple, dict]] = []
+        self.items: list[tuple[int, torch.Tensor]] = []
+        self.seen = 0
+        self.calls = 0
+
+    def _signature_index(self, args: tuple, kwargs: dict) -> int:
+        for index, (known_args, known_kwargs) in enumerate(self.signatures):
+            if _same_value(known_args, args) and _same_value(known_kwargs, kwargs):
+                return index
+        self.signatures.append((_detached(args, self.device), _detached(kwargs, self.device)))
+        return len(self.signatures) - 1
+
+    def add(self, x: torch.Tensor, args: tuple, kwargs: dict) -> None:
+        self.calls += 1
+        signature = None
+        for i in range(x.shape[0]):
+            slot = len(self.items) if self.seen < self.max_samples else self.rng.randrange(self.seen + 1)
+            self.seen += 1
+            if slot >= self.max_samples:
+                continue
+            if signature is None:
+                signature = self._signature_index(args, kwargs)
+            item = (signature, x[i].detach().to(self.device, copy=True))
+            if slot == len(self.items):
+                self.items.append(item)
+            else:
+                self.items[slot] = item
+
+    def calls_grouped(self, batch_size: int | None) -> list[BlockCall]:
+        groups: dict[tuple, list[torch.Tensor]] = {}
+        for signature, x in self.items:
+            groups.setdefault((signature, tuple(x.shape)), []).append(x)
+        batches = []
+        for (signature, _), xs in groups.items():
+            args, kwargs = self.signatures[signature]
+            step = batch_size or len(xs)
+            for start in range(0, len(xs), step):
+                batches.append(BlockCall(torch.stack(xs[start:start + step]), args, kwargs))
+        return batches
+
+
+class BlockInputRecorder:
+    """Records the inputs of `{part}.blocks.0` for each part, while the model runs in float.
+
+    Use as a context manager (hooks removed on exit). Each forward call contributes its batch of
+    sequences to a seeded reservoir of at most `max_samples` sequences per part; the block's extra
+    arguments (e.g. `attend`, the predictor's mask) are kept once per distinct value.
+    `inputs(part)` returns them as BlockCalls grouped by (extra arguments, sequence length).
+    """
+
+    def __init__(self, model: nn.Module, parts: tuple[str, ...] = PARTS, max_samples: int = 128, seed: int = 0,
+                 device: str = "cpu") -> None:
+        if max_samples < 1:
+            raise QuantizationError(f"max_samples={max_samples} must be >= 1")
+        self.model = model
+        self.parts = tuple(parts)
+        self.reservoirs = {part: _PartReservoir(max_samples, seed + i, device) for i, part in enumerate(self.parts)}
+        self._handles: list = []
+        for part in self.parts:
+            first = first_block(model, part)
+            self._handles.append(first.register_forward_pre_hook(self._hook(part), with_kwargs=True))
+
+    def _hook(self, part: str) -> Callable:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            if args:
+                x, rest = args[0], args[1:]
+            elif "x" in kwargs:
+                x, rest = kwargs["x"], ()
+                kwargs = {k: v for k, v in kwargs.items() if k != "x"}
+            else:
+                raise QuantizationError(f"{part}.blocks.0 was called without an input tensor")
+            if x.dim() != 3:
+                raise QuantizationError(f"{part}.blocks.0 input has shape {tuple(x.shape)}; expected (batch, tokens, dim)")
+            with _plain_tensors():
+                self.reservoirs[part].add(x, rest, kwargs)
+        return hook
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> "BlockInputRecorder":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def num_sequences(self, part: str) -> int:
+        return len(self.reservoirs[part].items)
+
+    def inputs(self, part: str, batch_size: int | None = None) -> list[BlockCall]:
+        return self.reservoirs[part].calls_grouped(batch_size)
+
+    def all_inputs(self, batch_size: int | None = None) -> dict[str, list[BlockCall]]:
+        return {part: self.inputs(part, batch_size) for part in self.parts}
+
+    def check_nonempty(self) -> None:
+        for part, reservoir in self.reservoirs.items():
+            if not reservoir.items:
+                raise QuantizationError(
+                    f"no calibration data reached {part}.blocks.0; the calibration run made no forward pass "
+                    "through it (did every calibration episode finish before planning started?)"
+                )
+
+
+def first_block(model: nn.Module, part: str) -> nn.Module:
+    blocks = getattr(getattr(model, part, None), "blocks", None)
+    if not isinstance(blocks, (nn.ModuleList, nn.Sequential)) or len(blocks) == 0:
+        raise QuantizationError(f"the model has no {part}.blocks; block-wise methods need {part}.blocks.0")
+    return blocks[0]
+
+
+def layer_input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The rows a layer multiplies by its 2-D weight: (rows, in) for Linear, unfolded patches for Conv."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1])
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
+            raise QuantizationError("layer inputs of grouped, non-zero-padded or 'same'-padded convolutions are not supported")
+        if isinstance(module, nn.Conv1d):
+            x = x.unsqueeze(-1)
+            kernel, stride = (module.kernel_size[0], 1), (module.stride[0], 1)
+            padding, dilation = (module.padding[0], 0), (module.dilation[0], 1)
+        else:
+            kernel, stride, padding, dilation = module.kernel_size, module.stride, module.padding, module.dilation
+        patches = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # (B, C*k, L)
+        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+    raise QuantizationError(f"cannot record inputs of a {type(module).__name__}")
+
+
+class LinearInputRecorder:
+    """Accumulates H = sum_t x_t x_t^T (float64, (in, in)) and the row count per named layer."""
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        self.grams: dict[str, torch.Tensor] = {}
+        self.rows: dict[str, int] = {name: 0 for name in names}
+        self._handles = [model.get_submodule(name).register_forward_pre_hook(self._hook(name)) for name in names]
+
+    def _hook(self, name: str) -> Callable:
+        def hook(module: nn.Module, args: tuple) -> None:
+            with _plain_tensors():
+                rows = layer_input_rows(module, args[0].detach())
+                rows = rows.to(torch.promote_types(rows.dtype, torch.float32))  # half inputs: float32 products
+                gram = (rows.T @ rows).double()
+                if name in self.grams:
+                    self.grams[name] += gram
+                else:
+                    self.grams[name] = gram
+                self.rows[name] += rows.shape[0]
+        return hook
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> "LinearInputRecorder":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def check_nonempty(self) -> None:
+        for name, count in self.rows.items():
+            if count == 0:
+                raise QuantizationError(f"no calibration data reached {name}; the calibration run made no forward pass through it")
+
+
+@dataclass
+class CalibrationData:
+    """What pass 1 recorded, handed to a method's `transform`."""
+
+    block_inputs: dict[str, list[BlockCall]] = field(default_factory=dict)
+    layer_grams: dict[str, tuple[torch.Tensor, int]] = field(default_factory=dict)
+    act_stats: dict[str, torch.Tensor] | None = None
