@@ -131,6 +131,9 @@ def check_real_config(model: nn.Module, qconfig: QuantConfig) -> None:
             raise _refuse(target.name, f"a {type(target.module).__name__} (the real backend runs quantized Linear layers only)")
         _kind(target.name, target.module.in_features, scheme.w_bits, scheme.w_group_size, scheme.w_symmetric,
               scheme.a_bits)
+        if (scheme.w_format, scheme.a_format) != ("int", "int"):
+            raise _refuse(target.name, f"the number formats ({scheme.w_format}, {scheme.a_format}); the real "
+                                       "kernels run integer grids")
         if scheme.quantizes_activations and not scheme.a_include_zero:
             raise _refuse(target.name, "per-token activations without 0 in their range (a_include_zero=false)")
 

@@ -215,6 +215,10 @@ def run_label(result: dict[str, Any]) -> str:
         text += f" G{scheme['w_group_size']}"
     if scheme["a_bits"] < 16 and scheme.get("a_granularity") == "per_token":
         text += " per-token"
+    formats = [f for f, bits in ((scheme.get("w_format", "int"), scheme["w_bits"]), (scheme.get("a_format", "int"),
+                                                                                      scheme["a_bits"])) if bits < 16]
+    if any(f != "int" for f in formats):
+        text += " " + "/".join(dict.fromkeys(formats))
     enc = quant.get("encoder") or {}
     if quant.get("quant_encoder") and (enc.get("w_bits"), enc.get("a_bits")) != (scheme["w_bits"], scheme["a_bits"]):
         text += f" (enc W{enc['w_bits']}A{enc['a_bits']})"

@@ -176,6 +176,7 @@ def build_quant_config(cfg: DictConfig, method: str):
             w_bits=w_bits, a_bits=a_bits, w_group_size=None if group == -1 else int(group),
             a_granularity=granularity, w_observer=w_observer, a_observer=a_observer,
             a_include_zero=_flag(cfg, "a_include_zero") if "a_include_zero" in cfg else True,
+            w_format=str(cfg.get("w_format", "int")), a_format=str(cfg.get("a_format", "int")),
         )
 
     targets = cfg.quant_targets

@@ -55,6 +55,8 @@ class QuantScheme:
     quantwm_weight_scale: reproduce QuantWM's minmax symmetric denominator (2^b - 1)/2 (a bug, off).
     QuantWM's OMSE observer always divides by 2^(b-1) - 1, so the flag applies to minmax weights
     only (`minmax_quantwm_scale`): with w_observer="omse" it changes nothing, as in QuantWM.
+    w_format / a_format: the number format (qmath.FORMATS): "int" (the integer grids), "fp8_e4m3",
+    "fp8_e5m2" (bits 8), "mxfp4", "nvfp4" (bits 4; their blocks replace w_group_size).
     a_include_zero: widen each per-token activation range to contain 0 (the default, as per-tensor
     ranges are); false reproduces QuantWM's per-token quantizer, which takes the token's own min and
     max (2.3x less MSE on all-positive tokens, e.g. after a GELU).
@@ -70,6 +72,8 @@ class QuantScheme:
     a_observer: str = "minmax"
     quantwm_weight_scale: bool = False
     a_include_zero: bool = True
+    w_format: str = "int"
+    a_format: str = "int"
 
     def __post_init__(self) -> None:
         for what in ("w_bits", "a_bits"):
@@ -89,6 +93,19 @@ class QuantScheme:
         for what in ("w_observer", "a_observer"):
             if getattr(self, what) not in OBSERVERS:
                 _fail(f"{what}={getattr(self, what)!r} is unknown; valid: {', '.join(OBSERVERS)}")
+        for what, bits in (("w_format", self.w_bits), ("a_format", self.a_bits)):
+            fmt = getattr(self, what)
+            try:
+                qmath.check_format(fmt, what)
+            except QuantizationError as err:
+                raise QuantConfigError(str(err)) from None
+            if fmt != "int" and qmath.is_quantized(bits) and bits != qmath.FORMAT_BITS[fmt]:
+                _fail(f"{what}={fmt} stores {qmath.FORMAT_BITS[fmt]} bits per value; got {what[0]}_bits={bits}")
+        if self.w_format != "int" and self.w_group_size is not None:
+            _fail(f"w_format={self.w_format} has its own scaling blocks; w_group_size must be null (per channel), "
+                  f"got {self.w_group_size}")
+        if self.a_format != "int" and self.a_observer != "minmax":
+            _fail(f"a_format={self.a_format} takes its range from min/max; a_observer must be 'minmax'")
         if self.a_observer == "omse" and self.a_granularity != "per_tensor":
             _fail("a_observer='omse' searches a static range and needs a_granularity='per_tensor'")
 

@@ -58,6 +58,7 @@ class WeightQuantizer(nn.Module):
         self.symmetric = scheme.w_symmetric
         self.observer = scheme.w_observer
         self.quantwm_scale = scheme.minmax_quantwm_scale
+        self.format = scheme.w_format
         self.enabled = True
         self.register_buffer("scale", None, persistent=False)
         self.register_buffer("zero_point", None, persistent=False)
@@ -116,6 +117,8 @@ class WeightQuantizer(nn.Module):
 
     def _fake_quantize(self, weight: torch.Tensor) -> torch.Tensor:
         weight2d = qmath.as_2d_weight(weight)
+        if self.format != "int":
+            return qmath.format_fake_quantize_weight(weight2d, self.format).reshape(weight.shape)
         scale, zero_point = self.compute_qparams(weight2d)
         if not self.fixed_qparams:
             self.scale, self.zero_point = scale, zero_point
@@ -126,6 +129,8 @@ class WeightQuantizer(nn.Module):
 
     def storage_bits(self, weight: torch.Tensor) -> int:
         rows, cols = qmath.as_2d_weight(weight).shape
+        if self.format != "int":
+            return qmath.format_storage_bits(rows, cols, self.format)
         return qmath.weight_storage_bits(rows, cols, self.bits, self.group_size, self.symmetric)
 
 
@@ -153,10 +158,12 @@ class ActQuantizer(nn.Module):
         seed: int = 0,
         name: str = "",
         include_zero: bool = True,
+        number_format: str = "int",
     ) -> None:
         super().__init__()
         self.bits = qmath.check_bits(bits, "activation bits")
         self.include_zero = include_zero
+        self.format = qmath.check_format(number_format, "activation format")
         self.symmetric = symmetric
         self.granularity = granularity
         self.observer = observer
@@ -204,6 +211,12 @@ class ActQuantizer(nn.Module):
         # Straight-through rounding: a planner that differentiates through the model (GD) still
         # gets gradients, as with torch's own fake-quantize ops; without autograd it changes nothing.
         # Where nothing needs a gradient, one fused GPU kernel gives the same bits (fused_fake_quant).
+        if self.format != "int":
+            moved = x.movedim(self.channel_axis, -1)
+            absmax = None if self.granularity == "per_token" else self.scale  # frozen: the range's absmax
+            out = qmath.format_fake_quantize_activation(moved, self.format, self.granularity == "per_token", absmax,
+                                                        ste=True)
+            return out.movedim(-1, self.channel_axis)
         if self.granularity == "per_token":
             moved = x.movedim(self.channel_axis, -1)
             if self.include_zero and fused_fake_quant.applies(moved):
@@ -257,6 +270,11 @@ class ActQuantizer(nn.Module):
                 f"activation quantizer {self.name or '<unnamed>'} saw no calibration data; "
                 "the calibration run made no forward pass through this module"
             )
+        if self.format != "int":
+            # a float format keeps the range's absmax (its scale maps it onto the format's largest value)
+            self.scale = torch.maximum(-self.running_min, self.running_max)
+            self.zero_point = torch.zeros_like(self.scale)
+            return
         if self.observer == "omse":
             scale, zero_point = qmath.search_activation_range(
                 self.sample, self.running_min, self.running_max, self.bits, self.symmetric
@@ -297,6 +315,7 @@ def make_act_quantizer(scheme: QuantScheme, name: str, channel_axis: int = -1) -
         channel_axis=channel_axis,
         name=name,
         include_zero=scheme.a_include_zero,
+        number_format=scheme.a_format,
     )
 
 

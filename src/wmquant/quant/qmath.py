@@ -28,6 +28,7 @@ row of the last axis, computed on the fly).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
@@ -360,3 +361,137 @@ def as_2d_weight(weight: torch.Tensor) -> torch.Tensor:
     """Linear (out, in) as is; Conv (out, in, *kernel) -> (out, in * prod(kernel))."""
     return weight.reshape(weight.shape[0], -1)
 
+
+
+# --------------------------------------------------------------------------------------------
+# floating-point formats: FP8 (E4M3, E5M2) and microscaled 4-bit floats (MXFP4, NVFP4)
+
+@dataclass(frozen=True)
+class FloatFormat:
+    """A small binary floating-point format: sign, `exponent` bits with `bias`, `mantissa` bits,
+    subnormals, no infinities; values beyond `max_value` saturate to it (as FP8 kernels do)."""
+
+    name: str
+    exponent: int
+    mantissa: int
+    bias: int
+    max_value: float
+
+    @property
+    def min_normal_exponent(self) -> int:
+        return 1 - self.bias
+
+
+E4M3 = FloatFormat("e4m3", exponent=4, mantissa=3, bias=7, max_value=448.0)  # OCP FP8 E4M3 (FN): 448
+E5M2 = FloatFormat("e5m2", exponent=5, mantissa=2, bias=15, max_value=57344.0)
+E2M1 = FloatFormat("e2m1", exponent=2, mantissa=1, bias=1, max_value=6.0)  # FP4: 0, 0.5, 1, 1.5, 2, 3, 4, 6
+
+#: Number formats of a scheme. "int": the integer grids above (b bits, scale, zero point).
+#: "fp8_e4m3" / "fp8_e5m2": 8-bit floats with one scale per row (weights), per token or per tensor
+#: (activations), the scale mapping the range's absmax onto the format's max. "mxfp4": OCP
+#: microscaling, E2M1 elements in blocks of 32 along the input axis with a power-of-two (E8M0) scale.
+#: "nvfp4": E2M1 elements in blocks of 16 with an E4M3 block scale times one FP32 tensor scale.
+FORMATS = ("int", "fp8_e4m3", "fp8_e5m2", "mxfp4", "nvfp4")
+FORMAT_BITS = {"fp8_e4m3": 8, "fp8_e5m2": 8, "mxfp4": 4, "nvfp4": 4}
+FORMAT_BLOCK = {"mxfp4": 32, "nvfp4": 16}
+FP8_FORMATS = {"fp8_e4m3": E4M3, "fp8_e5m2": E5M2}
+
+
+def check_format(value: object, what: str = "format") -> str:
+    if value not in FORMATS:
+        raise QuantizationError(f"{what}={value!r} is not a number format; valid: {', '.join(FORMATS)}")
+    return str(value)
+
+
+def round_to_float_format(x: torch.Tensor, fmt: FloatFormat, ste: bool = False) -> torch.Tensor:
+    """x rounded to the nearest value of `fmt` (ties to even mantissa), saturating at +-max_value.
+
+    The spacing of representable values around |x| is 2^(e - mantissa) with e = max(floor(log2|x|),
+    1 - bias) (below the smallest normal the spacing stays that of the subnormals)."""
+    work = x.double() if x.dtype != torch.float64 else x
+    magnitude = work.abs().clamp(max=fmt.max_value)
+    _, exponent = torch.frexp(torch.where(magnitude > 0, magnitude, torch.ones_like(magnitude)))
+    exponent = torch.clamp(exponent - 1, min=fmt.min_normal_exponent)  # frexp: m in [0.5, 1)
+    spacing = torch.pow(2.0, (exponent - fmt.mantissa).to(work.dtype))
+    rounded = round_half_even(magnitude / spacing, ste=ste) * spacing
+    out = torch.sign(work) * torch.clamp(rounded, max=fmt.max_value)
+    return out.to(x.dtype)
+
+
+def fp8_fake_quantize(x: torch.Tensor, fmt_name: str, absmax: torch.Tensor, ste: bool = False) -> torch.Tensor:
+    """Scaled FP8: x / s in the format, s = absmax / max_value (absmax broadcast against x)."""
+    fmt = FP8_FORMATS[fmt_name]
+    scale = (absmax / fmt.max_value).clamp(min=SCALE_EPS)
+    return round_to_float_format(x / scale, fmt, ste=ste) * scale
+
+
+def _blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, int]:
+    """(..., n) -> (..., ceil(n / block), block), zero-padded at the end; returns the original n."""
+    n = x.shape[-1]
+    pad = (-n) % block
+    if pad:
+        x = torch.nn.functional.pad(x, (0, pad))
+    return x.reshape(*x.shape[:-1], -1, block), n
+
+
+def mxfp4_fake_quantize(x: torch.Tensor, ste: bool = False) -> torch.Tensor:
+    """OCP MXFP4 along the last axis: blocks of 32 share the scale 2^(floor(log2 absmax) - 2)
+    (E8M0; 2 = the exponent of E2M1's largest value 6 = 1.5 * 2^2), elements in E2M1, saturating."""
+    blocks, n = _blocks(x, FORMAT_BLOCK["mxfp4"])
+    absmax = blocks.detach().abs().amax(dim=-1, keepdim=True)
+    _, exponent = torch.frexp(torch.where(absmax > 0, absmax, torch.ones_like(absmax)))
+    scale = torch.pow(2.0, (exponent - 1 - 2).to(blocks.dtype))
+    out = round_to_float_format(blocks / scale, E2M1, ste=ste) * scale
+    return out.reshape(*x.shape[:-1], -1)[..., :n]
+
+
+def nvfp4_fake_quantize(x: torch.Tensor, tensor_absmax: torch.Tensor | None = None, ste: bool = False) -> torch.Tensor:
+    """NVFP4 along the last axis: blocks of 16 with an E4M3 block scale, times one FP32 scale per
+    tensor g = absmax / (448 * 6) so that the block scales use E4M3's range; elements in E2M1.
+    tensor_absmax: the tensor's absmax (default: x's own)."""
+    blocks, n = _blocks(x, FORMAT_BLOCK["nvfp4"])
+    detached = blocks.detach()
+    amax = detached.abs().amax() if tensor_absmax is None else tensor_absmax
+    global_scale = (amax / (E4M3.max_value * E2M1.max_value)).clamp(min=SCALE_EPS)
+    block_scale = round_to_float_format(detached.abs().amax(dim=-1, keepdim=True) / (E2M1.max_value * global_scale), E4M3)
+    scale = (block_scale * global_scale).clamp(min=SCALE_EPS)
+    out = round_to_float_format(blocks / scale, E2M1, ste=ste) * scale
+    return out.reshape(*x.shape[:-1], -1)[..., :n]
+
+
+def format_fake_quantize_weight(w: torch.Tensor, fmt_name: str) -> torch.Tensor:
+    """A 2-D weight (out, in) in a float format: FP8 with one scale per row; MXFP4 / NVFP4 in
+    blocks along the input axis (NVFP4's tensor scale from the whole weight)."""
+    if fmt_name in FP8_FORMATS:
+        return fp8_fake_quantize(w, fmt_name, w.detach().abs().amax(dim=1, keepdim=True))
+    if fmt_name == "mxfp4":
+        return mxfp4_fake_quantize(w)
+    if fmt_name == "nvfp4":
+        return nvfp4_fake_quantize(w)
+    raise QuantizationError(f"{fmt_name!r} is not a float format; valid: {', '.join(FORMATS[1:])}")
+
+
+def format_fake_quantize_activation(x: torch.Tensor, fmt_name: str, per_token: bool,
+                                    absmax: torch.Tensor | None = None, ste: bool = False) -> torch.Tensor:
+    """Activations (..., channels) in a float format. FP8: per token (dynamic) or with the static
+    per-tensor `absmax` from calibration. MXFP4 / NVFP4: dynamic blocks along the channels (NVFP4's
+    tensor scale: the static `absmax` if given, else the tensor's own)."""
+    if fmt_name in FP8_FORMATS:
+        if per_token or absmax is None:
+            absmax = x.detach().abs().amax(dim=-1, keepdim=True) if per_token else x.detach().abs().amax()
+        return fp8_fake_quantize(x, fmt_name, absmax, ste=ste)
+    if fmt_name == "mxfp4":
+        return mxfp4_fake_quantize(x, ste=ste)
+    if fmt_name == "nvfp4":
+        return nvfp4_fake_quantize(x, None if per_token else absmax, ste=ste)
+    raise QuantizationError(f"{fmt_name!r} is not a float format; valid: {', '.join(FORMATS[1:])}")
+
+
+def format_storage_bits(out_features: int, in_features: int, fmt_name: str) -> int:
+    """Bits to store a weight in a float format: elements, plus 16 bits per row (FP8 scales),
+    8 bits per block of 32 (MXFP4's E8M0) or per block of 16 (NVFP4's E4M3) and 32 per tensor."""
+    numel = out_features * in_features
+    if fmt_name in FP8_FORMATS:
+        return 8 * numel + QPARAM_BITS * out_features
+    blocks = out_features * math.ceil(in_features / FORMAT_BLOCK[fmt_name])
+    return 4 * numel + 8 * blocks + (FLOAT_BITS if fmt_name == "nvfp4" else 0)

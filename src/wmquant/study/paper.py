@@ -54,22 +54,24 @@ class SettingKey(NamedTuple):
     pred_a: int
     group: int | None
     aqg: str | None
+    fmt: str = "int"  # number format(s) of the quantized values ("int", "fp8_e4m3", "mxfp4", "fp8_e4m3/int")
 
     @classmethod
     def make(cls, method: str, enc_w: int, enc_a: int, pred_w: int, pred_a: int,
-             group: int | None, aqg: str | None) -> "SettingKey":
+             group: int | None, aqg: str | None, fmt: str = "int") -> "SettingKey":
         bits = [OFF_BITS if int(b) >= OFF_BITS else int(b) for b in (enc_w, enc_a, pred_w, pred_a)]
         if group is not None and int(group) <= 0:
             group = None
         weights_quantized = bits[0] < OFF_BITS or bits[2] < OFF_BITS
         activations_quantized = bits[1] < OFF_BITS or bits[3] < OFF_BITS
         return cls(method, *bits, int(group) if (group is not None and weights_quantized) else None,
-                   aqg if activations_quantized else None)
+                   aqg if activations_quantized else None, fmt or "int")
 
     @property
     def setting(self) -> tuple:
-        """The key without the method: runs sharing it are compared method against method."""
-        return tuple(self)[1:]
+        """The key without the method and the number format: runs sharing it are compared against
+        each other (methods, or formats of one method, at the same bits)."""
+        return tuple(self)[1:7]
 
     def label(self) -> str:
         """Human-readable setting in the paper's notation (32 = not quantized), e.g. "W4A32 G128",
@@ -84,7 +86,21 @@ class SettingKey(NamedTuple):
         parts = [bits, f"G{self.group}" if self.group else "per-channel"]
         if self.aqg:
             parts.append(self.aqg.replace("_", "-"))
+        if self.fmt != "int":
+            parts.append(format_label(self.fmt))
         return " ".join(parts)
+
+
+def format_label(fmt: str) -> str:
+    """"fp8_e4m3" -> "FP8-E4M3", "mxfp4" -> "MXFP4", "fp8_e4m3/int" -> "FP8-E4M3/INT"."""
+    return "/".join(part.upper().replace("_", "-") for part in fmt.split("/"))
+
+
+def format_of(w_format: str, a_format: str, weights_quantized: bool, activations_quantized: bool) -> str:
+    """The formats of what a scheme quantizes, as one key: "int", "fp8_e4m3", "fp8_e4m3/int"."""
+    used = [f for f, on in ((w_format, weights_quantized), (a_format, activations_quantized)) if on]
+    unique = list(dict.fromkeys(used)) or ["int"]
+    return "/".join(unique)
 
 
 def paper_bits(bits: int) -> str:
@@ -136,8 +152,10 @@ def setting_key_from_result(result: Mapping[str, Any]) -> SettingKey:
     # predictor's is reported unless the predictor is not quantized at all.
     pred_on = predictor["w_bits"] < OFF_BITS or predictor["a_bits"] < OFF_BITS
     source = predictor if pred_on else encoder
+    fmt = format_of(source.get("w_format", "int"), source.get("a_format", "int"), source["w_bits"] < OFF_BITS,
+                    source["a_bits"] < OFF_BITS)
     return SettingKey.make(method, encoder["w_bits"], encoder["a_bits"], predictor["w_bits"],
-                           predictor["a_bits"], source.get("w_group_size"), source.get("a_granularity"))
+                           predictor["a_bits"], source.get("w_group_size"), source.get("a_granularity"), fmt)
 
 
 def engine_variant(result: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None) -> str:

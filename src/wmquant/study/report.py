@@ -30,7 +30,7 @@ from ..errors import StudyError
 from ..io import write_bytes, write_text
 from .figures import plot_latent_mse_and_loss, plot_success_curves
 from ..quant.recipes import display_name
-from .paper import SettingKey, engine_variant, paper_bits, paper_table, setting_key_from_result
+from .paper import SettingKey, engine_variant, format_label, paper_bits, paper_table, setting_key_from_result
 from .spec import setting_key_from_overrides
 from .stats import (
     MCNEMAR_METHODS,
@@ -405,7 +405,7 @@ def groups_per_row_text(result: Mapping[str, Any] | None) -> str:
 
 
 def setting_values(report: Report, key: SettingKey, variant: str = "", result: Mapping[str, Any] | None = None) -> list[str]:
-    method = method_label(key.method, variant)
+    method = method_label(key.method, variant) + (f" {format_label(key.fmt)}" if key.fmt != "int" else "")
     group = f"{key.group}{groups_per_row_text(result)}" if key.group else "\u2013"
     aqg = key.aqg.replace("_", "-") if key.aqg else "\u2013"
     if report.module_layout:

@@ -45,7 +45,7 @@ import yaml
 from ..errors import QuantizationError, StudyError
 from ..quant.legacy import legacy_flags
 from ..quant.recipes import FLOAT, check_recipe, registered
-from .paper import OFF_BITS, SettingKey
+from .paper import OFF_BITS, SettingKey, format_of
 
 SPEC_SCHEMA_KEYS = ("name", "paper_table", "env", "description", "columns", "base", "method_base", "runs")
 ENVS = ("wall", "pusht")
@@ -165,6 +165,8 @@ KNOWN_KEYS: dict[str, Callable[[str, Any], Any]] = {
     "calib_seed_offset": _non_negative,
     "mechanisms": _boolean,
     "a_include_zero": _boolean,
+    "w_format": _text,
+    "a_format": _text,
     "scale_tag": _text,
     "tag": _text,
     "n_evals": _positive,
@@ -320,12 +322,14 @@ def setting_key_from_overrides(run: Mapping[str, Any]) -> SettingKey:
         return SettingKey.make(run.get("method", "fp"), OFF_BITS, OFF_BITS, OFF_BITS, OFF_BITS, None, None)
     encoder_on = run.get("quant_encoder", True)
     group = run.get("W_GROUP_SIZE", -1)
+    pred_w, pred_a = run.get("predictor_wbit", OFF_BITS), run.get("predictor_abit", OFF_BITS)
+    fmt = format_of(run.get("w_format", "int"), run.get("a_format", "int"), pred_w < OFF_BITS, pred_a < OFF_BITS)
     return SettingKey.make(
         run["method"],
         run.get("encoder_wbit", OFF_BITS) if encoder_on else OFF_BITS,
         run.get("encoder_abit", OFF_BITS) if encoder_on else OFF_BITS,
-        run.get("predictor_wbit", OFF_BITS), run.get("predictor_abit", OFF_BITS),
-        None if group == -1 else group, CALIB_MODES.get(run.get("calib_mode_a", "layer_wise")))
+        pred_w, pred_a,
+        None if group == -1 else group, CALIB_MODES.get(run.get("calib_mode_a", "layer_wise")), fmt)
 
 
 def run_slug(run: Mapping[str, Any]) -> str:
@@ -357,6 +361,8 @@ def _setting_slug(run: Mapping[str, Any]) -> str:
     parts = [key.method, bits, f"g{key.group}" if key.group else "gpc"]
     if key.aqg:
         parts.append({"per_tensor": "pt", "per_token": "ptok"}[key.aqg])
+    if key.fmt != "int":
+        parts.append(key.fmt.replace("/", "-"))
     return "_".join(parts)
 
 

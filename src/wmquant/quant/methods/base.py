@@ -69,6 +69,9 @@ class PTQMethod:
     finalizes_weights: ClassVar[bool] = False
     #: How reports print the method ("" = the registered name).
     display_name: ClassVar[str] = ""
+    #: The method works with float number formats (FP8, MXFP4, NVFP4); searches over integer grids
+    #: (clipping, GPTQ's rounding) do not.
+    supports_float_formats: ClassVar[bool] = False
 
     def make_options(self, overrides: Mapping[str, Any] | Any = None) -> Any:
         """The options dataclass with `overrides` applied; unknown keys raise QuantConfigError."""
@@ -92,6 +95,12 @@ class PTQMethod:
 
     def check_config(self, qconfig: QuantConfig, options: Any) -> None:
         """Refuse settings this method cannot honour (before any calibration runs)."""
+        if not self.supports_float_formats:
+            for part, scheme in (("encoder", qconfig.encoder), ("predictor", qconfig.predictor), ("other", qconfig.other)):
+                if scheme is not None and (scheme.w_format, scheme.a_format) != ("int", "int"):
+                    raise QuantConfigError(
+                        f"method {self.name!r} searches integer grids; {part} formats ({scheme.w_format}, "
+                        f"{scheme.a_format}) need rtn or smoothquant")
         if not self.supports_activation_quant:
             for part, scheme in (("encoder", qconfig.encoder), ("predictor", qconfig.predictor), ("other", qconfig.other)):
                 if scheme is not None and scheme.quantizes_activations:

@@ -12,6 +12,7 @@ from .base import MethodResult, NoOptions, PTQMethod, register_method
 @register_method("rtn")
 class RTN(PTQMethod):
     display_name = "RTN"
+    supports_float_formats = True
     """Weights: minmax per channel or group (the scheme's observer). Activations: the scheme's
     observer, per tensor (calibrated) or per token (dynamic)."""
 
