@@ -215,6 +215,8 @@ def check_real_backend(model: nn.Module) -> dict[str, RealLinearSpec]:
     specs: dict[str, RealLinearSpec] = {}
     for name, module in model.named_modules():
         if isinstance(module, QUANTIZED_LAYER_TYPES):
+            if getattr(module, "input_rotation", None) is not None:
+                raise _refuse(name, "a Linear with an online input rotation (method rotate)")
             specs[name] = real_spec(name, module)
         elif isinstance(module, ActQuantizer) and not isinstance(_parent(model, name), QUANTIZED_LAYER_TYPES):
             raise _refuse(name, "a quantized attention matmul input (an activation quantizer outside a Linear)")

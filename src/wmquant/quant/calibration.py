@@ -69,6 +69,10 @@ def check_composition(recipes: Sequence[Any]) -> None:
             raise QuantizationError(
                 f"recipe {recipe_name(names)}: {recipe.name} reads plan-act statistics of the untransformed model, "
                 "so it must come first")
+        if recipe.folds_channel_scales and any(r.rotates_inputs for r in recipes[:position]):
+            raise QuantizationError(
+                f"recipe {recipe_name(names)}: {recipe.name} folds per-channel scales into a norm and a Linear, "
+                "which a rotation before it has made inexact; put it before the rotation")
         if recipe.finalizes_weights and position < len(recipes) - 1:
             raise QuantizationError(
                 f"recipe {recipe_name(names)}: {recipe.name} settles the weights on its quantization grid, so no "

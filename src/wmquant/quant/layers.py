@@ -334,9 +334,14 @@ class QuantLinear(nn.Linear, _QuantizedWeightLayer):
         new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
         _adopt_parameters(new, linear)
         new._attach(scheme, name, channel_axis=-1)
+        # a rotation method's online input rotation (methods/rotate.py) stays in front of the quantizer
+        new.register_buffer("input_rotation", getattr(linear, "input_rotation", None))
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rotation = getattr(self, "input_rotation", None)
+        if rotation is not None:
+            x = x @ rotation.to(x.dtype)
         x, weight = self._quantized_operands(x)
         return F.linear(x, weight, self.bias)
 

@@ -201,9 +201,12 @@ def first_block(model: nn.Module, part: str) -> nn.Module:
 
 
 def layer_input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The rows a layer multiplies by its 2-D weight: (rows, in) for Linear, unfolded patches for Conv."""
+    """The rows a layer multiplies by its 2-D weight: (rows, in) for Linear (after its input rotation,
+    if a rotation method gave it one), unfolded patches for Conv."""
     if isinstance(module, nn.Linear):
-        return x.reshape(-1, x.shape[-1])
+        rows = x.reshape(-1, x.shape[-1])
+        rotation = getattr(module, "input_rotation", None)
+        return rows if rotation is None else rows @ rotation.to(rows.dtype)
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):
         if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
             raise QuantizationError("layer inputs of grouped, non-zero-padded or 'same'-padded convolutions are not supported")

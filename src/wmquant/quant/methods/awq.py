@@ -190,6 +190,7 @@ def _fold(block: nn.Module, pair: str, scale: torch.Tensor) -> None:
 @register_method("awq")
 class AWQ(PTQMethod):
     display_name = "AWQ"
+    folds_channel_scales = True
     supports_activation_quant = False
     needs_block_inputs = True
     options = AWQOptions

@@ -72,6 +72,11 @@ class PTQMethod:
     #: The method works with float number formats (FP8, MXFP4, NVFP4); searches over integer grids
     #: (clipping, GPTQ's rounding) do not.
     supports_float_formats: ClassVar[bool] = False
+    #: The method folds per-channel scales across a norm -> Linear pair (SmoothQuant, AWQ,
+    #: OmniQuant's LET): exact only while the Linear sees the norm's output unrotated.
+    folds_channel_scales: ClassVar[bool] = False
+    #: The method rotates Linear inputs (rotate): no channel-scale folding may follow it.
+    rotates_inputs: ClassVar[bool] = False
 
     def make_options(self, overrides: Mapping[str, Any] | Any = None) -> Any:
         """The options dataclass with `overrides` applied; unknown keys raise QuantConfigError."""

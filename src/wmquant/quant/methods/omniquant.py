@@ -188,6 +188,7 @@ def _reconstruction(state: _BlockState, q_calls: list[BlockCall], fp_out: list[t
 @register_method("omniquant")
 class OmniQuant(PTQMethod):
     display_name = "OmniQuant"
+    folds_channel_scales = True
     finalizes_weights = True
     needs_block_inputs = True
     options = OmniQuantOptions

@@ -68,6 +68,7 @@ def _stat(act_stats: Mapping[str, torch.Tensor], key: str, width: int) -> torch.
 @register_method("smoothquant")
 class SmoothQuant(PTQMethod):
     display_name = "SmoothQuant"
+    folds_channel_scales = True
     supports_float_formats = True
     needs_act_stats = True
     options = SmoothQuantOptions

@@ -1,0 +1,95 @@
+"""Rotations (method rotate): exact in float, online in front of the activation quantizer, composable
+with GPTQ (which then sees the rotated inputs), refused before channel-scale folding."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from wmquant.errors import QuantizationError
+from wmquant.quant import QuantConfig, calibrate_and_quantize
+from wmquant.quant.methods import get_method
+from wmquant.quant.methods.rotate import RotatedLinear, rotation_matrix, sylvester_hadamard
+from wmquant.quant.recorders import CalibrationData, LinearInputRecorder, layer_input_rows
+
+from quant_toy import calibration_runner, make_inputs, make_model
+
+D = torch.float64
+
+
+def _outputs(model, inputs):
+    with torch.no_grad():
+        out = model(*inputs)
+    return out if isinstance(out, torch.Tensor) else torch.cat([t.flatten() for t in out])
+
+
+@pytest.mark.parametrize("width, kind", [(64, "hadamard"), (40, "hadamard"), (64, "orthogonal")])
+def test_rotations_are_orthogonal(width, kind):
+    r = rotation_matrix(width, seed=3, kind=kind)
+    torch.testing.assert_close(r @ r.T, torch.eye(width, dtype=D), rtol=0, atol=1e-12)
+    if kind == "hadamard" and width == 64:  # a randomized Hadamard: entries +-1/sqrt(d)
+        assert torch.allclose(r.abs(), torch.full_like(r, 64 ** -0.5))
+    h = sylvester_hadamard(8)
+    torch.testing.assert_close(h @ h.T, 8 * torch.eye(8, dtype=D))
+
+
+def test_a_rotation_leaves_the_float_models_outputs_unchanged():
+    model = make_model(dtype=D)
+    reference = copy.deepcopy(model)
+    inputs = make_inputs(model)
+    rotate = get_method("rotate")
+    report = rotate.transform(model, QuantConfig.uniform(w_bits=4, a_bits=4), CalibrationData(), rotate.make_options({}))
+    assert report.report["rotated_layers"] and isinstance(model.encoder.blocks[0].attn.qkv, RotatedLinear)
+    assert not torch.equal(model.encoder.blocks[0].attn.qkv.weight, reference.encoder.blocks[0].attn.qkv.weight)
+    got, expected = _outputs(model, inputs), _outputs(reference, inputs)
+    assert float((got - expected).norm() / expected.norm()) < 1e-5
+
+
+def test_quantized_layers_rotate_their_input_before_quantizing_it():
+    model = make_model(dtype=D)
+    calibrate_and_quantize(model, "rotate", QuantConfig.uniform(w_bits=8, a_bits=8, a_granularity="per_token"),
+                           calibration_runner(model))
+    layer = model.encoder.blocks[0].mlp.fc1
+    seen = []
+    hook = layer.input_quantizer.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    x = torch.randn(3, layer.in_features, dtype=D)
+    layer(x)
+    hook.remove()
+    torch.testing.assert_close(seen[0], x @ layer.input_rotation)
+
+
+def test_gptq_after_a_rotation_records_the_rotated_inputs():
+    model = make_model(dtype=D)
+    rotate = get_method("rotate")
+    rotate.transform(model, QuantConfig.uniform(w_bits=4), CalibrationData(), rotate.make_options({}))
+    layer = model.encoder.blocks[0].mlp.fc2
+    x = torch.randn(4, 7, layer.in_features, dtype=D)
+    torch.testing.assert_close(layer_input_rows(layer, x), x.reshape(-1, layer.in_features) @ layer.input_rotation)
+    fresh = make_model(dtype=D)
+    report = calibrate_and_quantize(fresh, ["rotate", "gptq"], QuantConfig.uniform(w_bits=4), calibration_runner(fresh))
+    assert report["method"] == "rotate+gptq" and set(report["method_report"]) == {"rotate", "gptq"}
+    recorder = LinearInputRecorder(model, ["encoder.blocks.0.mlp.fc2"])
+    with torch.no_grad():
+        layer(x)
+    recorder.remove()
+    rows = x.reshape(-1, layer.in_features) @ layer.input_rotation
+    torch.testing.assert_close(recorder.grams["encoder.blocks.0.mlp.fc2"].to(D), rows.T @ rows)
+
+
+def test_channel_scale_folding_cannot_follow_a_rotation():
+    with pytest.raises(QuantizationError, match="awq folds per-channel scales"):
+        calibrate_and_quantize(make_model(dtype=D), ["rotate", "awq"], QuantConfig.uniform(w_bits=4), lambda: None)
+
+
+def test_rotation_tightens_activation_outliers_at_w4a4_per_tensor():
+    errors = {}
+    for method in ("rtn", "rotate"):
+        model = make_model(dtype=D, outliers=True)
+        reference = copy.deepcopy(model)
+        inputs = make_inputs(model)
+        calibrate_and_quantize(model, method, QuantConfig.uniform(w_bits=4, a_bits=4), calibration_runner(model))
+        got, expected = _outputs(model, inputs), _outputs(reference, inputs)
+        errors[method] = float((got - expected).norm() / expected.norm())
+    assert errors["rotate"] < errors["rtn"]
