@@ -101,7 +101,7 @@ def test_a_new_method_runs_from_quant_a_study_spec_and_report(toy_method, tmp_pa
 
 
 def test_unknown_methods_are_refused_everywhere_with_the_valid_names():
-    with pytest.raises(QuantizationError, match="unknown method 'nope'; valid: awq, gptq, omniquant"):
+    with pytest.raises(QuantizationError, match="unknown method 'nope'; valid: awq, gptq, mixed, omniquant"):
         check_recipe("nope")
     with pytest.raises(QuantizationError, match="unknown method 'nope'; valid: fp, awq"):
         check_recipe(["rtn", "nope"], allow_float=True)

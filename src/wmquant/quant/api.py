@@ -110,11 +110,13 @@ def quantize_(
     config: QuantConfig,
     weight_qparams: Mapping[str, WeightQParams] | None = None,
     act_observer: str | None = None,
+    layer_schemes: Mapping[str, QuantScheme] | None = None,
 ) -> nn.Module:
     """Swap the modules selected by `config` for fake-quantized versions, in place; returns `model`.
 
     weight_qparams: per module name, clip ratios or fixed qparams computed by a method.
     act_observer: overrides every scheme's a_observer ("minmax" | "omse") for this model.
+    layer_schemes: per module name, a scheme replacing the config's (mixed precision).
     """
     if not isinstance(config, QuantConfig):
         raise QuantizationError(f"quantize_ needs a QuantConfig, got {type(config).__name__}")
@@ -123,8 +125,12 @@ def quantize_(
     targets = active_targets(model, config)
     check_model_finite(model, [t.name for t in targets if not t.is_tap])
     weight_qparams = dict(weight_qparams or {})
+    layer_schemes = dict(layer_schemes or {})
+    unknown = sorted(set(layer_schemes) - {t.name for t in targets})
+    if unknown:
+        raise QuantizationError(f"layer schemes given for modules that are not quantization targets: {unknown}")
     for target in targets:
-        scheme = target.scheme
+        scheme = layer_schemes.get(target.name, target.scheme)
         if act_observer is not None and scheme.a_granularity == "per_tensor":
             scheme = QuantScheme(**{**scheme.to_dict(), "a_observer": act_observer})
         if target.is_tap:

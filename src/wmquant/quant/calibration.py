@@ -33,6 +33,7 @@ from .recorders import (  # noqa: F401  (re-exported: the pipeline's inputs are 
     BlockInputRecorder,
     CalibrationData,
     LinearInputRecorder,
+    RolloutRecorder,
     layer_input_rows,
 )
 from .stats import validate_act_stats
@@ -140,22 +141,26 @@ def calibrate_and_quantize(
     recordings = []
     for recipe, opts, need in zip(recipes, options, needs):
         block_parts = recipe.block_parts(model, qconfig) if need.block_inputs else ()
-        recordings.append((block_parts, layer_names if need.layer_inputs else []))
+        recordings.append((block_parts, layer_names if need.layer_inputs else [], need.rollouts))
     observe_ranges = any(t.scheme.quantizes_activations and t.scheme.a_granularity == "per_tensor" for t in targets)
     if on_passes is not None:
-        on_passes([RECORD_PASS for parts, layers in recordings if parts or layers] + ([OBSERVE_PASS] * observe_ranges))
+        on_passes([RECORD_PASS for parts, layers, rollouts in recordings if parts or layers or rollouts]
+                  + ([OBSERVE_PASS] * observe_ranges))
 
     report: dict[str, Any] = {"calibration_passes": []}
     weight_qparams: dict[str, Any] = {}
     act_observer = None
     method_reports: dict[str, Any] = {}
     superseded: dict[str, list[str]] = {}
-    for recipe, opts, (block_parts, names) in zip(recipes, options, recordings):
+    layer_schemes: dict[str, Any] = {}
+    for recipe, opts, (block_parts, names, rollouts) in zip(recipes, options, recordings):
         calib = CalibrationData(act_stats=stats)
-        if block_parts or names:
-            calib.block_inputs, calib.layer_grams, record = _record_inputs(model, block_parts, names, run_calibration, opts)
+        if block_parts or names or rollouts:
+            calib.block_inputs, calib.layer_grams, calib.rollouts, record = _record_inputs(
+                model, block_parts, names, rollouts, run_calibration, opts)
             report["calibration_passes"].append({**record, **({"method": recipe.name} if len(recipes) > 1 else {})})
         result = recipe.transform(model, qconfig, calib, opts)
+        layer_schemes.update(result.layer_schemes)
         for name in result.weight_qparams:
             if name in weight_qparams:
                 superseded.setdefault(recipe.name, []).append(name)
@@ -163,7 +168,7 @@ def calibrate_and_quantize(
         act_observer = result.act_observer or act_observer
         method_reports[recipe.name] = result.report
 
-    quantize_(model, qconfig, weight_qparams=weight_qparams, act_observer=act_observer)
+    quantize_(model, qconfig, weight_qparams=weight_qparams, act_observer=act_observer, layer_schemes=layer_schemes)
 
     static = [a for a in act_quantizers(model) if a.needs_calibration]
     if static:
@@ -192,17 +197,22 @@ def calibrate_and_quantize(
     return report
 
 
-def _record_inputs(model: nn.Module, block_parts: Sequence[str], layer_names: list[str],
+def _record_inputs(model: nn.Module, block_parts: Sequence[str], layer_names: list[str], rollouts: bool,
                    run_calibration: Callable[[], None], options: Any):
-    """One calibration pass with recorders: (block inputs, layer Gram matrices, the pass's record)."""
+    """One calibration pass with recorders: (block inputs, layer Gram matrices, rollouts, the
+    pass's record)."""
     block_recorder = BlockInputRecorder(model, block_parts, max_samples=getattr(options, "n_samples", 128),
                                         seed=getattr(options, "seed", 0))
     layer_recorder = LinearInputRecorder(model, layer_names)
+    rollout_recorder = (RolloutRecorder(model, getattr(options, "n_sequences", 256), seed=getattr(options, "seed", 0))
+                        if rollouts else None)
     try:
         run_calibration()
     finally:
         block_recorder.remove()
         layer_recorder.remove()
+        if rollout_recorder is not None:
+            rollout_recorder.remove()
     block_recorder.check_nonempty()
     layer_recorder.check_nonempty()
     record = {
@@ -211,5 +221,10 @@ def _record_inputs(model: nn.Module, block_parts: Sequence[str], layer_names: li
         "block_input_calls": {p: block_recorder.reservoirs[p].calls for p in block_parts},
         "layer_input_rows": dict(layer_recorder.rows),
     }
+    recorded_rollouts = []
+    if rollout_recorder is not None:
+        rollout_recorder.check_nonempty()
+        recorded_rollouts = rollout_recorder.groups
+        record["rollout_sequences"] = sum(int(act.shape[0]) for _, act in recorded_rollouts)
     return (block_recorder.all_inputs(), {n: (layer_recorder.grams[n], layer_recorder.rows[n]) for n in layer_names},
-            record)
+            recorded_rollouts, record)

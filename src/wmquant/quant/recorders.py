@@ -259,6 +259,52 @@ class LinearInputRecorder:
                 raise QuantizationError(f"no calibration data reached {name}; the calibration run made no forward pass through it")
 
 
+class RolloutRecorder:
+    """Records planning rollouts: the (z_obs_0, actions) of `model.rollout_latent` calls, as a
+    seeded reservoir of at most `max_sequences` sequences kept in groups of `group` consecutive
+    rows (the CEM samples of one episode share their start latent), on the CPU.
+
+    It shadows the model's `rollout_latent` with an instance attribute while it records, as the
+    planning engine's compiled path shadows `predict`."""
+
+    def __init__(self, model: nn.Module, max_sequences: int = 256, group: int = 32, seed: int = 0) -> None:
+        if not hasattr(model, "rollout_latent"):
+            raise QuantizationError("recording rollouts needs a world model with rollout_latent(z_obs_0, actions)")
+        self.model = model
+        self.max_groups = max(1, max_sequences // group)
+        self.group = group
+        self.groups: list[tuple[dict[str, torch.Tensor], torch.Tensor]] = []
+        self.seen = 0
+        self._rng = random.Random(seed)
+        original = model.rollout_latent
+
+        def recording(z_obs_0: dict[str, torch.Tensor], act: torch.Tensor) -> dict[str, torch.Tensor]:
+            self._record(z_obs_0, act)
+            return original(z_obs_0, act)
+
+        model.rollout_latent = recording
+
+    def _record(self, z_obs_0: dict[str, torch.Tensor], act: torch.Tensor) -> None:
+        for start in range(0, act.shape[0], self.group):
+            sl = slice(start, start + self.group)
+            item = ({k: v[sl].detach().cpu().clone() for k, v in z_obs_0.items()}, act[sl].detach().cpu().clone())
+            self.seen += 1
+            if len(self.groups) < self.max_groups:
+                self.groups.append(item)
+            else:
+                index = self._rng.randrange(self.seen)
+                if index < self.max_groups:
+                    self.groups[index] = item
+
+    def remove(self) -> None:
+        if "rollout_latent" in vars(self.model):
+            del self.model.rollout_latent
+
+    def check_nonempty(self) -> None:
+        if not self.groups:
+            raise QuantizationError("no planning rollout reached the world model during calibration")
+
+
 @dataclass
 class CalibrationData:
     """What pass 1 recorded, handed to a method's `transform`."""
@@ -266,3 +312,4 @@ class CalibrationData:
     block_inputs: dict[str, list[BlockCall]] = field(default_factory=dict)
     layer_grams: dict[str, tuple[torch.Tensor, int]] = field(default_factory=dict)
     act_stats: dict[str, torch.Tensor] | None = None
+    rollouts: list[tuple[dict[str, torch.Tensor], torch.Tensor]] = field(default_factory=list)

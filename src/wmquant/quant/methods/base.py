@@ -33,12 +33,14 @@ class Requirements:
     block_inputs: bool = False
     layer_inputs: bool = False
     act_stats: bool = False
+    rollouts: bool = False  # whole planning rollouts (z0, actions) of the world model
 
 
 @dataclass
 class MethodResult:
     weight_qparams: dict[str, WeightQParams] = field(default_factory=dict)
     act_observer: str | None = None
+    layer_schemes: dict[str, Any] = field(default_factory=dict)  # module name -> its own QuantScheme (mixed precision)
     report: dict[str, Any] = field(default_factory=dict)
 
 
@@ -63,6 +65,7 @@ class PTQMethod:
     needs_block_inputs: ClassVar[bool] = False
     needs_layer_inputs: ClassVar[bool] = False
     needs_act_stats: ClassVar[bool] = False
+    needs_rollouts: ClassVar[bool] = False
     options: ClassVar[type] = NoOptions
     #: The method leaves the weights on its own quantization grid (fixed qparams or learned
     #: clipping bound to its transformed weights): in a recipe, nothing may follow it.
@@ -96,7 +99,7 @@ class PTQMethod:
             raise QuantConfigError(f"bad options for method {self.name!r}: {err}") from None
 
     def requirements(self, options: Any) -> Requirements:
-        return Requirements(self.needs_block_inputs, self.needs_layer_inputs, self.needs_act_stats)
+        return Requirements(self.needs_block_inputs, self.needs_layer_inputs, self.needs_act_stats, self.needs_rollouts)
 
     def check_config(self, qconfig: QuantConfig, options: Any) -> None:
         """Refuse settings this method cannot honour (before any calibration runs)."""

@@ -1,0 +1,191 @@
+"""Sensitivity-driven mixed precision (`method=mixed`, `method_options.budget=4.0`).
+
+1. Sensitivity, measured on planning rollouts recorded during calibration (the world model's
+   `rollout_latent(z_obs_0, actions)` calls of the CEM planner): for every quantization target,
+   its weights alone and its input alone are fake-quantized at each candidate bit width (RTN with
+   the target's own scheme otherwise), the recorded action sequences are rolled out again, and the
+   damage is
+       rollout error  sum over steps ||z_q - z_fp||^2 / sum over steps ||z_fp||^2
+     + cost error     mean |c_q - c_fp| / mean c_fp,  c = ||z_T - g||^2 per sequence,
+   where g is the float model's final latent of the group's first sequence (the CEM mean's
+   prediction; the goal itself is not an input of the world model).
+   A static per-tensor activation is measured with each tensor's own range (the calibrated range
+   does not exist yet).
+2. Allocation: weights and activations separately, each a knapsack over targets with the
+   candidate widths, solved greedily: start every target at the narrowest width and repeatedly
+   upgrade the target whose next width buys the largest drop in damage per added bit, while the
+   average stays within the budget. Weight bits are averaged over weight elements, activation
+   bits over the targets' input widths (what a token costs).
+3. The chosen widths become per-layer schemes (`layer_schemes`) for quantize_.
+
+Only the layers a rollout runs through are allocated: the predictor's (and the action and proprio
+embeddings'). The encoder's layers act before the recorded start latents, so a rollout cannot see
+them; they keep the config's widths (reported as `fixed_layers`), and the budget is the average
+over the allocated layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import qmath
+from ..api import active_targets
+from ..config import QuantConfig, QuantConfigError
+from ..recorders import CalibrationData
+from .base import MethodResult, PTQMethod, check_positive, register_method
+
+
+@dataclass
+class MixedOptions:
+    budget: float = 4.0              # average bits for weights and for activations
+    w_budget: float | None = None    # separate weight budget (default: budget)
+    a_budget: float | None = None    # separate activation budget (default: budget)
+    candidates: tuple[int, ...] = (3, 4, 6, 8)
+    cost_weight: float = 1.0         # weight of the cost error against the rollout error
+    n_sequences: int = 256           # recorded rollout sequences
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_positive(self, "budget", "n_sequences")
+        if not self.candidates or any(not isinstance(b, int) or not 2 <= b <= 8 for b in self.candidates):
+            raise QuantConfigError(f"mixed candidates={self.candidates!r} must be bit widths 2..8")
+        self.candidates = tuple(sorted(set(self.candidates)))
+        for name in ("w_budget", "a_budget"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                raise QuantConfigError(f"mixed {name}={value!r} must be a positive number")
+        for name in ("budget", "w_budget", "a_budget"):
+            value = getattr(self, name)
+            if value is not None and value < self.candidates[0]:
+                raise QuantConfigError(f"mixed {name}={value} is below the narrowest candidate ({self.candidates[0]} bits)")
+
+
+def rollout_damage(model: nn.Module, rollouts, reference: list[dict[str, torch.Tensor]], cost_weight: float) -> float:
+    """Rollout error plus weighted cost error of the model against the float `reference` rollouts."""
+    param = next(model.parameters())
+    err = norm = cost_err = cost_ref = 0.0
+    with torch.no_grad():
+        for (z0, act), ref in zip(rollouts, reference):
+            got = model.rollout_latent({k: v.to(param) for k, v in z0.items()}, act.to(param))
+            for key in ref:
+                err += float((got[key].double() - ref[key]).pow(2).sum())
+                norm += float(ref[key].pow(2).sum())
+            goal = ref["visual"][:1, -1:]
+            c_fp = (ref["visual"][:, -1:] - goal).pow(2).flatten(1).sum(dim=1)
+            c_q = (got["visual"].double()[:, -1:] - goal).pow(2).flatten(1).sum(dim=1)
+            cost_err += float((c_q - c_fp).abs().sum())
+            cost_ref += float(c_fp.sum())
+    return err / max(norm, 1e-30) + cost_weight * cost_err / max(cost_ref, 1e-30)
+
+
+def greedy_allocation(sizes: dict[str, int], damage: dict[str, dict[int, float]], candidates: tuple[int, ...],
+                      budget: float) -> dict[str, int]:
+    """Bits per item: each starts at the narrowest candidate; the upgrade with the largest damage
+    drop per added bit that keeps sum(bits * size) <= budget * sum(size) is taken until none fits."""
+    bits = {name: candidates[0] for name in sizes}
+    capacity = budget * sum(sizes.values())
+    used = sum(bits[n] * sizes[n] for n in sizes)
+    while True:
+        best, best_gain = None, None
+        for name, size in sizes.items():
+            position = candidates.index(bits[name])
+            if position + 1 == len(candidates):
+                continue
+            nxt = candidates[position + 1]
+            added = (nxt - bits[name]) * size
+            if used + added > capacity + 1e-9:
+                continue
+            gain = (damage[name][bits[name]] - damage[name][nxt]) / added
+            if best_gain is None or gain > best_gain:
+                best, best_gain = name, gain
+        if best is None:
+            return bits
+        used += (candidates[candidates.index(bits[best]) + 1] - bits[best]) * sizes[best]
+        bits[best] = candidates[candidates.index(bits[best]) + 1]
+
+
+def average_bits(bits: dict[str, int], sizes: dict[str, int]) -> float:
+    return sum(bits[n] * sizes[n] for n in bits) / max(sum(sizes[n] for n in bits), 1)
+
+
+@register_method("mixed")
+class MixedPrecision(PTQMethod):
+    display_name = "Mixed"
+    needs_rollouts = True
+    options = MixedOptions
+
+    def transform(self, model: nn.Module, qconfig: QuantConfig, calib: CalibrationData, options: MixedOptions) -> MethodResult:
+        linears = [t for t in active_targets(model, qconfig) if not t.is_tap and isinstance(t.module, nn.Linear)]
+        targets = [t for t in linears if not t.name.startswith("encoder.")]
+        fixed = [t.name for t in linears if t.name.startswith("encoder.")]
+        param = next(model.parameters())
+        with torch.no_grad():
+            reference = [{k: v.double() for k, v in model.rollout_latent(
+                {key: val.to(param) for key, val in z0.items()}, act.to(param)).items()} for z0, act in calib.rollouts]
+        w_damage: dict[str, dict[int, float]] = {}
+        a_damage: dict[str, dict[int, float]] = {}
+        for target in targets:
+            layer, scheme = target.module, target.scheme
+            if scheme.quantizes_weights:
+                original = layer.weight.detach().clone()
+                w_damage[target.name] = {}
+                for bits in options.candidates:
+                    with torch.no_grad():
+                        layer.weight.copy_(qmath.fake_quantize_weight(original, bits, scheme.w_group_size,
+                                                                      scheme.w_symmetric).to(original.dtype))
+                    w_damage[target.name][bits] = rollout_damage(model, calib.rollouts, reference, options.cost_weight)
+                with torch.no_grad():
+                    layer.weight.copy_(original)
+            if scheme.quantizes_activations:
+                a_damage[target.name] = {}
+                for bits in options.candidates:
+                    handle = layer.register_forward_pre_hook(_input_quantizer(bits, scheme))
+                    try:
+                        a_damage[target.name][bits] = rollout_damage(model, calib.rollouts, reference, options.cost_weight)
+                    finally:
+                        handle.remove()
+        by_name = {t.name: t for t in targets}
+        w_sizes = {n: by_name[n].module.weight.numel() for n in w_damage}
+        a_sizes = {n: by_name[n].module.in_features for n in a_damage}
+        w_budget = options.w_budget if options.w_budget is not None else options.budget
+        a_budget = options.a_budget if options.a_budget is not None else options.budget
+        w_bits = greedy_allocation(w_sizes, w_damage, options.candidates, w_budget) if w_sizes else {}
+        a_bits = greedy_allocation(a_sizes, a_damage, options.candidates, a_budget) if a_sizes else {}
+        schemes = {}
+        for target in targets:
+            changes: dict[str, Any] = {}
+            if target.name in w_bits:
+                changes["w_bits"] = w_bits[target.name]
+            if target.name in a_bits:
+                changes["a_bits"] = a_bits[target.name]
+            if changes:
+                schemes[target.name] = dataclasses.replace(target.scheme, **changes)
+        report = {
+            "weight_bits": w_bits, "activation_bits": a_bits,
+            "average_weight_bits": average_bits(w_bits, w_sizes) if w_bits else None,
+            "average_activation_bits": average_bits(a_bits, a_sizes) if a_bits else None,
+            "budget": {"weights": w_budget, "activations": a_budget},
+            "weight_damage": w_damage, "activation_damage": a_damage,
+            "rollout_sequences": sum(int(act.shape[0]) for _, act in calib.rollouts),
+            "fixed_layers": fixed,
+        }
+        return MethodResult(layer_schemes=schemes, report=report)
+
+
+def _input_quantizer(bits: int, scheme):
+    per_token = scheme.a_granularity == "per_token"
+
+    def hook(module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        if per_token:
+            x = qmath.per_token_fake_quantize(x, bits, scheme.a_symmetric, include_zero=scheme.a_include_zero)
+        else:
+            x = qmath.per_tensor_fake_quantize(x, bits, scheme.a_symmetric)
+        return (x,) + tuple(args[1:])
+
+    return hook

@@ -1,0 +1,81 @@
+"""Mixed precision (method mixed): sensitivity on recorded planning rollouts, a greedy knapsack that
+meets its budget, per-layer schemes that quantize_ applies."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wmquant.errors import QuantizationError
+from wmquant.models.checkpoint import build_world_model
+from wmquant.quant import QuantConfig, calibrate_and_quantize
+from wmquant.quant.layers import QuantLinear
+from wmquant.quant.methods.mixed import average_bits, greedy_allocation
+from wmquant.quant.recorders import RolloutRecorder
+
+D = torch.float64
+
+
+def _world_model():
+    torch.manual_seed(0)
+    return build_world_model({
+        "img_size": 16, "num_hist": 1, "proprio_dim": 2, "action_dim": 2, "frameskip": 1,
+        "encoder": {"backend": "vit", "patch_size": 8, "dim": 16, "depth": 1, "heads": 2, "out_dim": 8},
+        "predictor": {"depth": 2, "heads": 2, "dim_head": 8, "mlp_dim": 32}, "decoder": None,
+    }).double().eval()
+
+
+def _planner_like_runner(model, calls=2):
+    gen = torch.Generator().manual_seed(1)
+
+    def run():
+        for _ in range(calls):
+            obs = {"visual": torch.rand(8, 1, 3, 16, 16, generator=gen, dtype=D) * 2 - 1,
+                   "proprio": torch.randn(8, 1, 2, generator=gen, dtype=D)}
+            with torch.no_grad():
+                model.rollout_latent(model.encode_obs(obs), torch.randn(8, 3, 2, generator=gen, dtype=D))
+    return run
+
+
+def test_greedy_allocation_meets_the_budget_and_prefers_sensitive_layers():
+    sizes = {"a": 100, "b": 100, "c": 200}
+    damage = {"a": {3: 10.0, 4: 5.0, 6: 0.5, 8: 0.4}, "b": {3: 1.0, 4: 0.9, 6: 0.8, 8: 0.7},
+              "c": {3: 2.0, 4: 1.0, 6: 0.9, 8: 0.8}}
+    bits = greedy_allocation(sizes, damage, (3, 4, 6, 8), budget=4.0)
+    assert bits == {"a": 6, "b": 4, "c": 3}  # by damage drop per added bit: a 3->4, a 4->6, then b 3->4
+    assert average_bits(bits, sizes) == 4.0  # exactly the budget
+    assert bits["a"] > bits["b"]  # the sensitive layer got the bits
+    for budget in (3.0, 3.5, 5.0, 8.0):
+        assert average_bits(greedy_allocation(sizes, damage, (3, 4, 6, 8), budget), sizes) <= budget
+
+
+def test_rollouts_are_recorded_from_the_planners_calls():
+    model = _world_model()
+    recorder = RolloutRecorder(model, max_sequences=16, group=4)
+    _planner_like_runner(model, calls=3)()
+    recorder.remove()
+    assert "rollout_latent" not in vars(model) and len(recorder.groups) == 4 and recorder.seen == 6
+    z0, act = recorder.groups[0]
+    assert act.shape == (4, 3, 2) and z0["visual"].shape[0] == 4
+
+
+def test_mixed_precision_allocates_per_layer_widths_within_the_budget():
+    model = _world_model()
+    config = QuantConfig.uniform(w_bits=4, a_bits=4, a_granularity="per_token")
+    report = calibrate_and_quantize(model, "mixed", config, _planner_like_runner(model),
+                                    method_options={"budget": 5.0, "n_sequences": 64})
+    allocation = report["method_report"]
+    assert allocation["average_weight_bits"] <= 5.0 and allocation["average_activation_bits"] <= 5.0
+    widths = {name: m.weight_quantizer.bits for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+    predictor = {name: bits for name, bits in widths.items() if not name.startswith("encoder.")}
+    assert predictor == allocation["weight_bits"] and len(set(predictor.values())) > 1  # really mixed
+    # the encoder acts before the recorded rollouts start: it keeps the config's width
+    assert {widths[name] for name in allocation["fixed_layers"]} == {4} and allocation["fixed_layers"]
+    damage = allocation["weight_damage"]
+    assert all(d[3] >= d[8] for d in damage.values())  # more bits, less damage (on these layers)
+
+
+def test_mixed_needs_rollouts_of_a_world_model():
+    model = _world_model()
+    with pytest.raises(QuantizationError, match="no planning rollout"):
+        calibrate_and_quantize(model, "mixed", QuantConfig.uniform(w_bits=4), lambda: None)
