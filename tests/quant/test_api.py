@@ -310,7 +310,6 @@ def test_pipeline_fails_loudly_when_calibration_makes_no_forward():
     [
         ("nope", QuantConfig.uniform(w_bits=4), {}, None, "unknown quantization method 'nope'; valid: awq, gptq"),
         ("awq", QuantConfig.uniform(w_bits=4, a_bits=8), {}, None, "weight-only"),
-        ("gptq", QuantConfig(predictor=QuantScheme(w_bits=4, a_bits=4)), {}, None, "weight-only"),
         ("smoothquant", QuantConfig.uniform(w_bits=8, a_bits=8), {}, None, "wmquant plan-act"),
         ("smoothquant", QuantConfig.uniform(w_bits=8, a_bits=8), {}, {"encoder.blocks.0.attn.qkv": torch.ones(32)},
          "encoder.blocks.0.mlp.fc1.*wmquant plan-act"),

@@ -93,3 +93,12 @@ def test_rotation_tightens_activation_outliers_at_w4a4_per_tensor():
         got, expected = _outputs(model, inputs), _outputs(reference, inputs)
         errors[method] = float((got - expected).norm() / expected.norm())
     assert errors["rotate"] < errors["rtn"]
+
+
+def test_rotate_then_gptq_runs_at_w4a4_with_static_activations():
+    model = make_model(dtype=D)
+    report = calibrate_and_quantize(model, ["rotate", "gptq"], QuantConfig.uniform(w_bits=4, a_bits=4),
+                                    calibration_runner(model))
+    assert [p["purpose"] for p in report["calibration_passes"]] == ["record method inputs", "observe activation ranges"]
+    layer = model.predictor.blocks[0].mlp.fc1
+    assert layer.input_rotation is not None and layer.input_quantizer.frozen and layer.weight_quantizer.fixed_qparams

@@ -8,6 +8,6 @@ To add a method: write `methods/<name>.py` with a `PTQMethod` subclass decorated
 """
 
 from .base import METHODS, MethodResult, PTQMethod, Requirements, get_method, register_method
-from . import awq, gptq, mixed, omniquant, omse, rotate, rtn, smoothquant  # noqa: F401  (registration)
+from . import awq, gptq, mixed, omniquant, omse, rollout, rotate, rtn, smoothquant  # noqa: F401  (registration)
 
 __all__ = ["METHODS", "MethodResult", "PTQMethod", "Requirements", "get_method", "register_method"]

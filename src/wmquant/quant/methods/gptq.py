@@ -145,7 +145,7 @@ class _GramHooks:
 class GPTQ(PTQMethod):
     display_name = "GPTQ"
     finalizes_weights = True
-    supports_activation_quant = False
+    # GPTQ sets the weights; quantized activations are rounded to nearest (RTN), as QuaRot pairs them
     needs_block_inputs = True
     options = GPTQOptions
 
