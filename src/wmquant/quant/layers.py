@@ -306,6 +306,25 @@ class _QuantizedWeightLayer:
         return x, weight
 
 
+def input_fake_quant_hook(scheme: QuantScheme, bits: int | None = None):
+    """A forward pre-hook that fake-quantizes a layer's input as `scheme` would (at `bits`, default
+    the scheme's), for methods that train or measure before the model is quantized: per-token
+    exactly, a static per-tensor range taken from each call's own input (the calibrated range
+    does not exist yet); rounding passes its gradient straight through."""
+    bits = scheme.a_bits if bits is None else bits
+    per_token = scheme.a_granularity == "per_token"
+
+    def hook(module: nn.Module, args: tuple) -> tuple:
+        if per_token:
+            x = qmath.per_token_fake_quantize(args[0], bits, scheme.a_symmetric, ste=True,
+                                              include_zero=scheme.a_include_zero)
+        else:
+            x = qmath.per_tensor_fake_quantize(args[0], bits, scheme.a_symmetric, ste=True)
+        return (x,) + tuple(args[1:])
+
+    return hook
+
+
 def make_act_quantizer(scheme: QuantScheme, name: str, channel_axis: int = -1) -> ActQuantizer:
     return ActQuantizer(
         scheme.a_bits,

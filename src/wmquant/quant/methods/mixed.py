@@ -36,6 +36,7 @@ from torch import nn
 from .. import qmath
 from ..api import active_targets
 from ..config import QuantConfig, QuantConfigError
+from ..layers import input_fake_quant_hook
 from ..recorders import CalibrationData
 from .base import MethodResult, PTQMethod, check_positive, register_method
 
@@ -144,7 +145,7 @@ class MixedPrecision(PTQMethod):
             if scheme.quantizes_activations:
                 a_damage[target.name] = {}
                 for bits in options.candidates:
-                    handle = layer.register_forward_pre_hook(_input_quantizer(bits, scheme))
+                    handle = layer.register_forward_pre_hook(input_fake_quant_hook(scheme, bits))
                     try:
                         a_damage[target.name][bits] = rollout_damage(model, calib.rollouts, reference, options.cost_weight)
                     finally:
@@ -175,17 +176,3 @@ class MixedPrecision(PTQMethod):
             "fixed_layers": fixed,
         }
         return MethodResult(layer_schemes=schemes, report=report)
-
-
-def _input_quantizer(bits: int, scheme):
-    per_token = scheme.a_granularity == "per_token"
-
-    def hook(module: nn.Module, args: tuple) -> tuple:
-        x = args[0]
-        if per_token:
-            x = qmath.per_token_fake_quantize(x, bits, scheme.a_symmetric, include_zero=scheme.a_include_zero)
-        else:
-            x = qmath.per_tensor_fake_quantize(x, bits, scheme.a_symmetric)
-        return (x,) + tuple(args[1:])
-
-    return hook

@@ -38,7 +38,7 @@ from torch.func import functional_call
 from .. import qmath
 from ..recorders import BlockCall, CalibrationData
 from ..config import PARTS, QuantConfig
-from ..layers import WeightQParams
+from ..layers import WeightQParams, input_fake_quant_hook
 from ._blockwise import SquaredError, block_targets, model_device, run_block, split_calls
 from ._equivalence import (
     NORM_LINEAR_PAIRS,
@@ -151,20 +151,7 @@ class _InputFakeQuant:
         self.handles = []
         for name, target in targets.items():
             if target.scheme.quantizes_activations:
-                self.handles.append(block.get_submodule(name).register_forward_pre_hook(self._hook(target.scheme)))
-
-    @staticmethod
-    def _hook(scheme):
-        per_token = scheme.a_granularity == "per_token"
-
-        def hook(module: nn.Module, args: tuple) -> tuple:
-            if per_token:
-                x = qmath.per_token_fake_quantize(args[0], scheme.a_bits, scheme.a_symmetric, ste=True,
-                                                  include_zero=scheme.a_include_zero)
-            else:
-                x = qmath.per_tensor_fake_quantize(args[0], scheme.a_bits, scheme.a_symmetric, ste=True)
-            return (x,) + tuple(args[1:])
-        return hook
+                self.handles.append(block.get_submodule(name).register_forward_pre_hook(input_fake_quant_hook(target.scheme)))
 
     def remove(self) -> None:
         for handle in self.handles:

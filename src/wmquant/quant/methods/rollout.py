@@ -36,7 +36,7 @@ from torch import nn
 from .. import qmath
 from ..api import active_targets
 from ..config import QuantConfig, QuantConfigError
-from ..layers import WeightQParams
+from ..layers import WeightQParams, input_fake_quant_hook
 from ..recorders import CalibrationData
 from .base import MethodResult, PTQMethod, check_positive, register_method
 
@@ -80,20 +80,6 @@ class _ClippedWeight(nn.Module):
                                           clip_min=clip_min, quantwm_scale=s.minmax_quantwm_scale, ste=True)
 
 
-def _activation_hook(scheme):
-    per_token = scheme.a_granularity == "per_token"
-
-    def hook(module: nn.Module, args: tuple) -> tuple:
-        if per_token:
-            x = qmath.per_token_fake_quantize(args[0], scheme.a_bits, scheme.a_symmetric, ste=True,
-                                              include_zero=scheme.a_include_zero)
-        else:
-            x = qmath.per_tensor_fake_quantize(args[0], scheme.a_bits, scheme.a_symmetric, ste=True)
-        return (x,) + tuple(args[1:])
-
-    return hook
-
-
 def rollout_loss(model: nn.Module, z0: dict[str, torch.Tensor], act: torch.Tensor, reference: dict[str, torch.Tensor],
                  cost_weight: float) -> torch.Tensor:
     """The horizon-wide latent error plus the cost error of one recorded group (differentiable)."""
@@ -134,7 +120,7 @@ class RolloutAware(PTQMethod):
                     clips[target.name] = _ClippedWeight(scheme, shape, options.lwc_init, layer.weight)
                     parametrize.register_parametrization(layer, "weight", clips[target.name], unsafe=True)
                 if scheme.quantizes_activations:
-                    hooks.append(layer.register_forward_pre_hook(_activation_hook(scheme)))
+                    hooks.append(layer.register_forward_pre_hook(input_fake_quant_hook(scheme)))
             history = [self._mean_loss(model, groups, references, options.cost_weight)]
             parameters = [p for clip in clips.values() for p in (clip.up, clip.low)]
             best, best_state = history[0], [p.detach().clone() for p in parameters]
