@@ -41,3 +41,16 @@ def test_the_loss_counts_every_step_and_the_cost():
         moved = {k: v.clone() for k, v in reference.items()}
         moved["visual"][:, 1] += 0.1  # an error in an intermediate step only
         assert float(rollout_loss(model, z0, act, moved, 0.0)) > 0.0
+
+
+def test_rollouts_recorded_under_inference_mode_can_be_trained_on():
+    model = _world_model()
+    runner = _planner_like_runner(model)
+
+    def planner_in_inference_mode():
+        with torch.inference_mode():
+            runner()
+
+    report = calibrate_and_quantize(model, "rollout", QuantConfig.uniform(w_bits=4), planner_in_inference_mode,
+                                    method_options={"epochs": 1})
+    assert len(report["method_report"]["loss_by_epoch"]) == 2

@@ -285,6 +285,10 @@ class RolloutRecorder:
         model.rollout_latent = recording
 
     def _record(self, z_obs_0: dict[str, torch.Tensor], act: torch.Tensor) -> None:
+        with _plain_tensors():  # the rollout method differentiates through what is recorded here
+            self._keep(z_obs_0, act)
+
+    def _keep(self, z_obs_0: dict[str, torch.Tensor], act: torch.Tensor) -> None:
         for start in range(0, act.shape[0], self.group):
             sl = slice(start, start + self.group)
             item = ({k: v[sl].detach().cpu().clone() for k, v in z_obs_0.items()}, act[sl].detach().cpu().clone())
