@@ -269,3 +269,38 @@ def test_per_token_ranges_include_zero_unless_asked_not_to():
     s0 = hi / 15  # widened to [0, max]
     torch.testing.assert_close(widened, torch.clamp(torch.round(x / s0), 0, 15) * s0)
     assert (own - x).pow(2).mean() < (widened - x).pow(2).mean() / 2
+
+
+def test_omniquant_attention_lets_are_exact_and_learned():
+    from wmquant.quant.methods._equivalence import attention_let
+
+    holder, x = _one_block_problem()
+    block = holder.encoder.blocks[0]
+    attn = block.attn
+    inner = attn.proj.in_features
+    gen = torch.Generator().manual_seed(8)
+    v_scale = torch.rand(inner, generator=gen, dtype=D) * 3 + 0.2
+    qk_scale = torch.rand(inner, generator=gen, dtype=D) * 3 + 0.2
+    with torch.no_grad():
+        reference = block(x)
+        weight, bias, proj = attention_let(attn.qkv.weight, attn.qkv.bias, attn.proj.weight, attn, v_scale, qk_scale)
+        moved = copy.deepcopy(block)
+        moved.attn.qkv.weight.copy_(weight)
+        moved.attn.proj.weight.copy_(proj)
+        if bias is not None:
+            moved.attn.qkv.bias.copy_(bias)
+        torch.testing.assert_close(moved(x), reference, rtol=1e-10, atol=1e-10)  # an exact equivalence
+    proj_before = attn.proj.weight.detach().clone()
+    method = omniquant_module.OmniQuant()
+    config = QuantConfig(encoder=QuantScheme(w_bits=4, a_bits=4), predictor=QuantScheme(), targets=ENCODER_LINEARS)
+    method.transform(holder, config, CalibrationData(block_inputs={"encoder": [BlockCall(x)]}),
+                     method.make_options({"epochs": 5, "lwc": False}))
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), reference, rtol=1e-8, atol=1e-8)
+    ratio = attn.proj.weight.detach() / proj_before  # the learned V scale, folded into proj's columns
+    assert not torch.allclose(ratio, torch.ones_like(ratio))
+    off = method.make_options({"epochs": 5, "lwc": False, "let_attention": False})
+    holder2, _ = _one_block_problem()
+    before2 = holder2.encoder.blocks[0].attn.proj.weight.detach().clone()
+    method.transform(holder2, config, CalibrationData(block_inputs={"encoder": [BlockCall(x)]}), off)
+    assert torch.equal(holder2.encoder.blocks[0].attn.proj.weight.detach(), before2)

@@ -75,6 +75,31 @@ def v_rows(attn: nn.Module) -> slice:
 
 
 @torch.no_grad()
+def qk_rows(attn: nn.Module) -> tuple[slice, slice]:
+    """Rows of `attn.qkv` that produce Q and K (the first two thirds)."""
+    inner = v_rows(attn).start // 2
+    return slice(0, inner), slice(inner, 2 * inner)
+
+
+def attention_let(qkv_weight: torch.Tensor, qkv_bias: torch.Tensor | None, proj_weight: torch.Tensor,
+                  attn: nn.Module, v_scale: torch.Tensor | None, qk_scale: torch.Tensor | None):
+    """OmniQuant's attention equivalences as new tensors (differentiable): V rows of qkv / v_scale
+    with proj's columns * v_scale (the attention output is linear in V per head), and Q rows /
+    qk_scale with K rows * qk_scale (each q_j k_j product is unchanged). Returns (qkv weight, qkv
+    bias, proj weight)."""
+    q, k = qk_rows(attn)
+    v = v_rows(attn)
+    row_scale = torch.ones(qkv_weight.shape[0], dtype=qkv_weight.dtype, device=qkv_weight.device)
+    if v_scale is not None:
+        row_scale = torch.cat([row_scale[: v.start], 1.0 / v_scale])
+        proj_weight = proj_weight * v_scale[None, :]
+    if qk_scale is not None:
+        row_scale = torch.cat([row_scale[q] / qk_scale, row_scale[k] * qk_scale, row_scale[v]])
+    weight = qkv_weight * row_scale[:, None]
+    bias = None if qkv_bias is None else qkv_bias * row_scale
+    return weight, bias, proj_weight
+
+
 def fold_v_into_proj_(attn: nn.Module, scale: torch.Tensor) -> None:
     """V channels / s, proj columns * s (exact: attention output is linear in V per head)."""
     rows = v_rows(attn)

@@ -43,6 +43,7 @@ from ._blockwise import SquaredError, block_targets, model_device, run_block, sp
 from ._equivalence import (
     NORM_LINEAR_PAIRS,
     SCALE_FLOOR,
+    attention_let,
     check_norm,
     fold_norm_into_linear_,
     smoothquant_scale,
@@ -64,6 +65,7 @@ class OmniQuantOptions:
     alpha: float = 0.5
     lwc_init: float = 4.0
     keep_best: bool = False  # the original keeps the last epoch's parameters; true keeps the best epoch's
+    let_attention: bool = True  # the original's attention LETs: V -> proj and Q/K (with LET on)
     n_samples: int = 128
     batch_size: int = 1
     seed: int = 0
@@ -78,7 +80,7 @@ class OmniQuantOptions:
             raise QuantConfigError(f"OmniQuant alpha={self.alpha!r} must be in [0, 1]")
         if self.let is not None and not isinstance(self.let, bool):
             raise QuantConfigError(f"OmniQuant let={self.let!r} must be true, false or null (auto)")
-        for name in ("lwc", "let_shift", "keep_best"):
+        for name in ("lwc", "let_shift", "keep_best", "let_attention"):
             if not isinstance(getattr(self, name), bool):
                 raise QuantConfigError(f"OmniQuant {name}={getattr(self, name)!r} must be true or false")
 
@@ -87,13 +89,21 @@ class _BlockState:
     """The learnable LET / LWC tensors of one block and the forward that uses them."""
 
     def __init__(self, block: nn.Module, targets: dict, let_pairs: list[tuple[str, str]], lwc_names: list[str],
-                 init_scales: dict[str, torch.Tensor], options: OmniQuantOptions) -> None:
+                 init_scales: dict[str, torch.Tensor], options: OmniQuantOptions, attention_let: bool = False) -> None:
         self.block = block
         self.targets = targets
         self.let_pairs = let_pairs
         self.lwc_names = lwc_names
         weight = next(block.parameters())
         self.let_params: dict[str, torch.Tensor] = {}
+        self.attention_let = attention_let
+        if attention_let:
+            inner = block.attn.proj.in_features
+            self.let_params["attn.v.scale"] = init_scales.get("attn.proj", torch.ones(inner, dtype=weight.dtype,
+                                                                                      device=weight.device)
+                                                               ).detach().clone().requires_grad_(True)
+            self.let_params["attn.qk.scale"] = torch.ones(inner, dtype=weight.dtype, device=weight.device,
+                                                          requires_grad=True)
         for _, linear in let_pairs:
             layer = block.get_submodule(linear)
             self.let_params[f"{linear}.scale"] = init_scales[linear].detach().clone().requires_grad_(True)
@@ -128,6 +138,15 @@ class _BlockState:
                 weights[linear], bias = transformed_linear(layer.weight, layer.bias, scale, shift)
                 if bias is not None:
                     subs[f"{linear}.bias"] = bias
+            if self.attention_let:
+                attn = block.attn
+                qkv_bias = subs.get("attn.qkv.bias", attn.qkv.bias)
+                weights["attn.qkv"], qkv_bias, weights["attn.proj"] = attention_let(
+                    weights.get("attn.qkv", attn.qkv.weight), qkv_bias, attn.proj.weight, attn,
+                    self.let_params["attn.v.scale"].clamp(min=SCALE_FLOOR),
+                    self.let_params["attn.qk.scale"].clamp(min=SCALE_FLOOR))
+                if qkv_bias is not None:
+                    subs["attn.qkv.bias"] = qkv_bias
         for name, target in self.targets.items():
             scheme = target.scheme
             if not scheme.quantizes_weights:
@@ -231,7 +250,12 @@ class OmniQuant(PTQMethod):
                 init_scales[linear] = torch.ones_like(layer.weight[0])
             if options.let_shift and layer.bias is None:
                 layer.bias = nn.Parameter(torch.zeros_like(layer.weight[:, 0]))
-        state = _BlockState(block, targets, let_pairs, lwc_names, init_scales, options)
+        # the attention LETs need both of the attention's Linears quantized (they move scales between them)
+        attention = bool(let and options.let_attention and {"attn.qkv", "attn.proj"} <= set(targets))
+        if attention and act_stats is not None and f"{prefix}.attn.proj" in act_stats:
+            init_scales["attn.proj"] = smoothquant_scale(act_stats[f"{prefix}.attn.proj"], block.attn.proj.weight,
+                                                         options.alpha)
+        state = _BlockState(block, targets, let_pairs, lwc_names, init_scales, options, attention)
         hooks = _InputFakeQuant(block, targets)
         frozen = [p for p in block.parameters() if p.requires_grad]
         for p in frozen:
@@ -260,6 +284,15 @@ class OmniQuant(PTQMethod):
                     scale = state.let_params[f"{linear}.scale"].clamp(min=SCALE_FLOOR)
                     fold_norm_into_linear_(block.get_submodule(norm_name), block.get_submodule(linear), scale,
                                            state.let_params.get(f"{linear}.shift"))
+                if attention:
+                    attn = block.attn
+                    weight, bias, proj = attention_let(attn.qkv.weight, attn.qkv.bias, attn.proj.weight, attn,
+                                                       state.let_params["attn.v.scale"].clamp(min=SCALE_FLOOR),
+                                                       state.let_params["attn.qk.scale"].clamp(min=SCALE_FLOOR))
+                    attn.qkv.weight.copy_(weight)
+                    attn.proj.weight.copy_(proj)
+                    if bias is not None:
+                        attn.qkv.bias.copy_(bias)
                 final, next_calls = _reconstruction(state, q_calls, fp_out, let=False)
         finally:
             hooks.remove()
