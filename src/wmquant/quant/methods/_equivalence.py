@@ -74,7 +74,6 @@ def v_rows(attn: nn.Module) -> slice:
     return slice(2 * inner, 3 * inner)
 
 
-@torch.no_grad()
 def qk_rows(attn: nn.Module) -> tuple[slice, slice]:
     """Rows of `attn.qkv` that produce Q and K (the first two thirds)."""
     inner = v_rows(attn).start // 2
@@ -100,6 +99,7 @@ def attention_let(qkv_weight: torch.Tensor, qkv_bias: torch.Tensor | None, proj_
     return weight, bias, proj_weight
 
 
+@torch.no_grad()
 def fold_v_into_proj_(attn: nn.Module, scale: torch.Tensor) -> None:
     """V channels / s, proj columns * s (exact: attention output is linear in V per head)."""
     rows = v_rows(attn)
