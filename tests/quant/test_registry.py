@@ -115,6 +115,7 @@ def test_unknown_methods_are_refused_everywhere_with_the_valid_names():
     (["omniquant", "rtn"], "omniquant settles the weights"),
     (["awq", "smoothquant"], "smoothquant reads plan-act statistics"),
     (["rtn", "rtn"], "names a method twice"),
+    (["mixed", "rtn"], "mixed chooses each layer's bit widths"),
 ])
 def test_recipes_that_cannot_compose_are_refused(chain, message):
     with pytest.raises(QuantizationError, match=message):

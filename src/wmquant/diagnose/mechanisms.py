@@ -136,7 +136,7 @@ def cross_evaluate(fp_engine, q_engine, planner, env, episodes, frameskip: int, 
     return {"summary": summary, "per_episode": per_episode}
 
 
-def measure_mechanisms(session, fp_model, progress: bool = False) -> dict[str, Any]:
+def measure_mechanisms(session, fp_model) -> dict[str, Any]:
     """Encoder damage and cross-evaluation of `session.model` (quantized) against `fp_model` (its
     float copy, taken before quantization), on the session's evaluation and calibration episodes."""
     fp_engine = session.engine_for(fp_model)

@@ -43,8 +43,8 @@ def compose_plan_config(config_name: str | None, overrides: Sequence[str]) -> Di
     return compose_config(config_name, overrides)
 
 
-def _flag(cfg: DictConfig, key: str) -> bool:
-    value = cfg.get(key, False)
+def _flag(cfg: DictConfig, key: str, default: bool = False) -> bool:
+    value = cfg.get(key, default)
     if not isinstance(value, bool):
         raise ConfigError(f"{key}={value!r} must be true or false")
     return value
@@ -175,7 +175,7 @@ def build_quant_config(cfg: DictConfig, method: str):
         return QuantScheme(
             w_bits=w_bits, a_bits=a_bits, w_group_size=None if group == -1 else int(group),
             a_granularity=granularity, w_observer=w_observer, a_observer=a_observer,
-            a_include_zero=_flag(cfg, "a_include_zero") if "a_include_zero" in cfg else True,
+            a_include_zero=_flag(cfg, "a_include_zero", default=True),
             w_format=str(cfg.get("w_format", "int")), a_format=str(cfg.get("a_format", "int")),
         )
 
@@ -237,11 +237,11 @@ def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession |
     act_stats = load_act_stats(act_stats_path(cfg)) if needs_act_stats(method, qconfig, options) else None
     backend = str(cfg.engine.backend)
     check_engine_backend(backend)
+    mechanisms = _flag(cfg, "mechanisms")
 
     session = session or PlanningSession(cfg)
     if backend == "real":
         check_real_config(session.model, qconfig)  # refuse schemes the kernels cannot run, before calibrating
-    mechanisms = _flag(cfg, "mechanisms")
     float_model = copy.deepcopy(session.model) if mechanisms else None  # the reference of the measurements
     run_dir = new_run_dir(cfg)
     start = time.perf_counter()
@@ -279,7 +279,7 @@ def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession |
         if progress:
             print("mechanisms: encoder damage, linear probes and cross-evaluated first plans (mechanisms=true)",
                   file=sys.stderr, flush=True)
-        measured = measure_mechanisms(session, float_model, progress)
+        measured = measure_mechanisms(session, float_model)
         del float_model
     quant = {
         "method": method,

@@ -41,6 +41,8 @@ from .stats import validate_act_stats
 
 RECORD_PASS = "record method inputs"
 OBSERVE_PASS = "observe activation ranges"
+
+
 def _chain_options(chain: list[str], method_options: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
     """Options per method: a single method takes `method_options` as they are; a chain takes
     `method_options.<method>.<key>` for each of its methods."""
@@ -59,8 +61,9 @@ def check_composition(recipes: Sequence[Any]) -> None:
     model left by the previous one, so:
     * a method that reads `plan-act` statistics must come first (they describe the model before
       any transformation);
-    * a method that settles the weights on its grid (GPTQ, OmniQuant) must come last (a later
-      transformation would move them off that grid);
+    * a method that settles the weights on its grid (GPTQ, OmniQuant) or chooses the widths
+      (mixed) must come last (a later method would move them off that grid, or ignore the widths);
+    * channel-scale folding cannot follow a rotation;
     * a method appears once."""
     names = [r.name for r in recipes]
     if len(set(names)) != len(names):
@@ -78,6 +81,10 @@ def check_composition(recipes: Sequence[Any]) -> None:
             raise QuantizationError(
                 f"recipe {recipe_name(names)}: {recipe.name} settles the weights on its quantization grid, so no "
                 f"method can follow it ({names[position + 1]} does)")
+        if recipe.chooses_widths and position < len(recipes) - 1:
+            raise QuantizationError(
+                f"recipe {recipe_name(names)}: {recipe.name} chooses each layer's bit widths, which a later method "
+                f"would not use, so no method can follow it ({names[position + 1]} does)")
 
 
 def plan_recipe(method: str | Sequence[str], qconfig: QuantConfig,

@@ -189,6 +189,11 @@ class QuantConfig:
         if not self.targets:
             _fail("targets is empty; give at least one module-name pattern or preset")
 
+    def named_schemes(self) -> list[tuple[str, QuantScheme]]:
+        """(part, scheme) for encoder, predictor and, when set, other."""
+        parts = [("encoder", self.encoder), ("predictor", self.predictor), ("other", self.other)]
+        return [(part, scheme) for part, scheme in parts if scheme is not None]
+
     def scheme_for(self, module_name: str) -> QuantScheme:
         if module_name.startswith("encoder."):
             return self.encoder

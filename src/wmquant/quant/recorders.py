@@ -285,20 +285,19 @@ class RolloutRecorder:
         model.rollout_latent = recording
 
     def _record(self, z_obs_0: dict[str, torch.Tensor], act: torch.Tensor) -> None:
-        with _plain_tensors():  # the rollout method differentiates through what is recorded here
-            self._keep(z_obs_0, act)
-
-    def _keep(self, z_obs_0: dict[str, torch.Tensor], act: torch.Tensor) -> None:
         for start in range(0, act.shape[0], self.group):
-            sl = slice(start, start + self.group)
-            item = ({k: v[sl].detach().cpu().clone() for k, v in z_obs_0.items()}, act[sl].detach().cpu().clone())
             self.seen += 1
-            if len(self.groups) < self.max_groups:
+            # reservoir sampling (algorithm R): only a kept group is copied off the planner's tensors
+            slot = len(self.groups) if len(self.groups) < self.max_groups else self._rng.randrange(self.seen)
+            if slot >= self.max_groups:
+                continue
+            sl = slice(start, start + self.group)
+            with _plain_tensors():  # the rollout method differentiates through what is recorded here
+                item = ({k: v[sl].detach().cpu().clone() for k, v in z_obs_0.items()}, act[sl].detach().cpu().clone())
+            if slot == len(self.groups):
                 self.groups.append(item)
             else:
-                index = self._rng.randrange(self.seen)
-                if index < self.max_groups:
-                    self.groups[index] = item
+                self.groups[slot] = item
 
     def remove(self) -> None:
         if "rollout_latent" in vars(self.model):

@@ -80,7 +80,6 @@ def _span(values: Sequence[float], fmt: Callable[[float], str]) -> str:
 @dataclass
 class ProseContext:
     reports: Mapping[str, Report]
-    pairs: list[tuple[Row, Row]] = field(default_factory=list)  # the document's `pvs` family
     pair_holm: dict[tuple[str, str], float] = field(default_factory=dict)
     alpha: float = 0.05
 
@@ -130,9 +129,14 @@ class ProseContext:
         return report, row, cell
 
     def tested(self, ref: str):
-        cell = last_tested_cell(*self.one(ref))
+        return self.tested_cell(*self.one(ref))
+
+    @staticmethod
+    def tested_cell(report: Report, row: Row):
+        cell = last_tested_cell(report, row)
         if cell is None:
-            raise StudyError(f"generated prose: {ref} was not tested against FP (FP itself, or other episodes)")
+            raise StudyError(f"generated prose: {run_name(row.run_id)} was not tested against FP (FP itself, or other "
+                             "episodes)")
         return cell
 
     @staticmethod
@@ -275,8 +279,7 @@ def _evaluate(ctx: ProseContext, words: list[str]) -> str:
         if what == "lossratio":
             return _span([ctx.loss_ratio(rep, row) for rep, row in found], lambda x: f"{x:.1f}")
         if what == "p":
-            return _span([ctx.tested(f"{_spec_of(ctx, rep)}/{run_name(row.run_id)}").p_vs_fp for rep, row in found],
-                         format_p)
+            return _span([ctx.tested_cell(rep, row).p_vs_fp for rep, row in found], format_p)
         raise StudyError(f"generated prose: span of {what!r} is unknown; valid: rate, first, paper, lossratio, p")
     if name == "count":
         return str(len(ctx.filtered(args)))
@@ -313,10 +316,6 @@ def _evaluate(ctx: ProseContext, words: list[str]) -> str:
 FUNCTIONS = ("agree_from", "bits", "calib", "cell", "ci", "count", "diff", "equivalent", "first", "loss", "lossratio",
              "margin", "mdd", "only", "onlyfp", "p", "paper", "pholm", "pvs", "pvs_family", "pvs_holm", "pvs_survivors",
              "rate", "resumed", "runs", "seconds", "span", "wilson")
-
-
-def _spec_of(ctx: ProseContext, report: Report) -> str:
-    return next(name for name, rep in ctx.reports.items() if rep is report)
 
 
 def render_prose(template: str, reports: Mapping[str, Report]) -> str:

@@ -44,7 +44,8 @@ import yaml
 
 from ..errors import QuantizationError, StudyError
 from ..quant.legacy import legacy_flags
-from ..quant.recipes import FLOAT, check_recipe, registered
+from ..quant.qmath import FORMATS
+from ..quant.recipes import FLOAT, check_recipe, recipe_name, registered
 from .paper import OFF_BITS, SettingKey, format_of
 
 SPEC_SCHEMA_KEYS = ("name", "paper_table", "env", "description", "columns", "base", "method_base", "runs")
@@ -165,8 +166,8 @@ KNOWN_KEYS: dict[str, Callable[[str, Any], Any]] = {
     "calib_seed_offset": _non_negative,
     "mechanisms": _boolean,
     "a_include_zero": _boolean,
-    "w_format": _text,
-    "a_format": _text,
+    "w_format": _one_of(FORMATS),
+    "a_format": _one_of(FORMATS),
     "scale_tag": _text,
     "tag": _text,
     "n_evals": _positive,
@@ -523,7 +524,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> StudySpec:
         for entry in _expand_entry(raw, index, name):
             # base < the run's method's settings < the run's own keys
             method = entry.get("method", base.get("method"))
-            recipe = "+".join(map(str, method)) if isinstance(method, (list, tuple)) else method
+            recipe = recipe_name(method) if isinstance(method, (list, tuple)) else method
             merged.append({"env": env, **base, **method_base.get(recipe, {}), **entry})
     runs = _deduplicate([make_run_spec(normalise_run(m, f"spec {name!r}")) for m in merged], name)
     description = data.get("description") or ""

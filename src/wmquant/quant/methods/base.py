@@ -80,6 +80,9 @@ class PTQMethod:
     folds_channel_scales: ClassVar[bool] = False
     #: The method rotates Linear inputs (rotate): no channel-scale folding may follow it.
     rotates_inputs: ClassVar[bool] = False
+    #: The method chooses each layer's bit widths (mixed): a later method would quantize with the
+    #: config's widths, so nothing may follow it.
+    chooses_widths: ClassVar[bool] = False
 
     def make_options(self, overrides: Mapping[str, Any] | Any = None) -> Any:
         """The options dataclass with `overrides` applied; unknown keys raise QuantConfigError."""
@@ -104,14 +107,15 @@ class PTQMethod:
     def check_config(self, qconfig: QuantConfig, options: Any) -> None:
         """Refuse settings this method cannot honour (before any calibration runs)."""
         if not self.supports_float_formats:
-            for part, scheme in (("encoder", qconfig.encoder), ("predictor", qconfig.predictor), ("other", qconfig.other)):
-                if scheme is not None and (scheme.w_format, scheme.a_format) != ("int", "int"):
+            for part, scheme in qconfig.named_schemes():
+                if (scheme.w_format, scheme.a_format) != ("int", "int"):
+                    able = ", ".join(n for n, cls in sorted(METHODS.items()) if cls.supports_float_formats)
                     raise QuantConfigError(
                         f"method {self.name!r} searches integer grids; {part} formats ({scheme.w_format}, "
-                        f"{scheme.a_format}) need rtn or smoothquant")
+                        f"{scheme.a_format}) need one of: {able}")
         if not self.supports_activation_quant:
-            for part, scheme in (("encoder", qconfig.encoder), ("predictor", qconfig.predictor), ("other", qconfig.other)):
-                if scheme is not None and scheme.quantizes_activations:
+            for part, scheme in qconfig.named_schemes():
+                if scheme.quantizes_activations:
                     raise QuantConfigError(
                         f"method {self.name!r} is weight-only; {part} a_bits={scheme.a_bits} must be 16"
                     )

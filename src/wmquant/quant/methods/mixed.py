@@ -4,11 +4,8 @@
    `rollout_latent(z_obs_0, actions)` calls of the CEM planner): for every quantization target,
    its weights alone and its input alone are fake-quantized at each candidate bit width (RTN with
    the target's own scheme otherwise), the recorded action sequences are rolled out again, and the
-   damage is
-       rollout error  sum over steps ||z_q - z_fp||^2 / sum over steps ||z_fp||^2
-     + cost error     mean |c_q - c_fp| / mean c_fp,  c = ||z_T - g||^2 per sequence,
-   where g is the float model's final latent of the group's first sequence (the CEM mean's
-   prediction; the goal itself is not an input of the world model).
+   damage is the rollout method's loss (`_rollouts.rollout_loss`: the latent error over the whole
+   horizon plus the error of each candidate's cost) averaged over the recorded groups.
    A static per-tensor activation is measured with each tensor's own range (the calibrated range
    does not exist yet).
 2. Allocation: weights and activations separately, each a knapsack over targets with the
@@ -38,6 +35,7 @@ from ..api import active_targets
 from ..config import QuantConfig, QuantConfigError
 from ..layers import input_fake_quant_hook
 from ..recorders import CalibrationData
+from ._rollouts import mean_rollout_loss, replay_groups
 from .base import MethodResult, PTQMethod, check_positive, register_method
 
 
@@ -64,24 +62,6 @@ class MixedOptions:
             value = getattr(self, name)
             if value is not None and value < self.candidates[0]:
                 raise QuantConfigError(f"mixed {name}={value} is below the narrowest candidate ({self.candidates[0]} bits)")
-
-
-def rollout_damage(model: nn.Module, rollouts, reference: list[dict[str, torch.Tensor]], cost_weight: float) -> float:
-    """Rollout error plus weighted cost error of the model against the float `reference` rollouts."""
-    param = next(model.parameters())
-    err = norm = cost_err = cost_ref = 0.0
-    with torch.no_grad():
-        for (z0, act), ref in zip(rollouts, reference):
-            got = model.rollout_latent({k: v.to(param) for k, v in z0.items()}, act.to(param))
-            for key in ref:
-                err += float((got[key].double() - ref[key]).pow(2).sum())
-                norm += float(ref[key].pow(2).sum())
-            goal = ref["visual"][:1, -1:]
-            c_fp = (ref["visual"][:, -1:] - goal).pow(2).flatten(1).sum(dim=1)
-            c_q = (got["visual"].double()[:, -1:] - goal).pow(2).flatten(1).sum(dim=1)
-            cost_err += float((c_q - c_fp).abs().sum())
-            cost_ref += float(c_fp.sum())
-    return err / max(norm, 1e-30) + cost_weight * cost_err / max(cost_ref, 1e-30)
 
 
 def greedy_allocation(sizes: dict[str, int], damage: dict[str, dict[int, float]], candidates: tuple[int, ...],
@@ -118,16 +98,14 @@ def average_bits(bits: dict[str, int], sizes: dict[str, int]) -> float:
 class MixedPrecision(PTQMethod):
     display_name = "Mixed"
     needs_rollouts = True
+    chooses_widths = True
     options = MixedOptions
 
     def transform(self, model: nn.Module, qconfig: QuantConfig, calib: CalibrationData, options: MixedOptions) -> MethodResult:
         linears = [t for t in active_targets(model, qconfig) if not t.is_tap and isinstance(t.module, nn.Linear)]
         targets = [t for t in linears if not t.name.startswith("encoder.")]
         fixed = [t.name for t in linears if t.name.startswith("encoder.")]
-        param = next(model.parameters())
-        with torch.no_grad():
-            reference = [{k: v.double() for k, v in model.rollout_latent(
-                {key: val.to(param) for key, val in z0.items()}, act.to(param)).items()} for z0, act in calib.rollouts]
+        groups, references = replay_groups(model, calib.rollouts)
         w_damage: dict[str, dict[int, float]] = {}
         a_damage: dict[str, dict[int, float]] = {}
         for target in targets:
@@ -139,7 +117,7 @@ class MixedPrecision(PTQMethod):
                     with torch.no_grad():
                         layer.weight.copy_(qmath.fake_quantize_weight(original, bits, scheme.w_group_size,
                                                                       scheme.w_symmetric).to(original.dtype))
-                    w_damage[target.name][bits] = rollout_damage(model, calib.rollouts, reference, options.cost_weight)
+                    w_damage[target.name][bits] = mean_rollout_loss(model, groups, references, options.cost_weight)
                 with torch.no_grad():
                     layer.weight.copy_(original)
             if scheme.quantizes_activations:
@@ -147,7 +125,7 @@ class MixedPrecision(PTQMethod):
                 for bits in options.candidates:
                     handle = layer.register_forward_pre_hook(input_fake_quant_hook(scheme, bits))
                     try:
-                        a_damage[target.name][bits] = rollout_damage(model, calib.rollouts, reference, options.cost_weight)
+                        a_damage[target.name][bits] = mean_rollout_loss(model, groups, references, options.cost_weight)
                     finally:
                         handle.remove()
         by_name = {t.name: t for t in targets}
@@ -172,7 +150,7 @@ class MixedPrecision(PTQMethod):
             "average_activation_bits": average_bits(a_bits, a_sizes) if a_bits else None,
             "budget": {"weights": w_budget, "activations": a_budget},
             "weight_damage": w_damage, "activation_damage": a_damage,
-            "rollout_sequences": sum(int(act.shape[0]) for _, act in calib.rollouts),
+            "rollout_sequences": sum(int(act.shape[0]) for _, act in groups),
             "fixed_layers": fixed,
         }
         return MethodResult(layer_schemes=schemes, report=report)

@@ -102,8 +102,8 @@ class OMSE(PTQMethod):
 
     def check_config(self, qconfig: QuantConfig, options: OMSEOptions) -> None:
         super().check_config(qconfig, options)
-        for part, scheme in (("encoder", qconfig.encoder), ("predictor", qconfig.predictor), ("other", qconfig.other)):
-            if scheme is not None and scheme.quantizes_weights and scheme.minmax_quantwm_scale:
+        for part, scheme in qconfig.named_schemes():
+            if scheme.quantizes_weights and scheme.minmax_quantwm_scale:
                 raise QuantConfigError(
                     f"{part}: quantwm_weight_scale with method omse needs w_observer='omse': QuantWM's OMSE divides by "
                     "2^(b-1) - 1, not by its minmax denominator (2^b - 1)/2")

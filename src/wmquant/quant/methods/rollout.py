@@ -38,6 +38,7 @@ from ..api import active_targets
 from ..config import QuantConfig, QuantConfigError
 from ..layers import WeightQParams, input_fake_quant_hook
 from ..recorders import CalibrationData
+from ._rollouts import mean_rollout_loss, replay_groups, rollout_loss
 from .base import MethodResult, PTQMethod, check_positive, register_method
 
 
@@ -80,19 +81,6 @@ class _ClippedWeight(nn.Module):
                                           clip_min=clip_min, quantwm_scale=s.minmax_quantwm_scale, ste=True)
 
 
-def rollout_loss(model: nn.Module, z0: dict[str, torch.Tensor], act: torch.Tensor, reference: dict[str, torch.Tensor],
-                 cost_weight: float) -> torch.Tensor:
-    """The horizon-wide latent error plus the cost error of one recorded group (differentiable)."""
-    got = model.rollout_latent(z0, act)
-    err = sum((got[k] - reference[k]).pow(2).sum() for k in reference)
-    norm = sum(reference[k].pow(2).sum() for k in reference)
-    goal = reference["visual"][:1, -1:]
-    c_fp = (reference["visual"][:, -1:] - goal).pow(2).flatten(1).sum(dim=1)
-    c_q = (got["visual"][:, -1:] - goal).pow(2).flatten(1).sum(dim=1)
-    cost = (c_q - c_fp).pow(2).mean() / c_fp.pow(2).mean().clamp_min(1e-30)
-    return err / norm.clamp_min(1e-30) + cost_weight * cost
-
-
 @register_method("rollout")
 class RolloutAware(PTQMethod):
     display_name = "Rollout"
@@ -103,10 +91,7 @@ class RolloutAware(PTQMethod):
                   options: RolloutOptions) -> MethodResult:
         targets = [t for t in active_targets(model, qconfig)
                    if not t.is_tap and isinstance(t.module, nn.Linear) and not t.name.startswith("encoder.")]
-        param = next(model.parameters())
-        groups = [({k: v.to(param) for k, v in z0.items()}, act.to(param)) for z0, act in calib.rollouts]
-        with torch.no_grad():
-            references = [model.rollout_latent(z0, act) for z0, act in groups]
+        groups, references = replay_groups(model, calib.rollouts)
         frozen = [p for p in model.parameters() if p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
@@ -121,7 +106,7 @@ class RolloutAware(PTQMethod):
                     parametrize.register_parametrization(layer, "weight", clips[target.name], unsafe=True)
                 if scheme.quantizes_activations:
                     hooks.append(layer.register_forward_pre_hook(input_fake_quant_hook(scheme)))
-            history = [self._mean_loss(model, groups, references, options.cost_weight)]
+            history = [mean_rollout_loss(model, groups, references, options.cost_weight)]
             parameters = [p for clip in clips.values() for p in (clip.up, clip.low)]
             best, best_state = history[0], [p.detach().clone() for p in parameters]
             if parameters and options.epochs:
@@ -134,7 +119,7 @@ class RolloutAware(PTQMethod):
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
                         optimizer.step()
-                    history.append(self._mean_loss(model, groups, references, options.cost_weight))
+                    history.append(mean_rollout_loss(model, groups, references, options.cost_weight))
                     if history[-1] < best or not options.keep_best:
                         best, best_state = history[-1], [p.detach().clone() for p in parameters]
                 with torch.no_grad():
@@ -154,9 +139,3 @@ class RolloutAware(PTQMethod):
         report = {"loss_by_epoch": history, "kept_loss": best if clips else None, "layers": sorted(clips),
                   "rollout_sequences": sum(int(act.shape[0]) for _, act in groups)}
         return MethodResult(weight_qparams=qparams, report=report)
-
-    @staticmethod
-    def _mean_loss(model, groups, references, cost_weight: float) -> float:
-        with torch.no_grad():
-            return float(sum(rollout_loss(model, z0, act, ref, cost_weight) for (z0, act), ref in zip(groups, references))
-                         / max(len(groups), 1))

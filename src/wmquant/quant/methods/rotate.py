@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..api import active_targets
-from ..config import QuantConfig
+from ..api import _set_submodule, active_targets
+from ..config import QuantConfig, QuantConfigError
 from ..recorders import CalibrationData
-from .base import MethodResult, PTQMethod, check_positive, register_method
+from .base import MethodResult, PTQMethod, check_choice, check_positive, register_method
 
 
 @dataclass
@@ -40,13 +40,9 @@ class RotateOptions:
     min_width: int = 2  # leave narrower inputs unrotated
 
     def __post_init__(self) -> None:
-        from .base import check_choice
-
         check_choice(self, "kind", ("hadamard", "orthogonal"))
         check_positive(self, "min_width")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            from ..config import QuantConfigError
-
             raise QuantConfigError(f"rotate seed={self.seed!r} must be an integer")
 
 
@@ -106,11 +102,7 @@ class Rotate(PTQMethod):
             layer = target.module
             if target.is_tap or not isinstance(layer, nn.Linear) or layer.in_features < options.min_width:
                 continue
-            if getattr(layer, "input_rotation", None) is not None:
-                continue  # already rotated (a recipe naming rotate once is checked; be idempotent anyway)
             rotation = rotation_matrix(layer.in_features, layer_seed(options.seed, target.name), options.kind)
-            parent_name, _, child = target.name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, RotatedLinear.from_linear(layer, rotation))
+            _set_submodule(model, target.name, RotatedLinear.from_linear(layer, rotation))
             rotated.append(target.name)
         return MethodResult(report={"kind": options.kind, "seed": options.seed, "rotated_layers": rotated})
