@@ -73,6 +73,9 @@ def test_mixed_precision_allocates_per_layer_widths_within_the_budget():
     assert {widths[name] for name in allocation["fixed_layers"]} == {4} and allocation["fixed_layers"]
     damage = allocation["weight_damage"]
     assert all(d[3] >= d[8] for d in damage.values())  # more bits, less damage (on these layers)
+    # each layer's input is measured quantized alone: 3-bit inputs do more damage than 8-bit ones
+    assert sum(d[3] for d in allocation["activation_damage"].values()) > sum(
+        d[8] for d in allocation["activation_damage"].values()) > 0
 
 
 def test_mixed_needs_rollouts_of_a_world_model():
