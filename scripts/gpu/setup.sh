@@ -3,6 +3,11 @@
 # WHEELS names another carried folder of wheels: the Wall scripts need neither pygame nor pymunk
 # (PushT only), and leaving pygame's 14 MB behind keeps the working tree under the device's 64 MiB.
 set -e
+if [ -n "${WMQ_LOCAL:-}" ]; then  # a local smoke run at tiny sizes: the installed wmquant, no wheels, no GPU
+  export PYTHONUNBUFFERED=1; OUT=${OUT:-/tmp/wmq_out}; mkdir -p $OUT
+  wmquant() { python3 -m wmquant "$@"; }
+  return 0
+fi
 WHEELS=${WHEELS:-.whl}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $WHEELS/*.whl
 export PYTHONPATH=/tmp/site:$PWD/src

@@ -224,6 +224,36 @@ def test_omniquant_let_shift_is_learned_and_folded_into_the_forward():
     assert not torch.allclose(shifted_bias, unshifted_bias)  # the learned shift moved the LayerNorm's bias
 
 
+def test_omniquant_let_shift_starts_at_each_input_channels_midpoint():
+    """OmniQuant's act_shifts: (min + max) / 2 per channel of each LET Linear's float input; with 0
+    epochs the fused bias of that Linear gains exactly W @ shift."""
+    holder, x = _one_block_problem()
+    block = holder.encoder.blocks[0]
+    seen: dict[str, list] = {"attn.qkv": [], "mlp.fc1": []}
+    handles = [block.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: seen[n].append(a[0].detach()))
+               for n in seen]
+    with torch.no_grad():
+        block(x)
+    for handle in handles:
+        handle.remove()
+    before = {n: (block.get_submodule(n).weight.detach().clone(),
+                  block.get_submodule(n).bias.detach().clone() if block.get_submodule(n).bias is not None
+                  else torch.zeros(block.get_submodule(n).out_features, dtype=D)) for n in seen}
+    config = QuantConfig(encoder=QuantScheme(w_bits=8, a_bits=8), predictor=QuantScheme(), targets=ENCODER_LINEARS)
+    method = omniquant_module.OmniQuant()
+    for init in ("midpoint", "zero"):
+        model = copy.deepcopy(holder)
+        options = method.make_options({"epochs": 0, "let": True, "lwc": False, "let_attention": False, "shift_init": init})
+        method.transform(model, config, CalibrationData(block_inputs={"encoder": [BlockCall(x)]}), options)
+        for name, inputs in seen.items():
+            flat = torch.cat(inputs).flatten(0, -2)
+            shift = (flat.amin(0) + flat.amax(0)) / 2 if init == "midpoint" else torch.zeros(flat.shape[-1], dtype=D)
+            weight, bias = before[name]
+            fused = model.encoder.blocks[0].get_submodule(name).bias.detach()
+            torch.testing.assert_close(fused, bias + weight @ shift, rtol=1e-9, atol=1e-9)
+    assert torch.cat(seen["attn.qkv"]).flatten(0, -2).mean(0).abs().max() > 0.05  # the midpoints are not 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Observers: QuantWM's OMSE with quantwm_weight_scale, per-token ranges
 

@@ -103,25 +103,34 @@ def plan_cost(engine, z0: dict[str, torch.Tensor], goal: dict[str, torch.Tensor]
     return engine.sample_costs(z0, goal, actions[:, None].to(engine.device))[:, 0].cpu().numpy()
 
 
-def cross_evaluate(fp_engine, q_engine, planner, env, episodes, frameskip: int, seed: int) -> dict[str, Any]:
-    """Both models plan the first MPC step of every episode; every plan is scored by both models
-    and by the simulator. Returns per-episode arrays and their summary."""
-    z = {name: (engine.encode(episodes.obs_0), engine.encode(episodes.obs_g))
-         for name, engine in (("fp", fp_engine), ("quantized", q_engine))}
-    plans = {}
-    for name, engine in (("fp", fp_engine), ("quantized", q_engine)):
-        generators = [noise_generator(seed, s, 0) for s in episodes.seeds]  # the same noise for both
-        plans[name] = planner.plan(engine, z[name][0], z[name][1], generators).actions
+def score_plans(scorers: dict[str, tuple], plans: dict[str, torch.Tensor], env, episodes, frameskip: int,
+                action_engine) -> dict[str, list]:
+    """Every plan scored by every model's planning cost and by the simulator (executed open loop from
+    the episode's start). `scorers`: name -> (engine, start latents, goal latents); `plans`: name ->
+    (E, horizon, frameskip * A) normalised actions; `action_engine` un-normalises them."""
     per_episode: dict[str, list] = {}
-    for scorer, engine in (("fp", fp_engine), ("quantized", q_engine)):
+    for scorer, (engine, z0, zg) in scorers.items():
         for planned, actions in plans.items():
-            per_episode[f"cost_under_{scorer}_of_{planned}_plan"] = plan_cost(engine, *z[scorer], actions).tolist()
+            per_episode[f"cost_under_{scorer}_of_{planned}_plan"] = plan_cost(engine, z0, zg, actions).tolist()
     for planned, actions in plans.items():
-        env_actions = _to_env_actions(actions, frameskip, fp_engine)
+        env_actions = _to_env_actions(actions, frameskip, action_engine)
         _, states = env.rollout(episodes.init_states, env_actions)
         verdict = env.eval_state(episodes.goal_states, states[:, -1])
         per_episode[f"sim_state_dist_of_{planned}_plan"] = np.asarray(verdict["state_dist"], float).tolist()
         per_episode[f"sim_success_of_{planned}_plan"] = np.asarray(verdict["success"], int).tolist()
+    return per_episode
+
+
+def cross_evaluate(fp_engine, q_engine, planner, env, episodes, frameskip: int, seed: int) -> dict[str, Any]:
+    """Both models plan the first MPC step of every episode; every plan is scored by both models
+    and by the simulator. Returns per-episode arrays and their summary."""
+    z = {name: (engine, engine.encode(episodes.obs_0), engine.encode(episodes.obs_g))
+         for name, engine in (("fp", fp_engine), ("quantized", q_engine))}
+    plans = {}
+    for name, (engine, z0, zg) in z.items():
+        generators = [noise_generator(seed, s, 0) for s in episodes.seeds]  # the same noise for both
+        plans[name] = planner.plan(engine, z0, zg, generators).actions
+    per_episode = score_plans(z, plans, env, episodes, frameskip, fp_engine)
     arrays = {k: np.asarray(v, float) for k, v in per_episode.items()}
     fp_truly_better = arrays["sim_state_dist_of_fp_plan"] < arrays["sim_state_dist_of_quantized_plan"]
     q_prefers_own = arrays["cost_under_quantized_of_quantized_plan"] < arrays["cost_under_quantized_of_fp_plan"]

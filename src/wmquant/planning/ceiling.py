@@ -57,6 +57,35 @@ def simulate_states(env_name: str, env, init_states: np.ndarray, actions: np.nda
     return env.simulate(init_states, actions, env_infos)
 
 
+def true_dynamics_cem(env_name: str, env, states: np.ndarray, goal_states: np.ndarray, env_infos: list,
+                      episode_seeds: list[int], iteration: int, seed: int, cem: CEMConfig, frameskip: int,
+                      normalization: Normalization) -> np.ndarray:
+    """One MPC step's CEM on the simulator: (n, horizon, frameskip * A) normalised mean actions
+    for n episodes at `states`, with the noise of model-based planning's MPC iteration `iteration`."""
+    n, action_dim = len(states), env.action_dim
+    std = normalization.action_std.double().numpy()
+    mean = normalization.action_mean.double().numpy()
+    gens = [noise_generator(seed, s, iteration) for s in episode_seeds]
+    noise = torch.stack([torch.randn((cem.opt_steps, cem.num_samples, cem.horizon, frameskip * action_dim), generator=g)
+                         for g in gens]).double().numpy()
+    mu = np.zeros((n, cem.horizon, frameskip * action_dim))
+    sigma = np.full_like(mu, cem.var_scale)
+    for step in range(cem.opt_steps):
+        samples = mu[:, None] + sigma[:, None] * noise[:, step]
+        samples[:, 0] = mu
+        raw = samples.reshape(n, cem.num_samples, cem.horizon * frameskip, action_dim) * std + mean
+        finals = simulate_states(
+            env_name, env,
+            np.repeat(states, cem.num_samples, 0), raw.reshape(-1, cem.horizon * frameskip, action_dim),
+            [info for info in env_infos for _ in range(cem.num_samples)],
+        ).reshape(n, cem.num_samples, -1)
+        costs = state_cost(env_name, finals, goal_states[:, None])
+        order = np.argsort(costs, axis=1, kind="stable")[:, : cem.topk]
+        elites = np.take_along_axis(samples, order[..., None, None], axis=1)
+        mu, sigma = elites.mean(1), elites.std(1, ddof=1)
+    return mu
+
+
 @dataclass
 class CeilingConfig:
     cem: CEMConfig
@@ -107,25 +136,9 @@ def run_ceiling(env_name: str, env, episodes: EpisodeSet, normalization: Normali
         active = np.flatnonzero(~succeeded)
         if active.size == 0:
             break
-        gens = [noise_generator(seed, episodes.seeds[i], k) for i in active]
-        noise = torch.stack([torch.randn((cem.opt_steps, cem.num_samples, cem.horizon, f * action_dim), generator=g)
-                             for g in gens]).double().numpy()
-        mu = np.zeros((len(active), cem.horizon, f * action_dim))
-        sigma = np.full_like(mu, cem.var_scale)
-        infos = [episodes.env_infos[i] for i in active]
-        for step in range(cem.opt_steps):
-            samples = mu[:, None] + sigma[:, None] * noise[:, step]
-            samples[:, 0] = mu
-            raw = samples.reshape(len(active), cem.num_samples, cem.horizon * f, action_dim) * std + mean
-            finals = simulate_states(
-                env_name, env,
-                np.repeat(cur[active], cem.num_samples, 0), raw.reshape(-1, cem.horizon * f, action_dim),
-                [info for info in infos for _ in range(cem.num_samples)],
-            ).reshape(len(active), cem.num_samples, -1)
-            costs = state_cost(env_name, finals, episodes.goal_states[active][:, None])
-            order = np.argsort(costs, axis=1, kind="stable")[:, : cem.topk]
-            elites = np.take_along_axis(samples, order[..., None, None], axis=1)
-            mu, sigma = elites.mean(1), elites.std(1, ddof=1)
+        mu = true_dynamics_cem(env_name, env, cur[active], episodes.goal_states[active],
+                               [episodes.env_infos[i] for i in active], [episodes.seeds[i] for i in active],
+                               k, seed, cem, f, normalization)
         taken = (mu[:, : config.n_taken_actions].reshape(len(active), -1, action_dim) * std + mean)
         for t in range(taken.shape[1]):
             obs, states = env.step(taken[:, t], indices=active)

@@ -7,7 +7,10 @@ trained block by block with gradient steps through a straight-through estimator.
 * LET: for norm1 -> attn.qkv and norm2 -> mlp.fc1, a per-channel scale s and shift d:
   LayerNorm output (x - d) / s, Linear weight W diag(s), bias b + W d (attn.qkv gets a bias
   Parameter if it has none and shifts are learned, as the fusion requires). s starts from the
-  SmoothQuant formula on the `wmquant plan-act` statistics when given (alpha), else 1; d from 0.
+  SmoothQuant formula on the `wmquant plan-act` statistics when given (alpha), else 1. d starts
+  (`shift_init="midpoint"`, as OmniQuant does for LayerNorm models) at each input channel's
+  (min + max) / 2 over the float calibration inputs of the block, which centres every channel's
+  range on 0 before the activation quantizer sees it; `shift_init="zero"` starts it at 0.
   `let=None` (default) turns LET on only where activations are quantized, as OmniQuant's scripts
   do (weight-only runs use LWC alone); true / false force it.
 * Training (per block, AdamW, weight decay `weight_decay`): loss = MSE(float block output, output
@@ -53,12 +56,16 @@ from ._equivalence import (
 from .base import MethodResult, PTQMethod, QuantConfigError, check_positive, missing_stats_error, register_method
 
 
+SHIFT_INITS = ("midpoint", "zero")
+
+
 @dataclass
 class OmniQuantOptions:
     epochs: int = 20
     lwc: bool = True
     let: bool | None = None
     let_shift: bool = True
+    shift_init: str = "midpoint"  # "midpoint": (min + max) / 2 per input channel, as the original; "zero"
     lwc_lr: float = 1e-2
     let_lr: float = 5e-3
     weight_decay: float = 0.0
@@ -80,6 +87,8 @@ class OmniQuantOptions:
             raise QuantConfigError(f"OmniQuant alpha={self.alpha!r} must be in [0, 1]")
         if self.let is not None and not isinstance(self.let, bool):
             raise QuantConfigError(f"OmniQuant let={self.let!r} must be true, false or null (auto)")
+        if self.shift_init not in SHIFT_INITS:
+            raise QuantConfigError(f"OmniQuant shift_init={self.shift_init!r}; valid: {', '.join(SHIFT_INITS)}")
         for name in ("lwc", "let_shift", "keep_best", "let_attention"):
             if not isinstance(getattr(self, name), bool):
                 raise QuantConfigError(f"OmniQuant {name}={getattr(self, name)!r} must be true or false")
@@ -89,7 +98,8 @@ class _BlockState:
     """The learnable LET / LWC tensors of one block and the forward that uses them."""
 
     def __init__(self, block: nn.Module, targets: dict, let_pairs: list[tuple[str, str]], lwc_names: list[str],
-                 init_scales: dict[str, torch.Tensor], options: OmniQuantOptions, attention_let: bool = False) -> None:
+                 init_scales: dict[str, torch.Tensor], init_shifts: dict[str, torch.Tensor], options: OmniQuantOptions,
+                 attention_let: bool = False) -> None:
         self.block = block
         self.targets = targets
         self.let_pairs = let_pairs
@@ -108,8 +118,10 @@ class _BlockState:
             layer = block.get_submodule(linear)
             self.let_params[f"{linear}.scale"] = init_scales[linear].detach().clone().requires_grad_(True)
             if options.let_shift:
-                self.let_params[f"{linear}.shift"] = torch.zeros(layer.in_features, dtype=weight.dtype,
-                                                                 device=weight.device, requires_grad=True)
+                start = init_shifts.get(linear)
+                if start is None:
+                    start = torch.zeros(layer.in_features, dtype=weight.dtype, device=weight.device)
+                self.let_params[f"{linear}.shift"] = start.detach().to(weight.dtype).clone().requires_grad_(True)
         self.lwc_params: dict[str, torch.Tensor] = {}
         for name in lwc_names:
             layer = block.get_submodule(name)
@@ -161,6 +173,36 @@ class _BlockState:
 
     def forward(self, call: BlockCall, let: bool = True, ste: bool = True) -> torch.Tensor:
         return functional_call(self.block, self.substitutions(let, ste), (call.x, *call.args), call.kwargs)
+
+
+class InputMidpoints:
+    """Forward pre-hooks that record, per input channel, (min + max) / 2 of the inputs of the named
+    Linears of a block (OmniQuant's activation shifts), while the block runs inside the context."""
+
+    def __init__(self, block: nn.Module, linears: list[str]) -> None:
+        self.block, self.linears = block, linears
+        self.low: dict[str, torch.Tensor] = {}
+        self.high: dict[str, torch.Tensor] = {}
+        self.handles: list = []
+
+    def _hook(self, name: str):
+        def record(module: nn.Module, args: tuple) -> None:
+            x = args[0].detach().flatten(0, -2)
+            low, high = x.amin(dim=0), x.amax(dim=0)
+            self.low[name] = torch.minimum(self.low[name], low) if name in self.low else low
+            self.high[name] = torch.maximum(self.high[name], high) if name in self.high else high
+        return record
+
+    def __enter__(self) -> "InputMidpoints":
+        self.handles = [self.block.get_submodule(name).register_forward_pre_hook(self._hook(name)) for name in self.linears]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def values(self) -> dict[str, torch.Tensor]:
+        return {name: (self.low[name] + self.high[name]) / 2 for name in self.low}
 
 
 class _InputFakeQuant:
@@ -222,12 +264,15 @@ class OmniQuant(PTQMethod):
             q_calls = fp_calls
             targets_by_block = block_targets(model, qconfig, part)
             for index, block in enumerate(model.get_submodule(f"{part}.blocks")):
-                fp_out = run_block(block, fp_calls)
                 targets = targets_by_block.get(index, {})
+                let_linears = [linear for _, linear in NORM_LINEAR_PAIRS if linear in targets]
+                with InputMidpoints(block, let_linears) as midpoints:
+                    fp_out = run_block(block, fp_calls)
                 if targets:
                     prefix = f"{part}.blocks.{index}"
+                    shifts = midpoints.values() if options.shift_init == "midpoint" else {}
                     q_calls, block_qparams, report[prefix] = self._process_block(
-                        block, prefix, targets, q_calls, [c.x for c in fp_out], calib.act_stats, options)
+                        block, prefix, targets, q_calls, [c.x for c in fp_out], calib.act_stats, shifts, options)
                     qparams.update(block_qparams)
                 else:
                     q_calls = run_block(block, q_calls)
@@ -236,7 +281,7 @@ class OmniQuant(PTQMethod):
 
     def _process_block(self, block: nn.Module, prefix: str, targets: dict, q_calls: list[BlockCall],
                        fp_out: list[torch.Tensor], act_stats: Mapping[str, torch.Tensor] | None,
-                       options: OmniQuantOptions) -> tuple[list[BlockCall], dict, dict]:
+                       init_shifts: dict[str, torch.Tensor], options: OmniQuantOptions) -> tuple[list[BlockCall], dict, dict]:
         let = options.let if options.let is not None else any(t.scheme.quantizes_activations for t in targets.values())
         let_pairs = [(n, l) for n, l in NORM_LINEAR_PAIRS if l in targets] if let else []
         lwc_names = [n for n, t in targets.items() if t.scheme.quantizes_weights] if options.lwc else []
@@ -255,7 +300,7 @@ class OmniQuant(PTQMethod):
         if attention and act_stats is not None and f"{prefix}.attn.proj" in act_stats:
             init_scales["attn.proj"] = smoothquant_scale(act_stats[f"{prefix}.attn.proj"], block.attn.proj.weight,
                                                          options.alpha)
-        state = _BlockState(block, targets, let_pairs, lwc_names, init_scales, options, attention)
+        state = _BlockState(block, targets, let_pairs, lwc_names, init_scales, init_shifts, options, attention)
         hooks = _InputFakeQuant(block, targets)
         frozen = [p for p in block.parameters() if p.requires_grad]
         for p in frozen:

@@ -1,0 +1,94 @@
+"""Does a world model's planning fail in its objective or in its search?
+
+At the first MPC step of every episode, two plans are made with the same CEM budget and the same
+noise: one by the world model (its latent cost to the goal), one by the simulator (the planning
+ceiling's true dynamics and Euclidean state cost). Both are then scored by the model's cost and by
+the simulator (executed open loop from the episode's start for the whole horizon, which is where
+the goal lies). On the episodes where the simulator's plan reaches the goal and the model's does
+not, the model's cost decides the verdict:
+
+* it ranks the simulator's plan below (better than) its own: the objective was right and CEM did
+  not find the plan; more samples or optimisation steps would help (a *search* failure);
+* it ranks its own failing plan better: the model's prediction or its latent metric is wrong, and
+  no planner budget fixes that (an *objective* failure). A model must change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..planning.ceiling import true_dynamics_cem
+from ..planning.cem import noise_generator
+from .mechanisms import score_plans
+
+
+def search_or_objective(session, episodes, env) -> dict[str, Any]:
+    """Plans of the model and of the simulator at the first MPC step, each scored by the model's
+    cost and by the simulator; the per-episode arrays and a summary (see the module docstring).
+    `session` is a PlanningSession with a CEM sub-planner; `episodes` its EpisodeSet and `env` their
+    BatchEnv."""
+    if session.cfg.planner.sub_planner.name != "cem":
+        raise ConfigError(f"planner.sub_planner.name={session.cfg.planner.sub_planner.name!r}: the search-or-objective "
+                          "diagnosis compares CEM plans; set planner.sub_planner.name=cem")
+    planner = session.planner()
+    engine, frameskip, seed = session.engine, session.bundle.frameskip, int(session.cfg.seed)
+    with torch.no_grad():
+        z0, zg = engine.encode(episodes.obs_0), engine.encode(episodes.obs_g)
+        generators = [noise_generator(seed, s, 0) for s in episodes.seeds]
+        model_plan = planner.plan(engine, z0, zg, generators).actions
+    _, start_states = env.reset_to(episodes.init_states)
+    simulator_plan = true_dynamics_cem(
+        episodes.env, env, np.asarray(start_states, dtype=np.float64), episodes.goal_states,
+        list(episodes.env_infos), list(episodes.seeds), 0, seed, planner.config, frameskip,
+        session.bundle.normalization)
+    plans = {"model": model_plan.detach().cpu().float(),
+             "simulator": torch.as_tensor(simulator_plan, dtype=torch.float32)}
+    with torch.no_grad():
+        per_episode = score_plans({"model": (engine, z0, zg)}, plans, env, episodes, frameskip, engine)
+    return {"per_episode": per_episode, "summary": summarise(per_episode), "episodes": list(episodes.seeds)}
+
+
+def summarise(per_episode: dict[str, list]) -> dict[str, Any]:
+    """Success of both plans, and the verdict on the episodes that only the simulator's plan solves."""
+    model_ok = np.asarray(per_episode["sim_success_of_model_plan"], bool)
+    simulator_ok = np.asarray(per_episode["sim_success_of_simulator_plan"], bool)
+    own = np.asarray(per_episode["cost_under_model_of_model_plan"], float)
+    other = np.asarray(per_episode["cost_under_model_of_simulator_plan"], float)
+    contested = simulator_ok & ~model_ok
+    search = contested & (other < own)
+    return {
+        "episodes": int(len(model_ok)),
+        "success_of_model_plan": float(model_ok.mean()),
+        "success_of_simulator_plan": float(simulator_ok.mean()),
+        "only_simulator_solves": int(contested.sum()),
+        # of those, the model's cost prefers the simulator's plan: CEM missed a plan the model likes
+        "search_failures": int(search.sum()),
+        # of those, the model's cost prefers its own plan, which fails in the simulator
+        "objective_failures": int((contested & ~search).sum()),
+        # the model's cost of the simulator's plan over that of its own plan (median, contested episodes)
+        "cost_ratio_simulator_over_model_plan_median": float(np.median(other[contested] / np.maximum(own[contested], 1e-12)))
+        if contested.any() else None,
+    }
+
+
+def search_or_objective_table(report: dict[str, Any], groups: dict[str, np.ndarray] | None = None) -> str:
+    """Markdown: the summary over all episodes, and over each named subset (e.g. the episodes whose
+    goal needs the block pushed)."""
+    subsets = {"all": np.ones(len(report["episodes"]), bool), **(groups or {})}
+    lines = ["| episodes | n | success, model's plan | success, simulator's plan | only the simulator's plan succeeds | "
+             "of those: search failures | objective failures | model cost of simulator's plan / own (median) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, mask in subsets.items():
+        if not mask.any():
+            continue
+        part = summarise({k: list(np.asarray(v)[mask]) for k, v in report["per_episode"].items()})
+        ratio = part["cost_ratio_simulator_over_model_plan_median"]
+        lines.append(f"| {name} | {part['episodes']} | {part['success_of_model_plan']:.2f} | "
+                     f"{part['success_of_simulator_plan']:.2f} | {part['only_simulator_solves']} | "
+                     f"{part['search_failures']} | {part['objective_failures']} | "
+                     f"{'—' if ratio is None else f'{ratio:.2f}'} |")
+    return "\n".join(lines)
