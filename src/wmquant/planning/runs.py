@@ -294,6 +294,9 @@ def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession |
         **({"superseded_weight_qparams": report["superseded_weight_qparams"]}
            if "superseded_weight_qparams" in report else {}),
         "calibration_seconds": calib_seconds,
+        # of which: each recording / observing planning pass, and each method's own computation
+        "calibration_passes": report["calibration_passes"],
+        "method_seconds": report["method_seconds"],
         "quant_iter": int(cfg.quant_iter),
         "calibration": {"episodes": len(calib_episodes), "mpc_iterations": int(cfg.quant_iter),
                         "seed_offset": session.calibration_replicate(), **budget},

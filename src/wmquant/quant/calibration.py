@@ -9,6 +9,7 @@ the calibration again in float with observers on; freeze the ranges; switch quan
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -160,13 +161,19 @@ def calibrate_and_quantize(
     method_reports: dict[str, Any] = {}
     superseded: dict[str, list[str]] = {}
     layer_schemes: dict[str, Any] = {}
+    method_seconds: dict[str, float] = {}
     for recipe, opts, (block_parts, names, rollouts) in zip(recipes, options, recordings):
         calib = CalibrationData(act_stats=stats)
         if block_parts or names or rollouts:
+            started = time.perf_counter()
             calib.block_inputs, calib.layer_grams, calib.rollouts, record = _record_inputs(
                 model, block_parts, names, rollouts, run_calibration, opts)
-            report["calibration_passes"].append({**record, **({"method": recipe.name} if len(recipes) > 1 else {})})
+            report["calibration_passes"].append({**record, "seconds": time.perf_counter() - started,
+                                                 **({"method": recipe.name} if len(recipes) > 1 else {})})
+        started = time.perf_counter()
         result = recipe.transform(model, qconfig, calib, opts)
+        # the method's own computation, apart from the planning passes that record its inputs
+        method_seconds[recipe.name] = time.perf_counter() - started
         layer_schemes.update(result.layer_schemes)
         for name in result.weight_qparams:
             if name in weight_qparams:
@@ -179,11 +186,13 @@ def calibrate_and_quantize(
 
     static = [a for a in act_quantizers(model) if a.needs_calibration]
     if static:
+        started = time.perf_counter()
         with observe_activations(model):
             run_calibration()
         freeze_(model)
         report["calibration_passes"].append({
             "purpose": OBSERVE_PASS,
+            "seconds": time.perf_counter() - started,
             "observed_calls_min": min(a.calls_observed for a in static),
             "static_activation_quantizers": len(static),
         })
@@ -197,6 +206,7 @@ def calibrate_and_quantize(
         "quant_config": qconfig.to_dict(),
         "summary": quant_summary(model),
         "method_report": method_reports[chain[0]] if single else method_reports,
+        "method_seconds": method_seconds,
     })
     if superseded:
         # e.g. AWQ's clip ratios, replaced by GPTQ's grid for the same layers
