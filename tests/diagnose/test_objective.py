@@ -22,18 +22,26 @@ TINY_CEM = ["planner.sub_planner.num_samples=16", "planner.sub_planner.topk=4", 
 
 def test_the_verdict_splits_only_the_episodes_that_only_the_simulator_solves():
     per_episode = {
-        "sim_success_of_model_plan":      [1, 0, 0, 0, 0],
-        "sim_success_of_simulator_plan":  [1, 1, 1, 1, 0],
-        "cost_under_model_of_model_plan":     [1.0, 2.0, 2.0, 1.0, 1.0],
-        "cost_under_model_of_simulator_plan": [5.0, 1.0, 1.5, 3.0, 0.1],
+        "sim_success_of_model_plan":      [1, 0, 0, 0, 0, 0],
+        "sim_success_of_simulator_plan":  [1, 1, 1, 1, 0, 1],
+        "cost_under_model_of_model_plan":     [1.0, 2.0, 2.0, 1.0, 1.0, 1.0],
+        "cost_under_model_of_simulator_plan": [5.0, 1.0, 1.5, 3.0, 0.1, 2.0],
+        # the cost of the true outcomes (a perfect predictor)
+        "cost_under_model_of_model_outcome":     [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+        "cost_under_model_of_simulator_outcome": [1.0, 1.0, 1.0, 0.5, 1.0, 4.0],
+        "visual_cost_under_model_of_model_outcome":     [0.5, 0.5, 0.5, 0.5, 0.5, 0.5],
+        "visual_cost_under_model_of_simulator_outcome": [0.5, 0.5, 0.5, 0.1, 0.5, 0.2],
     }
     summary = summarise(per_episode)
-    assert summary["only_simulator_solves"] == 3  # episodes 1, 2, 3; 0 is solved by both, 4 by neither
+    assert summary["only_simulator_solves"] == 4  # 1, 2, 3, 5; 0 is solved by both, 4 by neither
     assert summary["search_failures"] == 2  # 1 and 2: the model's cost prefers the simulator's plan
-    assert summary["objective_failures"] == 1  # 3: it prefers its own failing plan
-    assert summary["cost_ratio_simulator_over_model_plan_median"] == pytest.approx(0.75)
-    assert summary["success_of_model_plan"] == pytest.approx(0.2)
-    assert summary["success_of_simulator_plan"] == pytest.approx(0.8)
+    assert summary["objective_failures"] == 2  # 3 and 5: it prefers its own failing plan
+    assert summary["prediction_failures"] == 1  # 3: the true outcomes' cost prefers the simulator's plan
+    assert summary["metric_failures"] == 1  # 5: even the true outcomes' cost prefers the model's plan
+    assert summary["metric_failures_decided_by_proprio"] == 1  # 5: its visual term alone prefers the simulator's
+    assert summary["cost_ratio_simulator_over_model_plan_median"] == pytest.approx(1.375)  # of 0.5, 0.75, 3, 2
+    assert summary["success_of_model_plan"] == pytest.approx(1 / 6)
+    assert summary["success_of_simulator_plan"] == pytest.approx(5 / 6)
 
 
 @pytest.mark.skipif("pusht" not in shipped_model_names(), reason="the shipped PushT model is missing")
@@ -53,7 +61,7 @@ def test_both_plans_are_scored_by_the_model_and_by_the_simulator():
         with torch.no_grad():
             z0, zg = engine.encode(episodes.obs_0), engine.encode(episodes.obs_g)
             model_cost = engine.sample_costs(z0, zg, actions[:, None])[:, 0].numpy()
-        _, states = env.rollout(episodes.init_states, _to_env_actions(actions, session.bundle.frameskip, engine))
+        env_obs, states = env.rollout(episodes.init_states, _to_env_actions(actions, session.bundle.frameskip, engine))
         verdict = env.eval_state(episodes.goal_states, states[:, -1])
     finally:
         env.close()
@@ -65,6 +73,14 @@ def test_both_plans_are_scored_by_the_model_and_by_the_simulator():
     reached = state_cost("pusht", np.asarray(states[:, -1], np.float64), episodes.goal_states)
     assert np.all(reached <= still + 1e-6)
     assert len(per_episode["cost_under_model_of_model_plan"]) == 3
+    # the outcome cost is the model's objective on the encoded frames the simulator reached
+    with torch.no_grad():
+        reached = {k: v[:, :: session.bundle.frameskip] for k, v in env_obs.items()}
+        truth_cost = engine.objective(engine.encode(reached), zg).numpy()
+    assert per_episode["cost_under_model_of_simulator_outcome"] == pytest.approx(truth_cost.tolist(), rel=1e-5)
+    visual = np.asarray(per_episode["visual_cost_under_model_of_simulator_outcome"])
+    proprio = np.asarray(per_episode["proprio_cost_under_model_of_simulator_outcome"])
+    assert visual + engine.objective.alpha * proprio == pytest.approx(truth_cost, rel=1e-5)
 
 
 @pytest.mark.skipif("pusht" not in shipped_model_names(), reason="the shipped PushT model is missing")
@@ -73,7 +89,7 @@ def test_diagnose_objective_command(tmp_path, capsys):
                  *[arg for o in TINY_CEM for arg in ("--set", o)]])
     assert code == 0
     out = capsys.readouterr().out
-    assert "search failures" in out and "the block must move" in out
+    assert "search failures" in out and "the block must move" in out and "decided by the proprio term" in out
     report = json.loads((tmp_path / "objective.json").read_text())
     assert report["cem"] == {"num_samples": 16, "topk": 4, "opt_steps": 3}
     assert len(report["needs_push"]) == 2 and report["summary"]["episodes"] == 2

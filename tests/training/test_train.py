@@ -93,3 +93,26 @@ def test_train_with_the_rollout_loss(wall_data, tmp_path):
     rollout = [e["train/rollout_loss"] for e in log if "train/rollout_loss" in e]
     assert len(rollout) == 2 and all(torch.isfinite(torch.tensor(rollout)))
     assert all(e["train/loss"] > e["train/z_loss"] + e["train/decoder_recon_loss"] for e in log if "train/rollout_loss" in e)
+
+
+def test_encoder_output_scale_multiplies_the_world_models_visual_latent(wall_data, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--config-name", "train_wall.yaml", f"dataset_path={wall_data}", f"output_dir={out}",
+                 "encoder_pretrain.steps=2", "training.steps=1", "encoder_output_scale=4.0", *TINY]) == 0
+    model, _ = load_world_model(out / "model")
+    reference, _ = load_world_model(out / "model")
+    from safetensors.torch import load_file
+
+    reference.encoder.load_state_dict(load_file(str(out / "encoder" / "encoder.safetensors")))  # unit variance
+    frames = torch.rand(3, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(model.encoder(frames), 4.0 * reference.encoder(frames), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("value", ["0", "-1.5", "true"])
+def test_encoder_output_scale_must_be_positive(wall_data, tmp_path, capsys, value):
+    out = tmp_path / "run"
+    assert main(["train", "--config-name", "train_wall.yaml", f"dataset_path={wall_data}", f"output_dir={out}",
+                 f"encoder_output_scale={value}", *TINY]) == 2
+    assert "encoder_output_scale" in capsys.readouterr().err
+    assert not out.exists()

@@ -104,17 +104,27 @@ def plan_cost(engine, z0: dict[str, torch.Tensor], goal: dict[str, torch.Tensor]
 
 
 def score_plans(scorers: dict[str, tuple], plans: dict[str, torch.Tensor], env, episodes, frameskip: int,
-                action_engine) -> dict[str, list]:
+                action_engine, outcomes: bool = False) -> dict[str, list]:
     """Every plan scored by every model's planning cost and by the simulator (executed open loop from
     the episode's start). `scorers`: name -> (engine, start latents, goal latents); `plans`: name ->
-    (E, horizon, frameskip * A) normalised actions; `action_engine` un-normalises them."""
+    (E, horizon, frameskip * A) normalised actions; `action_engine` un-normalises them.
+    `outcomes`: also each scorer's cost of what the simulator reached (its encoder on the true frames
+    at every model step, no prediction): the cost the model would give with a perfect predictor."""
     per_episode: dict[str, list] = {}
     for scorer, (engine, z0, zg) in scorers.items():
         for planned, actions in plans.items():
             per_episode[f"cost_under_{scorer}_of_{planned}_plan"] = plan_cost(engine, z0, zg, actions).tolist()
     for planned, actions in plans.items():
         env_actions = _to_env_actions(actions, frameskip, action_engine)
-        _, states = env.rollout(episodes.init_states, env_actions)
+        obses, states = env.rollout(episodes.init_states, env_actions)
+        if outcomes:
+            reached = {key: value[:, ::frameskip] for key, value in obses.items()}
+            for scorer, (engine, _, zg) in scorers.items():
+                visual, proprio = engine.objective.terms(engine.encode(reached), zg)
+                per_episode[f"cost_under_{scorer}_of_{planned}_outcome"] = (visual + engine.objective.alpha * proprio).cpu().tolist()
+                # the two terms apart: which one decides a ranking
+                per_episode[f"visual_cost_under_{scorer}_of_{planned}_outcome"] = visual.cpu().tolist()
+                per_episode[f"proprio_cost_under_{scorer}_of_{planned}_outcome"] = proprio.cpu().tolist()
         verdict = env.eval_state(episodes.goal_states, states[:, -1])
         per_episode[f"sim_state_dist_of_{planned}_plan"] = np.asarray(verdict["state_dist"], float).tolist()
         per_episode[f"sim_success_of_{planned}_plan"] = np.asarray(verdict["success"], int).tolist()

@@ -11,6 +11,13 @@ not, the model's cost decides the verdict:
   not find the plan; more samples or optimisation steps would help (a *search* failure);
 * it ranks its own failing plan better: the model's prediction or its latent metric is wrong, and
   no planner budget fixes that (an *objective* failure). A model must change.
+
+An objective failure is split further by the cost of what the simulator actually reached (the
+encoder on the true frames at every model step, i.e. the cost under a perfect predictor): if that
+cost also prefers the model's failing plan, the latent *metric* is at fault (the encoder does not
+see the difference the success test sees); if it prefers the simulator's plan, the *prediction* is.
+A metric failure whose visual term alone prefers the simulator's outcome is decided by the proprio
+term (for PushT the agent's velocity, which the success test ignores).
 """
 
 from __future__ import annotations
@@ -48,8 +55,9 @@ def search_or_objective(session, episodes, env) -> dict[str, Any]:
     plans = {"model": model_plan.detach().cpu().float(),
              "simulator": torch.as_tensor(simulator_plan, dtype=torch.float32)}
     with torch.no_grad():
-        per_episode = score_plans({"model": (engine, z0, zg)}, plans, env, episodes, frameskip, engine)
-    return {"per_episode": per_episode, "summary": summarise(per_episode), "episodes": list(episodes.seeds)}
+        per_episode = score_plans({"model": (engine, z0, zg)}, plans, env, episodes, frameskip, engine, outcomes=True)
+    return {"per_episode": per_episode, "summary": summarise(per_episode), "episodes": list(episodes.seeds),
+            "plans": {name: actions.tolist() for name, actions in plans.items()}}
 
 
 def summarise(per_episode: dict[str, list]) -> dict[str, Any]:
@@ -60,6 +68,11 @@ def summarise(per_episode: dict[str, list]) -> dict[str, Any]:
     other = np.asarray(per_episode["cost_under_model_of_simulator_plan"], float)
     contested = simulator_ok & ~model_ok
     search = contested & (other < own)
+    objective = contested & ~search
+    # the cost of the true outcomes: does the encoder's metric prefer the simulator's plan once the
+    # prediction is taken out?
+    metric = objective & (np.asarray(per_episode["cost_under_model_of_simulator_outcome"], float)
+                          >= np.asarray(per_episode["cost_under_model_of_model_outcome"], float))
     return {
         "episodes": int(len(model_ok)),
         "success_of_model_plan": float(model_ok.mean()),
@@ -68,7 +81,17 @@ def summarise(per_episode: dict[str, list]) -> dict[str, Any]:
         # of those, the model's cost prefers the simulator's plan: CEM missed a plan the model likes
         "search_failures": int(search.sum()),
         # of those, the model's cost prefers its own plan, which fails in the simulator
-        "objective_failures": int((contested & ~search).sum()),
+        "objective_failures": int(objective.sum()),
+        # of the objective failures: the true outcomes' cost prefers the model's plan too (metric), or
+        # the simulator's (the prediction misleads)
+        "metric_failures": int(metric.sum()),
+        "prediction_failures": int((objective & ~metric).sum()),
+        # of the metric failures: the visual term alone prefers the simulator's outcome, so the
+        # proprio term (alpha * proprio MSE) decides against it
+        "metric_failures_decided_by_proprio": int((metric & (
+            np.asarray(per_episode["visual_cost_under_model_of_simulator_outcome"], float)
+            < np.asarray(per_episode["visual_cost_under_model_of_model_outcome"], float))).sum())
+        if "visual_cost_under_model_of_model_outcome" in per_episode else None,  # reports before the split lack it
         # the model's cost of the simulator's plan over that of its own plan (median, contested episodes)
         "cost_ratio_simulator_over_model_plan_median": float(np.median(other[contested] / np.maximum(own[contested], 1e-12)))
         if contested.any() else None,
@@ -80,15 +103,18 @@ def search_or_objective_table(report: dict[str, Any], groups: dict[str, np.ndarr
     goal needs the block pushed)."""
     subsets = {"all": np.ones(len(report["episodes"]), bool), **(groups or {})}
     lines = ["| episodes | n | success, model's plan | success, simulator's plan | only the simulator's plan succeeds | "
-             "of those: search failures | objective failures | model cost of simulator's plan / own (median) |",
+             "of those: search failures | objective failures (prediction / metric) | model cost of simulator's plan / own (median) |",
              "|---|---|---|---|---|---|---|---|"]
     for name, mask in subsets.items():
         if not mask.any():
             continue
         part = summarise({k: list(np.asarray(v)[mask]) for k, v in report["per_episode"].items()})
         ratio = part["cost_ratio_simulator_over_model_plan_median"]
+        decided = part["metric_failures_decided_by_proprio"]
+        by_proprio = "" if decided is None else f", {decided} decided by the proprio term"
         lines.append(f"| {name} | {part['episodes']} | {part['success_of_model_plan']:.2f} | "
                      f"{part['success_of_simulator_plan']:.2f} | {part['only_simulator_solves']} | "
-                     f"{part['search_failures']} | {part['objective_failures']} | "
+                     f"{part['search_failures']} | {part['objective_failures']} ({part['prediction_failures']} / "
+                     f"{part['metric_failures']}{by_proprio}) | "
                      f"{'—' if ratio is None else f'{ratio:.2f}'} |")
     return "\n".join(lines)

@@ -15,6 +15,7 @@ Output directory:
 
 from __future__ import annotations
 
+import copy
 import json
 import shlex
 import sys
@@ -159,6 +160,9 @@ def run_training(cfg: DictConfig, progress: bool = True) -> dict[str, Any]:
             raise ConfigError(f"unknown training stage {stage!r}; valid: {', '.join(STAGES)}")
     if not cfg.dataset_path or not cfg.output_dir:
         raise ConfigError("wmquant train needs dataset_path=DIR and output_dir=DIR")
+    output_scale = cfg.get("encoder_output_scale", 1.0)
+    if isinstance(output_scale, bool) or not isinstance(output_scale, (int, float)) or not output_scale > 0:
+        raise ConfigError(f"encoder_output_scale={output_scale!r} must be a positive number")
     device = _device(str(cfg.device))
     torch.manual_seed(int(cfg.seed))
     out = Path(str(cfg.output_dir))
@@ -180,6 +184,11 @@ def run_training(cfg: DictConfig, progress: bool = True) -> dict[str, Any]:
     timings["encoder_seconds"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if "world_model" in cfg.stages:
+        if output_scale != 1.0:
+            # the visual latent's scale against the proprio embedding's sets how the planning cost
+            # (visual MSE + alpha * proprio MSE) weighs them; encoder.safetensors keeps unit variance
+            encoder = copy.deepcopy(encoder)
+            _fold_scale(encoder, float(output_scale))
         run_world_model_stage(cfg, out, encoder, train, val, train_ds.normalization, JsonlLog(log_path, "world_model"), progress)
     timings["world_model_seconds"] = time.perf_counter() - t0
     last: dict[str, Any] = {}
