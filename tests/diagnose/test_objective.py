@@ -100,3 +100,10 @@ def test_diagnose_objective_refuses_the_gradient_planner(tmp_path, capsys):
                  "--set", "planner.sub_planner.name=gd"])
     assert code == 2
     assert "planner.sub_planner.name=cem" in capsys.readouterr().err
+
+
+def test_diagnose_landscape_refuses_planning_overrides(tmp_path, capsys):
+    code = main(["diagnose", "landscape", "--model", "wall", "--out", str(tmp_path), "--set", "objective.alpha=0.1"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "--set" in err and len(err.splitlines()) == 1

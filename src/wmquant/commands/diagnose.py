@@ -17,12 +17,12 @@ def diagnose_main(argv: Sequence[str]) -> int:
     from ..planning.engine import resolve_device
     from . import flag_parser
 
-    parser = flag_parser("wmquant diagnose", "Diagnostics of a world model: its encoder's goal-cost landscape, or its open-loop error over the planning horizon.")
+    parser = flag_parser("wmquant diagnose", "Diagnostics of a world model: its encoder's goal-cost landscape, its open-loop error over the planning horizon, or whether its planning fails in the search or the objective.")
     parser.add_argument("what", choices=("landscape", "rollout", "objective"))
     parser.add_argument("--model", required=True, help="a shipped model name or a model directory")
     parser.add_argument("--out", type=Path, default=None, help="directory for the JSON report (and landscape.png)")
-    parser.add_argument("--goals", type=int, default=None, help="number of goals or episodes (default: landscape 30 Wall, 12 PushT; rollout 50)")
-    parser.add_argument("--seed", type=int, default=None, help="landscape: goal seed (default 0); rollout: the planning seed (default 99)")
+    parser.add_argument("--goals", type=int, default=None, help="number of goals or episodes (default: landscape 30 Wall, 12 PushT; rollout and objective 50)")
+    parser.add_argument("--seed", type=int, default=None, help="landscape: goal seed (default 0); rollout, objective: the planning seed (default 99)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="rollout, objective: a planning config override, e.g. planner.sub_planner.num_samples=100")
     parser.add_argument("--dataset", default=None, help="rollout, objective: dataset to draw episodes from (default: the model's goal file)")
@@ -30,6 +30,8 @@ def diagnose_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
     if args.goals is not None and args.goals < 1:
         raise ConfigError(f"--goals must be a positive integer, got {args.goals}")
+    if args.what == "landscape" and (args.overrides or args.dataset):
+        raise ConfigError("--set and --dataset apply to `diagnose rollout` and `diagnose objective`, not to landscape")
     if args.what == "rollout":
         return _rollout(args)
     if args.what == "objective":
