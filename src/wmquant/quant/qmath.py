@@ -362,7 +362,6 @@ def as_2d_weight(weight: torch.Tensor) -> torch.Tensor:
     return weight.reshape(weight.shape[0], -1)
 
 
-
 # --------------------------------------------------------------------------------------------
 # floating-point formats: FP8 (E4M3, E5M2) and microscaled 4-bit floats (MXFP4, NVFP4)
 

@@ -2,8 +2,8 @@
 
 1. Sensitivity, measured on planning rollouts recorded during calibration (the world model's
    `rollout_latent(z_obs_0, actions)` calls of the CEM planner): for every quantization target,
-   its weights alone and its input alone are fake-quantized at each candidate bit width (RTN with
-   the target's own scheme otherwise), the recorded action sequences are rolled out again, and the
+   its weights alone and its input alone are fake-quantized at each candidate bit width (the
+   weights by the target's own weight quantizer at those bits: its observer and grid), the recorded action sequences are rolled out again, and the
    damage is the rollout method's loss (`_rollouts.rollout_loss`: the latent error over the whole
    horizon plus the error of each candidate's cost) averaged over the recorded groups.
    A static per-tensor activation is measured with each tensor's own range (the calibrated range
@@ -30,10 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import qmath
 from ..api import active_targets
 from ..config import QuantConfig, QuantConfigError
-from ..layers import input_fake_quant_hook
+from ..layers import WeightQuantizer, input_fake_quant_hook
 from ..recorders import CalibrationData
 from ._rollouts import mean_rollout_loss, replay_groups
 from .base import MethodResult, PTQMethod, check_positive, register_method
@@ -114,9 +113,10 @@ class MixedPrecision(PTQMethod):
                 original = layer.weight.detach().clone()
                 w_damage[target.name] = {}
                 for bits in options.candidates:
+                    # the layer's own weight quantizer at these bits: its observer and grid, as inference will use them
+                    quantizer = WeightQuantizer(dataclasses.replace(scheme, w_bits=bits))
                     with torch.no_grad():
-                        layer.weight.copy_(qmath.fake_quantize_weight(original, bits, scheme.w_group_size,
-                                                                      scheme.w_symmetric).to(original.dtype))
+                        layer.weight.copy_(quantizer(original).to(original.dtype))
                     w_damage[target.name][bits] = mean_rollout_loss(model, groups, references, options.cost_weight)
                 with torch.no_grad():
                     layer.weight.copy_(original)

@@ -175,6 +175,11 @@ class _BlockState:
         return functional_call(self.block, self.substitutions(let, ste), (call.x, *call.args), call.kwargs)
 
 
+def _learns_let(options: OmniQuantOptions, targets: dict) -> bool:
+    """LET is on where forced, else only where activations are quantized (OmniQuant's scripts)."""
+    return options.let if options.let is not None else any(t.scheme.quantizes_activations for t in targets.values())
+
+
 class InputMidpoints:
     """Forward pre-hooks that record, per input channel, (min + max) / 2 of the inputs of the named
     Linears of a block (OmniQuant's activation shifts), while the block runs inside the context."""
@@ -265,14 +270,16 @@ class OmniQuant(PTQMethod):
             targets_by_block = block_targets(model, qconfig, part)
             for index, block in enumerate(model.get_submodule(f"{part}.blocks")):
                 targets = targets_by_block.get(index, {})
-                let_linears = [linear for _, linear in NORM_LINEAR_PAIRS if linear in targets]
+                # the shift's starting point: recorded on this block's float inputs, only where it is learned
+                starts_shift = _learns_let(options, targets) and options.let_shift and options.shift_init == "midpoint"
+                let_linears = [linear for _, linear in NORM_LINEAR_PAIRS if linear in targets] if starts_shift else []
                 with InputMidpoints(block, let_linears) as midpoints:
                     fp_out = run_block(block, fp_calls)
                 if targets:
                     prefix = f"{part}.blocks.{index}"
-                    shifts = midpoints.values() if options.shift_init == "midpoint" else {}
                     q_calls, block_qparams, report[prefix] = self._process_block(
-                        block, prefix, targets, q_calls, [c.x for c in fp_out], calib.act_stats, shifts, options)
+                        block, prefix, targets, q_calls, [c.x for c in fp_out], calib.act_stats, midpoints.values(),
+                        options)
                     qparams.update(block_qparams)
                 else:
                     q_calls = run_block(block, q_calls)
@@ -282,7 +289,7 @@ class OmniQuant(PTQMethod):
     def _process_block(self, block: nn.Module, prefix: str, targets: dict, q_calls: list[BlockCall],
                        fp_out: list[torch.Tensor], act_stats: Mapping[str, torch.Tensor] | None,
                        init_shifts: dict[str, torch.Tensor], options: OmniQuantOptions) -> tuple[list[BlockCall], dict, dict]:
-        let = options.let if options.let is not None else any(t.scheme.quantizes_activations for t in targets.values())
+        let = _learns_let(options, targets)
         let_pairs = [(n, l) for n, l in NORM_LINEAR_PAIRS if l in targets] if let else []
         lwc_names = [n for n, t in targets.items() if t.scheme.quantizes_weights] if options.lwc else []
         init_scales = {}
