@@ -40,8 +40,30 @@ def test_the_verdict_splits_only_the_episodes_that_only_the_simulator_solves():
     assert summary["metric_failures"] == 1  # 5: even the true outcomes' cost prefers the model's plan
     assert summary["metric_failures_decided_by_proprio"] == 1  # 5: its visual term alone prefers the simulator's
     assert summary["cost_ratio_simulator_over_model_plan_median"] == pytest.approx(1.375)  # of 0.5, 0.75, 3, 2
+    # episode 3, the prediction failure: the simulator's plan predicted at 3.0, truly 0.5; the model's
+    # own plan predicted at 1.0, truly 1.0
+    assert summary["prediction_failures_simulator_plan_predicted_over_true_median"] == pytest.approx(6.0)
+    assert summary["prediction_failures_model_plan_true_over_predicted_median"] == pytest.approx(1.0)
     assert summary["success_of_model_plan"] == pytest.approx(1 / 6)
     assert summary["success_of_simulator_plan"] == pytest.approx(5 / 6)
+
+
+def test_the_two_sides_of_prediction_failures_are_medians_over_those_episodes_only():
+    per_episode = {
+        "sim_success_of_model_plan":      [0, 0, 0, 0],
+        "sim_success_of_simulator_plan":  [1, 1, 1, 1],
+        "cost_under_model_of_model_plan":     [1.0, 1.0, 2.0, 1.0],
+        "cost_under_model_of_simulator_plan": [4.0, 2.0, 8.0, 5.0],
+        "cost_under_model_of_model_outcome":     [3.0, 2.0, 3.0, 1.0],
+        # episodes 0-2: the true outcome prefers the simulator's plan (prediction); 3: it does not (metric)
+        "cost_under_model_of_simulator_outcome": [1.0, 1.0, 2.0, 9.0],
+    }
+    summary = summarise(per_episode)
+    assert (summary["prediction_failures"], summary["metric_failures"]) == (3, 1)
+    assert summary["prediction_failures_simulator_plan_predicted_over_true_median"] == pytest.approx(4.0)  # 4, 2, 4
+    assert summary["prediction_failures_model_plan_true_over_predicted_median"] == pytest.approx(2.0)  # 3, 2, 1.5
+    no_prediction_failure = summarise({k: v[3:] for k, v in per_episode.items()})
+    assert no_prediction_failure["prediction_failures_simulator_plan_predicted_over_true_median"] is None
 
 
 @pytest.mark.skipif("pusht" not in shipped_model_names(), reason="the shipped PushT model is missing")

@@ -116,3 +116,28 @@ def test_encoder_output_scale_must_be_positive(wall_data, tmp_path, capsys, valu
                  f"encoder_output_scale={value}", *TINY]) == 2
     assert "encoder_output_scale" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_world_model_without_decoder_trains_on_cached_latents_alone(wall_data, tmp_path, monkeypatch):
+    from wmquant.training.batches import WindowSampler
+
+    gathered = []
+    original = WindowSampler.gather
+
+    def spy(self, episode, start, img_size, visual=True):
+        gathered.append(visual)
+        return original(self, episode, start, img_size, visual=visual)
+
+    monkeypatch.setattr(WindowSampler, "gather", spy)
+    out = tmp_path / "run"
+    tiny = [item for item in TINY if not item.startswith("model.decoder.")]
+    assert main(["train", "--config-name", "train_wall.yaml", f"dataset_path={wall_data}", f"output_dir={out}",
+                 "encoder_pretrain.steps=1", "training.steps=2", "model.decoder=null", "model.encoder_img_size=32",
+                 *tiny]) == 0
+    model, _ = load_world_model(out / "model")
+    assert model.decoder is None
+    # no frame is read for the world model: the frozen encoder's latents are cached once
+    assert gathered and not any(gathered)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    losses = [e for e in log if "train/z_loss" in e]
+    assert losses and all(e["train/decoder_recon_loss"] == 0.0 and e["train/loss"] == e["train/z_loss"] for e in losses)

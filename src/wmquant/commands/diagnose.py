@@ -122,5 +122,11 @@ def _objective(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     wio.write_json(out / "objective.json", report)
     print(search_or_objective_table(report, groups))
+    summary = report["summary"]
+    if summary["prediction_failures"]:
+        print(f"On the {summary['prediction_failures']} prediction failures (median): the model predicts the simulator's "
+              f"plan to cost {summary['prediction_failures_simulator_plan_predicted_over_true_median']:.2f}x what its true "
+              f"outcome costs, and its own plan {summary['prediction_failures_model_plan_true_over_predicted_median']:.2f}x "
+              "less than its true outcome costs.")
     print(f"wrote {out / 'objective.json'}")
     return 0

@@ -18,6 +18,12 @@ cost also prefers the model's failing plan, the latent *metric* is at fault (the
 see the difference the success test sees); if it prefers the simulator's plan, the *prediction* is.
 A metric failure whose visual term alone prefers the simulator's outcome is decided by the proprio
 term (for PushT the agent's velocity, which the success test ignores).
+
+A prediction failure has two sides, and the summary measures both (medians over those episodes):
+how much worse the model predicts the simulator's working plan to end than it truly ends (its
+predicted cost over the cost of the true outcome; above 1: the model does not believe the plan
+that works), and how much better it predicts its own plan to end (the true outcome's cost over the
+predicted one; above 1: it believes a plan that fails).
 """
 
 from __future__ import annotations
@@ -93,9 +99,21 @@ def summarise(per_episode: dict[str, list]) -> dict[str, Any]:
             < np.asarray(per_episode["visual_cost_under_model_of_model_outcome"], float))).sum())
         if "visual_cost_under_model_of_model_outcome" in per_episode else None,  # reports before the split lack it
         # the model's cost of the simulator's plan over that of its own plan (median, contested episodes)
-        "cost_ratio_simulator_over_model_plan_median": float(np.median(other[contested] / np.maximum(own[contested], 1e-12)))
-        if contested.any() else None,
+        "cost_ratio_simulator_over_model_plan_median": _median_ratio(other, own, contested),
+        # the two sides of the prediction failures: the simulator's plan predicted / its true outcome,
+        # and the model's own plan's true outcome / predicted
+        "prediction_failures_simulator_plan_predicted_over_true_median": _median_ratio(
+            other, per_episode["cost_under_model_of_simulator_outcome"], objective & ~metric),
+        "prediction_failures_model_plan_true_over_predicted_median": _median_ratio(
+            per_episode["cost_under_model_of_model_outcome"], own, objective & ~metric),
     }
+
+
+def _median_ratio(numerator, denominator, where: np.ndarray) -> float | None:
+    if not where.any():
+        return None
+    numerator, denominator = np.asarray(numerator, float)[where], np.asarray(denominator, float)[where]
+    return float(np.median(numerator / np.maximum(denominator, 1e-12)))
 
 
 def search_or_objective_table(report: dict[str, Any], groups: dict[str, np.ndarray] | None = None) -> str:

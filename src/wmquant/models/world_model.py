@@ -214,7 +214,7 @@ class WorldModel(nn.Module):
         features (action features excluded); `decoder_recon_loss` decodes the detached latents of
         all frames and compares them with the input images; `loss` is their sum.
         """
-        frames = obs["visual"].shape[1]
+        frames = (obs["visual_latent"] if "visual_latent" in obs else obs["visual"]).shape[1]
         if frames != self.num_hist + self.num_pred:
             raise ConfigError(f"training windows need num_hist + 1 = {self.num_hist + self.num_pred} frames, got {frames}")
         if "visual_latent" in obs and not self.train_encoder:

@@ -102,9 +102,7 @@ class LatentWindows:
 
 
 def losses_for_batch(model, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    obs = {"visual": data["visual"], "proprio": data["proprio"]}
-    if "visual_latent" in data:
-        obs["visual_latent"] = data["visual_latent"]
+    obs = {key: data[key] for key in ("visual", "visual_latent", "proprio") if key in data}
     return model(obs, data["actions"])
 
 
@@ -140,15 +138,17 @@ def train_world_model(
     device = train.device
     model.to(device)
     num_frames = model.num_hist + model.num_pred
+    # with cached latents, frames are read only to train the decoder
+    frames = model.decoder is not None or not cfg.cache_latents
     train_windows = LatentWindows(
         WindowSampler(train, num_frames, model.frameskip, seed=cfg.seed + start_step),
-        encode_all_frames(model, train, img_size) if cfg.cache_latents else None, img_size,
+        encode_all_frames(model, train, img_size) if cfg.cache_latents else None, img_size, frames=frames,
     )
     val_windows = None
     if val is not None and len(val.lengths):
         val_windows = LatentWindows(
             WindowSampler(val, num_frames, model.frameskip, seed=cfg.seed + 1),
-            encode_all_frames(model, val, img_size) if cfg.cache_latents else None, img_size,
+            encode_all_frames(model, val, img_size) if cfg.cache_latents else None, img_size, frames=frames,
         )
     rollout_windows = None
     if cfg.rollout_steps:
