@@ -6,7 +6,9 @@ the goal file's training split. On the prediction failures of a `wmquant diagnos
 report, both plans are then rolled out twice: in the simulator (true block positions, and the
 probe on the encoder's latents of the true frames) and in the model (the probe on the predicted
 latents). Block displacement is measured from the episode's start to the end of the horizon.
-Usage: python docs/pusht_diagnosis/block_motion.py [REPORT.json] (default objective_alpha0.0625.json)"""
+Usage: python docs/pusht_diagnosis/block_motion.py [REPORT.json] [MODEL] (defaults: objective_alpha0.0625.json and
+the shipped `pusht`; another model is read along the same report's plans, and its prediction failures
+are then those of the report's model)"""
 import json
 import sys
 
@@ -44,11 +46,12 @@ def token_errors(true, predicted):
 
 def main():
     path = sys.argv[1] if len(sys.argv) > 1 else "docs/pusht_diagnosis/objective_alpha0.0625.json"
+    model = sys.argv[2] if len(sys.argv) > 2 else "pusht"
     report = json.load(open(path))
-    session = PlanningSession(compose_config("plan_pusht", ["model_name=pusht", "n_evals=50", "engine.device=cpu"]))
+    session = PlanningSession(compose_config("plan_pusht", [f"model_name={model}", "n_evals=50", "engine.device=cpu"]))
     episodes, env = session.episodes("evaluation")
     engine, frameskip = session.engine, session.bundle.frameskip
-    goals = load_file(str(model_directory("pusht") / "goals.safetensors"))
+    goals = load_file(str(model_directory(model) / "goals.safetensors"))
     rng = np.random.default_rng(0)
     states = goals["train/states"].numpy().astype(np.float64)
     states = states[rng.choice(len(states), PROBE_FRAMES + HELD_OUT, replace=False)]
