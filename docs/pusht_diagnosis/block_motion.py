@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from wmquant.configs import compose_config
 from wmquant.diagnose.mechanisms import LinearProbe
-from wmquant.diagnose.objective import summarise
+from wmquant.diagnose.objective import verdicts
 from wmquant.models.checkpoint import model_directory
 from wmquant.planning.mpc import _to_env_actions
 from wmquant.planning.session import PlanningSession
@@ -67,13 +67,7 @@ def main():
     print(f"probe of the block position: R2 {probe.r2(features[PROBE_FRAMES:], block[PROBE_FRAMES:]):.3f} on "
           f"{HELD_OUT} held-out frames, median error {np.median(held_error):.1f} px")
     per_episode = report["per_episode"]
-    summary = summarise(per_episode)
-    model_ok = np.asarray(per_episode["sim_success_of_model_plan"], bool)
-    simulator_ok = np.asarray(per_episode["sim_success_of_simulator_plan"], bool)
-    contested = simulator_ok & ~model_ok
-    prediction = contested & (np.asarray(per_episode["cost_under_model_of_model_plan"]) <= np.asarray(per_episode["cost_under_model_of_simulator_plan"])) \
-        & (np.asarray(per_episode["cost_under_model_of_simulator_outcome"]) < np.asarray(per_episode["cost_under_model_of_model_outcome"]))
-    assert prediction.sum() == summary["prediction_failures"]
+    prediction = verdicts(per_episode)["prediction"]
     rows, per_step = {}, {}
     with torch.no_grad():
         z0 = engine.encode(episodes.obs_0)

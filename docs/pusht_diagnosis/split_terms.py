@@ -4,6 +4,7 @@ Usage: python docs/pusht_diagnosis/split_terms.py [REPORT.json]"""
 import json, sys, numpy as np, torch
 from wmquant.configs import compose_config
 from wmquant.planning.session import PlanningSession
+from wmquant.diagnose.objective import verdicts
 from wmquant.planning.mpc import _to_env_actions
 
 def main():
@@ -13,7 +14,6 @@ def main():
     engine, f = session.engine, session.bundle.frameskip
     print("objective", engine.objective)
     pe = rep["per_episode"]
-    ms, ss = np.array(pe["sim_success_of_model_plan"]), np.array(pe["sim_success_of_simulator_plan"])
     with torch.no_grad():
         zg = engine.encode(episodes.obs_g)
         out = {}
@@ -25,8 +25,7 @@ def main():
             vis, pro = engine.objective.terms(z, zg)
             out[name] = (vis.numpy(), pro.numpy(), states[:, -1])
     g = episodes.goal_states
-    contested = ss.astype(bool) & ~ms.astype(bool)
-    metric = contested & (np.array(pe["cost_under_model_of_simulator_outcome"]) >= np.array(pe["cost_under_model_of_model_outcome"]))
+    metric = verdicts(pe)["metric"]
     def err(st):
         d = st[:, :5] - g[:, :5]
         ang = np.abs(np.remainder(d[:, 4] + np.pi, 2*np.pi) - np.pi)

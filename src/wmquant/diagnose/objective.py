@@ -66,8 +66,9 @@ def search_or_objective(session, episodes, env) -> dict[str, Any]:
             "plans": {name: actions.tolist() for name, actions in plans.items()}}
 
 
-def summarise(per_episode: dict[str, list]) -> dict[str, Any]:
-    """Success of both plans, and the verdict on the episodes that only the simulator's plan solves."""
+def verdicts(per_episode: dict[str, list]) -> dict[str, np.ndarray]:
+    """Boolean masks over the episodes: `contested` (only the simulator's plan succeeds), and of those
+    `search`, `objective`, and of the objective failures `metric` and `prediction` (module docstring)."""
     model_ok = np.asarray(per_episode["sim_success_of_model_plan"], bool)
     simulator_ok = np.asarray(per_episode["sim_success_of_simulator_plan"], bool)
     own = np.asarray(per_episode["cost_under_model_of_model_plan"], float)
@@ -79,6 +80,19 @@ def summarise(per_episode: dict[str, list]) -> dict[str, Any]:
     # prediction is taken out?
     metric = objective & (np.asarray(per_episode["cost_under_model_of_simulator_outcome"], float)
                           >= np.asarray(per_episode["cost_under_model_of_model_outcome"], float))
+    return {"contested": contested, "search": search, "objective": objective, "metric": metric,
+            "prediction": objective & ~metric}
+
+
+def summarise(per_episode: dict[str, list]) -> dict[str, Any]:
+    """Success of both plans, and the verdict on the episodes that only the simulator's plan solves."""
+    model_ok = np.asarray(per_episode["sim_success_of_model_plan"], bool)
+    simulator_ok = np.asarray(per_episode["sim_success_of_simulator_plan"], bool)
+    own = np.asarray(per_episode["cost_under_model_of_model_plan"], float)
+    other = np.asarray(per_episode["cost_under_model_of_simulator_plan"], float)
+    masks = verdicts(per_episode)
+    contested, search, objective, metric, prediction = (
+        masks[k] for k in ("contested", "search", "objective", "metric", "prediction"))
     return {
         "episodes": int(len(model_ok)),
         "success_of_model_plan": float(model_ok.mean()),
@@ -91,7 +105,7 @@ def summarise(per_episode: dict[str, list]) -> dict[str, Any]:
         # of the objective failures: the true outcomes' cost prefers the model's plan too (metric), or
         # the simulator's (the prediction misleads)
         "metric_failures": int(metric.sum()),
-        "prediction_failures": int((objective & ~metric).sum()),
+        "prediction_failures": int(prediction.sum()),
         # of the metric failures: the visual term alone prefers the simulator's outcome, so the
         # proprio term (alpha * proprio MSE) decides against it
         "metric_failures_decided_by_proprio": int((metric & (
@@ -103,9 +117,9 @@ def summarise(per_episode: dict[str, list]) -> dict[str, Any]:
         # the two sides of the prediction failures: the simulator's plan predicted / its true outcome,
         # and the model's own plan's true outcome / predicted
         "prediction_failures_simulator_plan_predicted_over_true_median": _median_ratio(
-            other, per_episode["cost_under_model_of_simulator_outcome"], objective & ~metric),
+            other, per_episode["cost_under_model_of_simulator_outcome"], prediction),
         "prediction_failures_model_plan_true_over_predicted_median": _median_ratio(
-            per_episode["cost_under_model_of_model_outcome"], own, objective & ~metric),
+            per_episode["cost_under_model_of_model_outcome"], own, prediction),
     }
 
 

@@ -3,9 +3,10 @@
 1. Sensitivity, measured on planning rollouts recorded during calibration (the world model's
    `rollout_latent(z_obs_0, actions)` calls of the CEM planner): for every quantization target,
    its weights alone and its input alone are fake-quantized at each candidate bit width (the
-   weights by the target's own weight quantizer at those bits: its observer and grid), the recorded action sequences are rolled out again, and the
-   damage is the rollout method's loss (`_rollouts.rollout_loss`: the latent error over the whole
-   horizon plus the error of each candidate's cost) averaged over the recorded groups.
+   weights by the target's own weight quantizer at those bits: its observer and grid), the
+   recorded action sequences are rolled out again, and the damage is the rollout method's loss
+   (`_rollouts.rollout_loss`: the latent error over the whole horizon plus the error of each
+   candidate's cost) averaged over the recorded groups.
    A static per-tensor activation is measured with each tensor's own range (the calibrated range
    does not exist yet).
 2. Allocation: weights and activations separately, each a knapsack over targets with the
