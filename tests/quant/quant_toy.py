@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from wmquant.models.blocks import Block
+from wmquant.quant import QuantLinear
+from wmquant.quant.calibration import layer_input_rows
 
 
 class PatchEmbed(nn.Module):
@@ -124,3 +126,24 @@ def calibration_runner(model: ToyWorldModel, calls: int = 3, batch: int = 3, see
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).detach().norm() / b.detach().norm())
+
+
+def summed_layer_output_error(model: nn.Module, reference_model: nn.Module, runner) -> float:
+    """Sum over the quantized linears of ||X (W_hat - W)^T||^2 (float64), where X are the inputs
+    that the float `reference_model` sees at each layer while `runner` drives it: the objective
+    GPTQ minimises layer by layer, so it must not exceed RTN's on the same inputs."""
+    rows: dict[str, list[torch.Tensor]] = {}
+    names = [n for n, m in model.named_modules() if isinstance(m, QuantLinear)]
+    hooks = [reference_model.get_submodule(n).register_forward_pre_hook(
+        lambda m, a, n=n: rows.setdefault(n, []).append(layer_input_rows(m, a[0]))) for n in names]
+    try:
+        runner()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    total = 0.0
+    for name in names:
+        layer = model.get_submodule(name)
+        diff = layer.weight_quantizer(layer.weight).detach() - reference_model.get_submodule(name).weight.detach()
+        total += float((torch.cat(rows[name]).double() @ diff.double().T).pow(2).sum())
+    return total

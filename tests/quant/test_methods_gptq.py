@@ -4,11 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from quant_toy import calibration_runner, make_model
+from quant_toy import calibration_runner, make_model, summed_layer_output_error
 from wmquant.models.blocks import Block
 from wmquant.quant import QuantConfig, QuantLinear, QuantScheme, calibrate_and_quantize, qmath
 from wmquant.quant.api import dequantized_state
-from wmquant.quant.calibration import layer_input_rows
 from wmquant.quant.methods.gptq import GPTQOptions, gptq_quantize
 
 D = torch.float64
@@ -42,24 +41,6 @@ def _runner(model, seed=0):
     return run
 
 
-def _summed_output_error(model, reference_model, runner):
-    """Sum over quantized layers of ||X (W_hat - W)^T||^2 on the float model's calibration inputs."""
-    rows = {}
-    names = [n for n, m in model.named_modules() if isinstance(m, QuantLinear)]
-    hooks = [reference_model.get_submodule(n).register_forward_pre_hook(
-        lambda m, a, n=n: rows.setdefault(n, []).append(layer_input_rows(m, a[0]))) for n in names]
-    runner()
-    for h in hooks:
-        h.remove()
-    total = 0.0
-    for name in names:
-        layer = model.get_submodule(name)
-        w_float = reference_model.get_submodule(name).weight.detach()
-        diff = layer.weight_quantizer(layer.weight).detach() - w_float
-        total += float((torch.cat(rows[name]) @ diff.T).pow(2).sum())
-    return total
-
-
 @pytest.mark.parametrize("options", [{}, {"act_order": True}])
 def test_gptq_beats_rtn_summed_over_layers(options):
     linears = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
@@ -72,7 +53,7 @@ def test_gptq_beats_rtn_summed_over_layers(options):
         model = WideModel().eval()
         model.load_state_dict(reference.state_dict())
         calibrate_and_quantize(model, method, config, _runner(model), method_options=options if method == "gptq" else {})
-        errors[method] = _summed_output_error(model, reference, _runner(reference, seed=0))
+        errors[method] = summed_layer_output_error(model, reference, _runner(reference, seed=0))
     assert errors["gptq"] < 0.8 * errors["rtn"]
 
 

@@ -3,19 +3,18 @@
 import pytest
 import torch
 
-from quant_toy import relative_error
+from quant_toy import relative_error, summed_layer_output_error
 from wmquant.quant import (
     ActStatsRecorder,
     QuantConfig,
     QuantConv1d,
     QuantConv2d,
-    QuantLinear,
     QuantScheme,
     calibrate_and_quantize,
     get_method,
     set_quantization_,
 )
-from wmquant.quant.calibration import BlockInputRecorder, CalibrationData, layer_input_rows
+from wmquant.quant.calibration import BlockInputRecorder, CalibrationData
 
 checkpoint = pytest.importorskip("wmquant.models.checkpoint")
 
@@ -129,22 +128,6 @@ def test_equivalence_transforms_on_the_world_model_float64(method, options):
     assert relative_error(_rollout(model), reference) < 1e-5
 
 
-def _summed_layer_error(model, reference_model, runner):
-    rows = {}
-    names = [n for n, m in model.named_modules() if isinstance(m, QuantLinear)]
-    hooks = [reference_model.get_submodule(n).register_forward_pre_hook(
-        lambda m, a, n=n: rows.setdefault(n, []).append(layer_input_rows(m, a[0]))) for n in names]
-    runner()
-    for h in hooks:
-        h.remove()
-    total = 0.0
-    for name in names:
-        layer = model.get_submodule(name)
-        diff = layer.weight_quantizer(layer.weight).detach() - reference_model.get_submodule(name).weight.detach()
-        total += float((torch.cat(rows[name]).double() @ diff.double().T).pow(2).sum())
-    return total
-
-
 @pytest.mark.parametrize("name", checkpoint.shipped_model_names() or [pytest.param("none", marks=pytest.mark.skip("no shipped model"))])
 def test_gptq_beats_rtn_on_a_shipped_model(name):
     config = QuantConfig(predictor=QuantScheme(w_bits=4, w_group_size=128),
@@ -166,5 +149,5 @@ def test_gptq_beats_rtn_on_a_shipped_model(name):
             return run
 
         calibrate_and_quantize(model, method, config, runner(model), method_options={"n_samples": 16} if method == "gptq" else {})
-        errors[method] = _summed_layer_error(model, reference, runner(reference))
+        errors[method] = summed_layer_output_error(model, reference, runner(reference))
     assert errors["gptq"] < errors["rtn"]

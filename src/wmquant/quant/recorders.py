@@ -26,6 +26,7 @@ from torch import nn
 
 from ..errors import QuantizationError
 from .config import PARTS
+from .hooks import ForwardHooks
 
 
 @dataclass
@@ -128,7 +129,7 @@ class _PartReservoir:
         return batches
 
 
-class BlockInputRecorder:
+class BlockInputRecorder(ForwardHooks):
     """Records the inputs of `{part}.blocks.0` for each part, while the model runs in float.
 
     Use as a context manager (hooks removed on exit). Each forward call contributes its batch of
@@ -141,10 +142,10 @@ class BlockInputRecorder:
                  device: str = "cpu") -> None:
         if max_samples < 1:
             raise QuantizationError(f"max_samples={max_samples} must be >= 1")
+        super().__init__()
         self.model = model
         self.parts = tuple(parts)
         self.reservoirs = {part: _PartReservoir(max_samples, seed + i, device) for i, part in enumerate(self.parts)}
-        self._handles: list = []
         for part in self.parts:
             first = first_block(model, part)
             self._handles.append(first.register_forward_pre_hook(self._hook(part), with_kwargs=True))
@@ -163,17 +164,6 @@ class BlockInputRecorder:
             with _plain_tensors():
                 self.reservoirs[part].add(x, rest, kwargs)
         return hook
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-    def __enter__(self) -> "BlockInputRecorder":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
 
     def num_sequences(self, part: str) -> int:
         return len(self.reservoirs[part].items)
@@ -221,13 +211,14 @@ def layer_input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     raise QuantizationError(f"cannot record inputs of a {type(module).__name__}")
 
 
-class LinearInputRecorder:
+class LinearInputRecorder(ForwardHooks):
     """Accumulates H = sum_t x_t x_t^T (float64, (in, in)) and the row count per named layer."""
 
     def __init__(self, model: nn.Module, names: list[str]) -> None:
+        super().__init__()
         self.grams: dict[str, torch.Tensor] = {}
         self.rows: dict[str, int] = {name: 0 for name in names}
-        self._handles = [model.get_submodule(name).register_forward_pre_hook(self._hook(name)) for name in names]
+        self._handles += [model.get_submodule(name).register_forward_pre_hook(self._hook(name)) for name in names]
 
     def _hook(self, name: str) -> Callable:
         def hook(module: nn.Module, args: tuple) -> None:
@@ -241,17 +232,6 @@ class LinearInputRecorder:
                     self.grams[name] = gram
                 self.rows[name] += rows.shape[0]
         return hook
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-    def __enter__(self) -> "LinearInputRecorder":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
 
     def check_nonempty(self) -> None:
         for name, count in self.rows.items():

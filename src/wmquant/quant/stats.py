@@ -22,6 +22,7 @@ from torch import nn
 from ..errors import QuantizationError
 from ..io import atomic_path
 from . import qmath
+from .hooks import ForwardHooks
 
 PLAN_ACT_COMMAND = "wmquant plan-act"
 FORMAT_NAME = "wmquant-act-stats"
@@ -44,7 +45,7 @@ def canonical_stats_key(name: str) -> str:
     return name
 
 
-class ActStatsRecorder:
+class ActStatsRecorder(ForwardHooks):
     """Running per-input-channel max|x| of every nn.Linear whose name starts with one of `prefixes`.
 
     Use as a context manager; `stats()` returns {module name: float32 (in_features,)} on the CPU.
@@ -52,9 +53,9 @@ class ActStatsRecorder:
     """
 
     def __init__(self, model: nn.Module, prefixes: tuple[str, ...] = ("encoder", "predictor")) -> None:
+        super().__init__()
         self._maxima: dict[str, torch.Tensor] = {}
         self.calls: dict[str, int] = {}
-        self._handles = []
         for name, module in model.named_modules():
             if isinstance(module, nn.Linear) and any(name == p or name.startswith(p + ".") for p in prefixes):
                 self.calls[name] = 0
@@ -74,17 +75,6 @@ class ActStatsRecorder:
 
     def stats(self) -> dict[str, torch.Tensor]:
         return {name: value.cpu().clone() for name, value in self._maxima.items()}
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-    def __enter__(self) -> "ActStatsRecorder":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
 
 
 def validate_act_stats(stats: Mapping[str, torch.Tensor],

@@ -27,6 +27,7 @@ from torch import nn
 from .. import qmath
 from ..recorders import CalibrationData, layer_input_rows
 from ..config import QuantConfig, QuantScheme
+from ..hooks import ForwardHooks
 from ..layers import WeightQParams
 from ._blockwise import block_targets, model_device, run_block, split_calls
 from .base import check_choice, MethodResult, PTQMethod, QuantConfigError, check_positive, register_method
@@ -120,13 +121,15 @@ def gptq_quantize(weight: torch.Tensor, gram: torch.Tensor, rows: int, scheme: Q
     return dequantized, WeightQParams(scale=scale, zero_point=zero)
 
 
-class _GramHooks:
-    """Accumulate sum_t x_t x_t^T of the inputs of the named Linears of a block."""
+class _GramHooks(ForwardHooks):
+    """Accumulate sum_t x_t x_t^T of the inputs of the named Linears of a block, in float64 from
+    the start (the Hessian that GPTQ inverts)."""
 
     def __init__(self, block: nn.Module, names: list[str]) -> None:
+        super().__init__()
         self.grams: dict[str, torch.Tensor] = {}
         self.rows = {name: 0 for name in names}
-        self.handles = [block.get_submodule(n).register_forward_pre_hook(self._hook(n)) for n in names]
+        self._handles += [block.get_submodule(n).register_forward_pre_hook(self._hook(n)) for n in names]
 
     def _hook(self, name: str):
         def hook(module: nn.Module, args: tuple) -> None:
@@ -135,10 +138,6 @@ class _GramHooks:
             self.grams[name] = self.grams[name] + gram if name in self.grams else gram
             self.rows[name] += x.shape[0]
         return hook
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
 
 
 @register_method("gptq")

@@ -41,6 +41,7 @@ from torch.func import functional_call
 from .. import qmath
 from ..recorders import BlockCall, CalibrationData
 from ..config import PARTS, QuantConfig
+from ..hooks import ForwardHooks
 from ..layers import WeightQParams, input_fake_quant_hook
 from ._blockwise import SquaredError, block_targets, model_device, run_block, split_calls
 from ._equivalence import (
@@ -180,15 +181,15 @@ def _learns_let(options: OmniQuantOptions, targets: dict) -> bool:
     return options.let if options.let is not None else any(t.scheme.quantizes_activations for t in targets.values())
 
 
-class InputMidpoints:
+class InputMidpoints(ForwardHooks):
     """Forward pre-hooks that record, per input channel, (min + max) / 2 of the inputs of the named
     Linears of a block (OmniQuant's activation shifts), while the block runs inside the context."""
 
     def __init__(self, block: nn.Module, linears: list[str]) -> None:
+        super().__init__()
         self.block, self.linears = block, linears
         self.low: dict[str, torch.Tensor] = {}
         self.high: dict[str, torch.Tensor] = {}
-        self.handles: list = []
 
     def _hook(self, name: str):
         def record(module: nn.Module, args: tuple) -> None:
@@ -199,29 +200,21 @@ class InputMidpoints:
         return record
 
     def __enter__(self) -> "InputMidpoints":
-        self.handles = [self.block.get_submodule(name).register_forward_pre_hook(self._hook(name)) for name in self.linears]
+        self._handles += [self.block.get_submodule(name).register_forward_pre_hook(self._hook(name)) for name in self.linears]
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self.handles:
-            handle.remove()
 
     def values(self) -> dict[str, torch.Tensor]:
         return {name: (self.low[name] + self.high[name]) / 2 for name in self.low}
 
 
-class _InputFakeQuant:
+class _InputFakeQuant(ForwardHooks):
     """Forward pre-hooks that fake-quantize the inputs of activation-quantized targets (with STE)."""
 
     def __init__(self, block: nn.Module, targets: dict) -> None:
-        self.handles = []
+        super().__init__()
         for name, target in targets.items():
             if target.scheme.quantizes_activations:
-                self.handles.append(block.get_submodule(name).register_forward_pre_hook(input_fake_quant_hook(target.scheme)))
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
+                self._handles.append(block.get_submodule(name).register_forward_pre_hook(input_fake_quant_hook(target.scheme)))
 
 
 def _reconstruction(state: _BlockState, q_calls: list[BlockCall], fp_out: list[torch.Tensor],
