@@ -13,7 +13,7 @@ set +e -o pipefail                   # setup.sh sets -e; a part that times out m
 PARTS=${*:-h1 protocol rest}
 DEADLINE=$((SECONDS + 515))          # setup has run; the whole script stays under 9 minutes
 export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-cache
-log() { echo "[$(date +%H:%M:%S)] $*" | tee -a $OUT/bench.log; }
+LOG_FILE=$OUT/bench.log
 
 run_part() {  # run_part NAME MAX_SECONDS ARGS...
   local name=$1 cap=$2; shift 2

@@ -11,7 +11,6 @@
 source scripts/gpu/setup.sh
 set +e
 BUDGET=${1:-540}; JOBS=${2:-3}
-log() { echo "[$(date +%H:%M:%S)] $*"; }
 log "pytest"
 python3 -m pytest -q -p no:cacheprovider tests/quant/test_fused_fake_quant.py > $OUT/fused_pytest.txt 2>&1
 tests=$?; tail -3 $OUT/fused_pytest.txt

@@ -5,7 +5,6 @@
 source scripts/gpu/setup.sh
 set +e
 W=/tmp/wmq; R=$W/report/pusht_eval; mkdir -p $W $R $OUT/pusht_eval
-log() { echo "[$(date +%H:%M:%S)] $*"; }
 finish() { tar czf $OUT/pusht_eval/report.tgz -C $W/report pusht_eval; ls -la $OUT/pusht_eval; }
 trap finish EXIT
 log "data"; python3 -m wmquant data --env pusht --out $W/data/pusht --episodes 2000 --seed 0 --render-size 64 --video pth --policy pusher --workers 16 --quiet --json > $R/data.json

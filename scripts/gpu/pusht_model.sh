@@ -15,7 +15,6 @@ RES=${RES:-64}; ROLLOUT=${ROLLOUT:-0}; STEPS=${STEPS:-3000}
 PATCH=$([ "$RES" = 128 ] && echo 16 || echo 8)
 NAME=${NAME:-r${RES}_k${ROLLOUT}_s${STEPS}}
 P=pusht_model/$NAME; W=/tmp/wmq; DATA=$W/data/pusht_expert_$RES; mkdir -p $P $W
-log() { echo "[$(date +%H:%M:%S)] $*"; }
 left() { echo $((BUDGET - SECONDS - ${1:-0})); }
 finish() { tar czf $OUT/pusht_model.tgz pusht_model; ls -la $OUT; }
 trap finish EXIT

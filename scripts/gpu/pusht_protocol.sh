@@ -8,7 +8,6 @@ source scripts/gpu/setup.sh
 set +e
 BUDGET=${1:-545}
 P=pusht_protocol; W=/tmp/wmq; mkdir -p $P $W
-log() { echo "[$(date +%H:%M:%S)] $*"; }
 if [ ! -f $W/data/pusht/wmquant_dataset.json ]; then  # a machine still warm from the last call keeps it
   log "data"; python3 -m wmquant data --env pusht --out $W/data/pusht --episodes 2000 --seed 0 --render-size 64 --video pth --policy pusher --workers 16 --quiet --json > $W/data.json && cp $W/data.json $P/data.json
 fi

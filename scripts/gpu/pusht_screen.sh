@@ -19,7 +19,7 @@ set +e
 BUDGET=${1:-1700}; SCREEN_ITERS=${SCREEN_ITERS:-3}; JOBS=${JOBS:-4}; EPISODES=${EPISODES:-2000}
 S=pusht_screen; W=/tmp/wmq; mkdir -p $S $W/data
 GOALS=$PWD/src/wmquant/assets/models/pusht/goals.safetensors  # the goals the ceiling was measured on
-log() { echo "[$(date +%H:%M:%S)] $*" | tee -a $S/screen_log.txt; }
+LOG_FILE=$S/screen_log.txt
 left() { local s=$((BUDGET - SECONDS - ${1:-0})); echo $((s > 1 ? s : 1)); }
 if [ -z "${VARIANTS:-}" ]; then
   VARIANTS=$S/variants.txt

@@ -9,7 +9,6 @@ source scripts/gpu/setup.sh
 set +e
 STEPS=${1:-5000}; TRAIN_SECONDS=${2:-430}
 W=/tmp/wmq; R=$W/report/pusht2; mkdir -p $W $R $OUT/pusht2
-log() { echo "[$(date +%H:%M:%S)] $*"; }
 finish() {
   cp $W/run/model/model.safetensors $W/run/model/config.yaml $OUT/pusht2/ 2>/dev/null
   cp $W/run/train_log.jsonl $W/run/train_summary.json $W/run/train_config.yaml $R/ 2>/dev/null

@@ -15,7 +15,6 @@ set +e
 BUDGET=${1:-1500}; JOBS=${2:-4}
 SPECS=${SPECS:-"mechanisms_wall groups_wall replicates_wall table1 table3 table7"}
 export OMP_NUM_THREADS=4
-log() { echo "[$(date +%H:%M:%S)] $*"; }
 mkdir -p sweeps
 [ -d carry_sweeps ] && cp -rn carry_sweeps/. sweeps/
 (cd sweeps && find . -name result.json | sort) > /tmp/results_before.txt

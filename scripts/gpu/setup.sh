@@ -2,7 +2,10 @@
 # pymunk, pygame, gymnasium) into /tmp/site and puts wmquant's source on the path.
 # WHEELS names another carried folder of wheels: the Wall scripts need neither pygame nor pymunk
 # (PushT only), and leaving pygame's 14 MB behind keeps the working tree under the device's 64 MiB.
+# It also defines `log` and `wmquant` for the scripts.
 set -e
+# a time-stamped progress line, also appended to $LOG_FILE where a script names one
+log() { echo "[$(date +%H:%M:%S)] $*" | tee -a ${LOG_FILE:-/dev/null}; }
 if [ -n "${WMQ_LOCAL:-}" ]; then  # a local smoke run at tiny sizes: the installed wmquant, no wheels, no GPU
   export PYTHONUNBUFFERED=1; OUT=${OUT:-/tmp/wmq_out}; mkdir -p $OUT
   wmquant() { python3 -m wmquant "$@"; }

@@ -4,7 +4,6 @@
 source scripts/gpu/setup.sh
 set -o pipefail
 W=/tmp/wmq; R=$W/report/pusht; mkdir -p $W $R $OUT/pusht
-log() { echo "[$(date +%H:%M:%S)] $*"; }
 finish() { cp $W/runs/pusht/model/* $OUT/pusht/ 2>/dev/null; tar czf $OUT/pusht/report.tgz -C $W/report pusht; ls -la $OUT/pusht; }
 trap finish EXIT
 log "data"; SECONDS=0

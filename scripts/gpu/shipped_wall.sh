@@ -4,7 +4,6 @@
 source scripts/gpu/setup.sh
 set -o pipefail
 W=/tmp/wmq; R=$W/report/wall; mkdir -p $W $R $OUT/wall
-log() { echo "[$(date +%H:%M:%S)] $*"; }
 log "data"; SECONDS=0
 python3 -m wmquant data --env wall --out $W/data/wall --episodes 2000 --seed 0 --workers 16 --quiet --json > $R/data.json
 echo "data seconds: $SECONDS"

@@ -36,7 +36,6 @@ case $ENV_NAME in
 esac
 SCALE_TAG=iter2_opt${OPT_STEPS}_eval50
 export OMP_NUM_THREADS=4
-log() { echo "[$(date +%H:%M:%S)] $*"; }
 mkdir -p sweeps
 # No clobbering: on a machine still warm from an earlier call, sweeps/ (ignored, so kept between
 # calls) is newer than the carried copy, and a repeated call simply continues from it.

@@ -4,7 +4,6 @@
 # Usage: bash scripts/gpu/wall_methods.sh
 source scripts/gpu/setup.sh
 set +e
-log() { echo "[$(date +%H:%M:%S)] $*"; }
 finish() { tar czf $OUT/methods_wall.tgz sweeps/methods_wall act_scales; ls -la $OUT; }
 trap finish EXIT
 if [ ! -f act_scales/wm_act_scales_wall_iter2_opt10_eval50.safetensors ]; then
