@@ -5,8 +5,9 @@ The encoder stays frozen and the decoder is left out of training (it is kept as 
 forcing as in the recipe, at a CPU-sized budget; the model directory written is the shipped one
 with new predictor and embedding weights, so `wmquant plan`, `wmquant diagnose` and
 `block_motion.py` take it as `model_name=OUT/model`.
-Usage: python docs/pusht_diagnosis/finetune_expert.py DATA OUT [EPISODES=300] [STEPS=900] [BATCH=64] [LR=1e-4] [START=pusht]
+Usage: python docs/pusht_diagnosis/finetune_expert.py DATA OUT [EPISODES=300] [STEPS=900] [BATCH=64] [LR=1e-4] [START=pusht] [ROLLOUT=0]
 (START: the model to fine-tune, a shipped name or a model directory such as an earlier OUT/model;
+ROLLOUT: K > 0 adds the recipe's K-step rollout loss, `training.rollout_steps`, to teacher forcing;
 DATA: `wmquant data --env pusht --out DATA --episodes 2000 --seed 0 --render-size 64 --video pth`,
 whose validation split holds the shipped goals; only its training split is read)."""
 import json
@@ -43,6 +44,7 @@ def main():
     episodes, steps, batch, lr = (int(sys.argv[3]) if len(sys.argv) > 3 else 300, int(sys.argv[4]) if len(sys.argv) > 4 else 900,
                                   int(sys.argv[5]) if len(sys.argv) > 5 else 64, float(sys.argv[6]) if len(sys.argv) > 6 else 1e-4)
     start_model = sys.argv[7] if len(sys.argv) > 7 else "pusht"
+    rollout_steps = int(sys.argv[8]) if len(sys.argv) > 8 else 0
     torch.manual_seed(0)
     model, config = load_world_model(start_model)
     dataset = load_dataset("pusht", data, split="train")
@@ -56,13 +58,14 @@ def main():
     for p in model.encoder.parameters():
         p.requires_grad_(False)
     cfg = WorldModelTrainConfig(steps=steps, batch_size=batch, predictor_lr=lr, action_encoder_lr=lr, decoder_lr=lr,
-                                warmup_fraction=0.05, amp_bf16=False, log_every=max(1, steps // 10), seed=0)
+                                warmup_fraction=0.05, amp_bf16=False, log_every=max(1, steps // 10), seed=0,
+                                rollout_steps=rollout_steps)
     log = []
     train_world_model(model, train, None, int(config["model"]["img_size"]), cfg, log=log.append, progress=False)
     model.decoder = decoder
     shutil.copytree(model_directory(start_model), out / "model", dirs_exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model" / "model.safetensors"))
-    summary = {"start": str(start_model), "episodes": len(train.lengths), "frames": int(train.lengths.sum()), "steps": steps, "batch_size": batch,
+    summary = {"start": str(start_model), "rollout_steps": rollout_steps, "episodes": len(train.lengths), "frames": int(train.lengths.sum()), "steps": steps, "batch_size": batch,
                "lr": lr, "seconds": round(time.perf_counter() - start, 1), "log": log}
     (out / "finetune.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({k: v for k, v in summary.items() if k != "log"}), "first / last z loss:",

@@ -31,4 +31,4 @@ def test_committed_summary_is_the_summary_of_its_episodes(path):
 
 
 def test_the_reports_are_there():
-    assert len(REPORTS) >= 6
+    assert len(REPORTS) >= 8
