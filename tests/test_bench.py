@@ -71,6 +71,14 @@ def test_quick_bench_writes_a_consistent_report(tmp_path, capsys):
     kernels = report["sections"]["kernels"]
     assert kernels["variants"]["w4a16_real"]["weight_bytes"]["stored_bytes"] > 0
     assert kernels["agreement"]["w4a16"]["real_vs_fake_rel_l2"] < 1e-5
+    fp8 = kernels["variants"]["fp8_w8a8_real"]
+    assert fp8["peak"] == "fp8" and fp8["weight_bytes"]["kernels"] == ["fp8_scaled_mm"]
+    assert fp8["weight_bytes"]["stored_bytes"] == kernels["variants"]["w8a8_real"]["weight_bytes"]["stored_bytes"]
+    assert kernels["agreement"]["fp8_w8a8"]["real_vs_fake_rel_l2"] < 5e-2
+    assert report["sections"]["peaks"]["fp8"]["tflops"] > 0
+    small = kernels["small_batch"]
+    assert small["samples"] == 8 and small["variants"]["w4a16_real"]["samples"] == 8
+    assert set(small["speedups"]) == {"fp8_w8a8_real", "w8a8_real", "w4a16_real", "w4a16_real_dequant"}
 
 
 def test_report_check_flags_impossible_numbers():

@@ -25,24 +25,9 @@ from wmquant.models.checkpoint import load_world_model
 from wmquant.quant import QuantConfig, QuantLinear, QuantScheme, freeze_, observe_activations, quantize_
 from wmquant.quant import qmath
 
+from kernel_toy import layer_config as _config, layer_model as _layer_model, record_inputs, wall_inputs as _wall_inputs
+
 LAYER_RTOL = 1e-5
-
-
-def _layer_model(in_features: int, out_features: int, seed: int = 0) -> nn.Module:
-    """A module tree whose one Linear is named predictor.blocks.0.mlp.fc1 (a default target)."""
-    torch.manual_seed(seed)
-    root = nn.Module()
-    root.predictor = nn.Module()
-    root.predictor.blocks = nn.ModuleList([nn.Module()])
-    root.predictor.blocks[0].mlp = nn.Module()
-    root.predictor.blocks[0].mlp.fc1 = nn.Linear(in_features, out_features)
-    with torch.no_grad():
-        root.predictor.blocks[0].mlp.fc1.weight[:, :3] *= 8  # outlier input channels, as in real models
-    return root
-
-
-def _config(scheme: QuantScheme) -> QuantConfig:
-    return QuantConfig(predictor=scheme, targets=("predictor.blocks.*.mlp.fc1",))
 
 
 def _quantized_layer(scheme: QuantScheme, in_features=84, out_features=40, calibrate_with=None) -> QuantLinear:
@@ -201,12 +186,6 @@ def test_engine_backend_names_are_checked():
 
 # --- the shipped Wall model -------------------------------------------------------------------------
 
-def _wall_inputs(batch=6, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    z0 = {"visual": torch.randn(batch, 1, 64, 64, generator=gen), "proprio": torch.randn(batch, 1, 10, generator=gen)}
-    return z0, torch.randn(batch, 5, 10, generator=gen)
-
-
 @pytest.fixture(scope="module")
 def wall_w8a8():
     model, document = load_world_model("wall")
@@ -218,9 +197,7 @@ def test_wall_model_layers_agree_on_their_own_inputs(wall_w8a8):
     """Each quantized layer of the shipped model, fed what it sees in a real rollout."""
     fake, _ = wall_w8a8
     real = to_real_backend_(copy.deepcopy(fake))
-    inputs = {}
-    hooks = [m.register_forward_pre_hook(lambda mod, args, name=n: inputs.setdefault(name, args[0].detach()))
-             for n, m in fake.named_modules() if isinstance(m, QuantLinear)]
+    inputs, hooks = record_inputs(fake, (QuantLinear,))
     z0, actions = _wall_inputs()
     with torch.no_grad():
         fake.rollout_latent(z0, actions)

@@ -129,3 +129,20 @@ def test_a_checkpoint_the_replay_cannot_reproduce_starts_over(tmp_path, monkeypa
     assert "resumed" not in second
     # From the initial states again, not from where the replay left the envs.
     assert first["success_by_iter"] == second["success_by_iter"]
+
+
+def test_fingerprint_hashes_scalar_and_fp8_tensors():
+    import torch
+
+    from wmquant.planning.checkpoint import fingerprint
+
+    def module(scale: float, element: float) -> torch.nn.Module:
+        m = torch.nn.Module()
+        m.register_buffer("input_scale", torch.tensor(scale))  # 0-dim, as a real layer's static range
+        m.register_buffer("qweight", torch.full((2, 3), element).to(torch.float8_e4m3fn))
+        return m
+
+    base = fingerprint({"a": 1}, module(0.5, 1.0), [1, 2])
+    assert base == fingerprint({"a": 1}, module(0.5, 1.0), [1, 2])
+    assert base != fingerprint({"a": 1}, module(0.25, 1.0), [1, 2])
+    assert base != fingerprint({"a": 1}, module(0.5, 2.0), [1, 2])

@@ -39,7 +39,8 @@ def quant_section(overrides: Mapping[str, Any]) -> dict | None:
     def scheme(prefix: str) -> dict:
         return {"w_bits": overrides.get(f"{prefix}_wbit", 16), "a_bits": overrides.get(f"{prefix}_abit", 16),
                 "w_group_size": None if group == -1 else group,
-                "a_granularity": CALIB_MODES[overrides.get("calib_mode_a", "layer_wise")]}
+                "a_granularity": CALIB_MODES[overrides.get("calib_mode_a", "layer_wise")],
+                "w_format": overrides.get("w_format", "int"), "a_format": overrides.get("a_format", "int")}
 
     return {"method": overrides["method"], "quant_encoder": overrides.get("quant_encoder", True),
             "encoder": scheme("encoder"), "predictor": scheme("predictor"),

@@ -179,6 +179,26 @@ def test_engine_variants_get_their_own_rows_and_paired_tests(tmp_path):
     assert "| RTN | RTN (real kernels) |" in text  # the paired test between the two backends
 
 
+def test_formats_are_compared_one_factor_at_a_time(tmp_path):
+    store, runs = _sweep_with_results(tmp_path / "formats", "formats_wall", 15)
+    report = build_report(store.root)
+    pairs = {(c.setting, c.format_a, c.variant_a, c.format_b, c.variant_b) for c in report.comparisons}
+    assert len(report.comparisons) == len(pairs) == 15
+    # W8A8: three formats with fake quantization, each backend against the other, and the two real kernels
+    assert ("W8A8 per-channel per-token", "INT", "", "FP8-E4M3", "") in pairs
+    assert ("W8A8 per-channel per-token", "", "", "", "real kernels") in pairs
+    assert ("W8A8 per-channel per-token FP8-E4M3", "", "", "", "real kernels") in pairs
+    assert ("W8A8 per-channel per-token", "INT", "real kernels", "FP8-E4M3", "real kernels") in pairs
+    # a format's blocks stand in for a group size: INT4 G32 against the microscaled floats
+    assert ("W4A32", "INT G32", "", "MXFP4 blocks of 32", "") in pairs
+    assert ("W4A4 per-token", "MXFP4 blocks of 32", "", "NVFP4 blocks of 16", "") in pairs
+    # never two factors at once (FP8-E5M2 fake quantization against either real kernel)
+    assert not [c for c in report.comparisons if c.variant_a != c.variant_b and c.format_a != c.format_b]
+    text = write_report(store.root, tmp_path / "out")["md"].read_text()
+    assert "| W4A32 | RTN INT G32 | RTN MXFP4 blocks of 32 |" in text
+    assert "| W8A8 per-channel per-token FP8-E4M3 | RTN | RTN (real kernels) |" in text
+
+
 def test_study_document_collects_several_sweeps(sweep, tmp_path):
     from wmquant.cli import main
 

@@ -9,8 +9,10 @@ Which fake-quant layers map onto a kernel, and how closely:
 |---|---|---|
 | weights 2..8 bits, symmetric, per channel; activations 2..8 bits, per token (dynamic) or per tensor (calibrated, static), symmetric or not | `Int8Linear`: one INT8 GEMM (`torch._int_mm`) | codes identical, integer sums exact: fp32 rounding only |
 | weights 2..4 bits, per channel or groups of 32/64/128/256, symmetric or not; activations not quantized | `Int4WeightOnlyLinear`: int4 packed matmul | CPU float32: fp32 rounding; CUDA: bf16 activations and bf16 scale/zero table |
+| weights and activations in FP8 E4M3 (`w_format = a_format = fp8_e4m3`), weights per channel; activations per token (dynamic) or per tensor (calibrated, static) | `Fp8Linear`: one scaled FP8 GEMM (`torch._scaled_mm`) | elements identical, products exact: fp32 rounding where the GEMM returns float32 (CPU), bf16 rounding of the output where it returns bfloat16 |
 
-Refused, with a QuantizationError naming the layer: group-wise or asymmetric weights together with
+Refused, with a QuantizationError naming the layer: other number formats (E5M2, MXFP4, NVFP4, and
+FP8 weights with integer or unquantized activations), group-wise or asymmetric weights together with
 quantized activations (an INT8 GEMM applies one weight scale per output channel, outside the sum
 over inputs), weight-only quantization above 4 bits, activation-only quantization, quantizers
 that are switched off, observing or uncalibrated, quantized convolutions, and quantized attention
@@ -36,13 +38,16 @@ from ..quant import qmath
 from ..quant.api import active_targets
 from ..quant.config import QuantConfig
 from ..quant.layers import QUANTIZED_LAYER_TYPES, ActQuantizer, QuantLinear
+from .fp8 import FP8_FORMAT, Fp8Linear, quantize_rows_fp8
 from .int4 import Int4WeightOnlyLinear, kernel_layout
 from .int8 import Int8Linear, enable_inductor_int8_fusion
 
 ENGINE_BACKENDS = ("fake", "real")
 KIND_INT8 = "int8_gemm"
 KIND_INT4 = "int4_weight_only"
-REAL_LINEAR_TYPES = (Int8Linear, Int4WeightOnlyLinear)
+KIND_FP8 = "fp8_gemm"
+KINDS = (KIND_INT8, KIND_INT4, KIND_FP8)
+REAL_LINEAR_TYPES = (Int8Linear, Int4WeightOnlyLinear, Fp8Linear)
 
 
 @dataclass(frozen=True)
@@ -70,8 +75,8 @@ class RealLinearSpec:
         if unknown:
             raise QuantizationError(f"unknown real-layer key(s) {unknown}; valid: {sorted(valid)}")
         spec = cls(**dict(data))
-        if spec.kind not in (KIND_INT8, KIND_INT4):
-            raise QuantizationError(f"unknown real-layer kind {spec.kind!r}; valid: {KIND_INT8}, {KIND_INT4}")
+        if spec.kind not in KINDS:
+            raise QuantizationError(f"unknown real-layer kind {spec.kind!r}; valid: {', '.join(KINDS)}")
         return spec
 
 
@@ -80,10 +85,16 @@ def _refuse(name: str, why: str) -> QuantizationError:
 
 
 def _kind(name: str, in_features: int, w_bits: int, w_group_size: int | None, w_symmetric: bool,
-          a_bits: int) -> str:
+          a_bits: int, w_format: str = "int", a_format: str = "int") -> str:
     """The real kernel for a Linear quantized this way; QuantizationError if none runs it exactly."""
     if not qmath.is_quantized(w_bits):
         raise _refuse(name, "activation-only quantization (weights in float)")
+    if w_format != "int" or (qmath.is_quantized(a_bits) and a_format != "int"):
+        shown = f"w_format={w_format}, " + (f"a_format={a_format}" if qmath.is_quantized(a_bits) else "activations in float")
+        if not (w_format == a_format == FP8_FORMAT and qmath.is_quantized(a_bits)):
+            raise _refuse(name, f"the number formats ({shown}); the real kernels run integer grids, and FP8 "
+                                f"only as W8A8 with w_format=a_format={FP8_FORMAT}")
+        return KIND_FP8
     if not qmath.is_quantized(a_bits):
         if w_bits > 4:
             raise _refuse(name, f"weight-only W{w_bits}A16 (the weight-only kernel holds 2..4-bit weights)")
@@ -111,11 +122,14 @@ def real_spec(name: str, layer: nn.Module) -> RealLinearSpec:
     w_bits = weights.bits if weights is not None else qmath.OFF_BITS
     a_bits = acts.bits if acts is not None else qmath.OFF_BITS
     kind = _kind(name, layer.in_features, w_bits, weights.group_size if weights else None,
-                 weights.symmetric if weights else True, a_bits)
+                 weights.symmetric if weights else True, a_bits, weights.format if weights else "int",
+                 acts.format if acts is not None else "int")
     common = dict(in_features=layer.in_features, out_features=layer.out_features, bias=layer.bias is not None,
                   w_bits=w_bits, w_group_size=weights.group_size, w_symmetric=weights.symmetric)
     if kind == KIND_INT4:
         return RealLinearSpec(kind=KIND_INT4, **common)
+    if kind == KIND_FP8:
+        return RealLinearSpec(kind=KIND_FP8, a_bits=a_bits, a_symmetric=True, a_granularity=acts.granularity, **common)
     return RealLinearSpec(kind=KIND_INT8, a_bits=a_bits, a_symmetric=acts.symmetric,
                           a_granularity=acts.granularity, **common)
 
@@ -129,12 +143,9 @@ def check_real_config(model: nn.Module, qconfig: QuantConfig) -> None:
             raise _refuse(target.name, "a quantized attention matmul input (an activation quantizer outside a Linear)")
         if not isinstance(target.module, nn.Linear):
             raise _refuse(target.name, f"a {type(target.module).__name__} (the real backend runs quantized Linear layers only)")
-        _kind(target.name, target.module.in_features, scheme.w_bits, scheme.w_group_size, scheme.w_symmetric,
-              scheme.a_bits)
-        if (scheme.w_format, scheme.a_format) != ("int", "int"):
-            raise _refuse(target.name, f"the number formats ({scheme.w_format}, {scheme.a_format}); the real "
-                                       "kernels run integer grids")
-        if scheme.quantizes_activations and not scheme.a_include_zero:
+        kind = _kind(target.name, target.module.in_features, scheme.w_bits, scheme.w_group_size,
+                     scheme.w_symmetric, scheme.a_bits, scheme.w_format, scheme.a_format)
+        if kind == KIND_INT8 and not scheme.a_include_zero:
             raise _refuse(target.name, "per-token activations without 0 in their range (a_include_zero=false)")
 
 
@@ -147,6 +158,9 @@ def spec_of(layer: nn.Module) -> RealLinearSpec:
                               a_granularity=layer.a_granularity, **common)
     if isinstance(layer, Int4WeightOnlyLinear):
         return RealLinearSpec(kind=KIND_INT4, w_group_size=layer.group_size, w_symmetric=layer.symmetric, **common)
+    if isinstance(layer, Fp8Linear):
+        return RealLinearSpec(kind=KIND_FP8, a_bits=layer.a_bits, a_symmetric=True, a_granularity=layer.a_granularity,
+                              **common)
     raise QuantizationError(f"{type(layer).__name__} is not a real-kernel layer")
 
 
@@ -156,6 +170,8 @@ def build_real_linear(spec: RealLinearSpec, device: torch.device | str | None = 
     if spec.kind == KIND_INT8:
         return Int8Linear(spec.in_features, spec.out_features, spec.bias, spec.w_bits, spec.a_bits,
                           spec.a_symmetric, spec.a_granularity, device=device)
+    if spec.kind == KIND_FP8:
+        return Fp8Linear(spec.in_features, spec.out_features, spec.bias, spec.a_granularity, device=device)
     return Int4WeightOnlyLinear(spec.in_features, spec.out_features, spec.bias, spec.w_bits, spec.w_group_size,
                                 spec.w_symmetric, kernel=int4_kernel, device=device)
 
@@ -175,10 +191,30 @@ def _weight_codes(layer: QuantLinear) -> tuple[torch.Tensor, torch.Tensor, torch
     return qmath.from_groups(codes, weight2d.shape[1]), scale, zero_point
 
 
+@torch.no_grad()
+def _fp8_linear_from_quant(layer: QuantLinear, real: Fp8Linear) -> Fp8Linear:
+    """`real` filled with the E4M3 elements and scales of the fake-quant FP8 `layer`, checked to
+    dequantize to exactly the weight the fake layer computes with."""
+    weight2d = qmath.as_2d_weight(layer.weight.detach().float())
+    elements, scale = quantize_rows_fp8(weight2d)
+    if not torch.equal(elements.float() * scale, layer.weight_quantizer(layer.weight.float())):
+        raise QuantizationError("FP8 weight elements do not reproduce the fake-quantized weight; re-run quantization")
+    real.qweight.copy_(elements)
+    real.weight_scale.copy_(scale[:, 0])
+    if layer.bias is not None:
+        real.bias.copy_(layer.bias.detach())
+    if real.input_absmax is not None:
+        real.input_absmax.copy_(layer.input_quantizer.scale.reshape(()))  # a float format keeps the absmax there
+    real.prepare()
+    return real
+
+
 def real_linear_from_quant(layer: QuantLinear, spec: RealLinearSpec, int4_kernel: str = "auto") -> nn.Module:
     """A real layer computing what the frozen fake-quant `layer` computes (see the module docstring)."""
     device = layer.weight.device
     real = build_real_linear(spec, device=device, int4_kernel=int4_kernel)
+    if spec.kind == KIND_FP8:
+        return _fp8_linear_from_quant(layer, real)
     codes, scale, zero_point = _weight_codes(layer)
     with torch.no_grad():
         if layer.bias is not None:

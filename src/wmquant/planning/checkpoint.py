@@ -55,7 +55,8 @@ def fingerprint(config: Any, model: torch.nn.Module | None, seeds: list[int]) ->
             digest.update(name.encode())
             data = tensor.detach().cpu().contiguous()
             digest.update(str(data.dtype).encode() + str(tuple(data.shape)).encode())
-            digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+            # flattened first: a 0-dim tensor (a real layer's static activation scale) has no byte view
+            digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
     return digest.hexdigest()
 
 

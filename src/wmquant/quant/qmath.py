@@ -417,11 +417,30 @@ def round_to_float_format(x: torch.Tensor, fmt: FloatFormat, ste: bool = False) 
     return out.to(x.dtype)
 
 
+#: torch's storage dtypes of the FP8 formats (their casts round as `round_to_float_format` does,
+#: but overflow to NaN / inf instead of saturating).
+FP8_TORCH_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+
+
+def fp8_scale(absmax: torch.Tensor, fmt_name: str) -> torch.Tensor:
+    """The scale s = absmax / max_value that maps a range's absmax onto the format's largest value."""
+    return (absmax / FP8_FORMATS[fmt_name].max_value).clamp(min=SCALE_EPS)
+
+
 def fp8_fake_quantize(x: torch.Tensor, fmt_name: str, absmax: torch.Tensor, ste: bool = False) -> torch.Tensor:
     """Scaled FP8: x / s in the format, s = absmax / max_value (absmax broadcast against x)."""
+    scale = fp8_scale(absmax, fmt_name)
+    return round_to_float_format(x / scale, FP8_FORMATS[fmt_name], ste=ste) * scale
+
+
+def fp8_elements(x: torch.Tensor, fmt_name: str, absmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(elements in torch's FP8 dtype, scale) with elements * scale == fp8_fake_quantize(x, ...)
+    bit for bit: the stored form of scaled FP8, what an FP8 GEMM multiplies."""
     fmt = FP8_FORMATS[fmt_name]
-    scale = (absmax / fmt.max_value).clamp(min=SCALE_EPS)
-    return round_to_float_format(x / scale, fmt, ste=ste) * scale
+    scale = fp8_scale(absmax, fmt_name)
+    # torch's cast does not saturate; clamping first makes it round exactly as round_to_float_format
+    elements = (x / scale).clamp(-fmt.max_value, fmt.max_value).to(FP8_TORCH_DTYPES[fmt_name])
+    return elements, scale
 
 
 def _blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, int]:

@@ -24,6 +24,7 @@ from importlib import resources
 from typing import Any, Iterable, Mapping, NamedTuple
 
 from ..errors import StudyError
+from ..quant.qmath import FORMAT_BLOCK
 
 CSV_COLUMNS = ("table", "env", "method", "w_bits", "a_bits", "group", "aqg",
                "enc_w", "enc_a", "pred_w", "pred_a", "iters", "success")
@@ -73,9 +74,10 @@ class SettingKey(NamedTuple):
         each other (methods, or formats of one method, at the same bits)."""
         return tuple(self)[1:7]
 
-    def label(self) -> str:
+    def label(self, with_group: bool = True) -> str:
         """Human-readable setting in the paper's notation (32 = not quantized), e.g. "W4A32 G128",
-        "W6A6 per-channel per-token", "Enc W4A8 / Pred W8A8 per-channel per-tensor"."""
+        "W6A6 per-channel per-token", "Enc W4A8 / Pred W8A8 per-channel per-tensor".
+        with_group=False leaves the weight grouping out (for runs that differ in it)."""
         if self.method == "fp" or all(b >= OFF_BITS for b in tuple(self)[1:5]):
             return "FP"
         if (self.enc_w, self.enc_a) == (self.pred_w, self.pred_a):
@@ -83,12 +85,20 @@ class SettingKey(NamedTuple):
         else:
             bits = (f"Enc W{paper_bits(self.enc_w)}A{paper_bits(self.enc_a)} / "
                     f"Pred W{paper_bits(self.pred_w)}A{paper_bits(self.pred_a)}")
-        parts = [bits, f"G{self.group}" if self.group else "per-channel"]
+        parts = [bits] + ([self.grouping()] if with_group else [])
         if self.aqg:
             parts.append(self.aqg.replace("_", "-"))
         if self.fmt != "int":
             parts.append(format_label(self.fmt))
         return " ".join(parts)
+
+
+    def grouping(self) -> str:
+        """How the weights share scales: "G128", "per-channel", or a microscaled format's blocks."""
+        block = FORMAT_BLOCK.get(self.fmt.split("/")[0])
+        if self.group is None and block and min(self.enc_w, self.pred_w) < OFF_BITS:
+            return f"blocks of {block}"
+        return f"G{self.group}" if self.group else "per-channel"
 
 
 def format_label(fmt: str) -> str:

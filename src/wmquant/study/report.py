@@ -111,6 +111,8 @@ class Comparison:
     p_holm: float = 1.0
     variant_a: str = ""  # engine variants (Row.variant)
     variant_b: str = ""
+    format_a: str = ""  # where the two runs differ in number format: each one's ("INT G32", "MXFP4");
+    format_b: str = ""  # "" where they share it (then `setting` names it)
     diff_lo: float = 0.0  # Newcombe 95% interval of rate_a - rate_b, paired
     diff_hi: float = 0.0
 
@@ -347,27 +349,68 @@ def _test_against_baseline(rows: list[Row], baselines: Mapping[str | None, Row],
     return unpaired
 
 
-def _pairwise(rows: list[Row], columns: list[int], method: str) -> list[Comparison]:
-    groups: dict[tuple, list[Row]] = {}
+def _comparable(first: Row, second: Row) -> bool:
+    """Whether two runs at the same bits form a question of the study: they differ in at most one
+    factor of the method, the engine variant and the number format (in none: two settings of one
+    method's options). A format's own blocks stand in
+    for a group size (INT4 G32 against MXFP4), so group sizes may differ only together with the
+    format; two integer runs must share theirs. A pair differing in two factors (FP8 fake against
+    INT8 real kernels) answers nothing and would only widen the Holm family."""
+    a, b = first.key, second.key
+    if a.group != b.group and a.fmt == b.fmt:
+        return False
+    return (a.method != b.method) + (a.fmt != b.fmt) + (first.variant != second.variant) <= 1
+
+
+def _format_text(key: SettingKey, other: SettingKey) -> str:
+    """One side's number format where the two differ in it ("" where not), with how its weights
+    share scales where that differs too: "INT G32" against "MXFP4 blocks of 32"."""
+    if key.fmt == other.fmt:
+        return ""
+    if key.grouping() == other.grouping():
+        return format_label(key.fmt)
+    return f"{format_label(key.fmt)} {key.grouping()}"
+
+
+def _shared_label(a: SettingKey, b: SettingKey) -> str:
+    """The setting two compared runs share: with their format when they share it."""
+    return a._replace(fmt=a.fmt if a.fmt == b.fmt else "int").label(with_group=a.grouping() == b.grouping())
+
+
+def _candidate_pairs(rows: list[Row]) -> list[tuple[Row, Row]]:
+    """Pairs of runs at the same bits, on one model with one calibration set (never across
+    replicates): first those that share the group size, setting by setting, then those whose
+    number formats differ in their grouping (INT4 G32 against MXFP4)."""
+    same_group: dict[tuple, list[Row]] = {}
+    same_bits: dict[tuple, list[Row]] = {}
     for row in rows:
         if row.result is not None and row.key.method != "fp":
-            # methods are compared on one model with one calibration set, never across replicates
-            groups.setdefault((row.key.setting, replicate_of(row)), []).append(row)
+            same_group.setdefault((row.key.setting, replicate_of(row)), []).append(row)
+            bits_and_granularity = row.key.setting[:4] + row.key.setting[5:]
+            same_bits.setdefault((bits_and_granularity, replicate_of(row)), []).append(row)
+    pairs = [pair for members in same_group.values() for pair in itertools.combinations(members, 2)]
+    pairs += [(a, b) for members in same_bits.values() for a, b in itertools.combinations(members, 2)
+              if a.key.group != b.key.group]
+    return pairs
+
+
+def _pairwise(rows: list[Row], columns: list[int], method: str) -> list[Comparison]:
     comparisons = []
-    for members in groups.values():
-        for first, second in itertools.combinations(members, 2):
-            if not _paired(first.result, second.result):
-                continue
-            k = _last_common_column(columns, first.result, second.result)
-            if k is None:
-                continue
-            a, b = _outcomes(first.result, k), _outcomes(second.result, k)
-            test = mcnemar(a, b, method=method)
-            _, lo, hi = paired_difference_interval(a, b)
-            comparisons.append(Comparison(first.key.label(), first.run_id, first.key.method, second.run_id,
-                                          second.key.method, k, sum(a) / len(a), sum(b) / len(b),
-                                          test["b"], test["c"], test["p_value"],
-                                          variant_a=first.variant, variant_b=second.variant, diff_lo=lo, diff_hi=hi))
+    for first, second in _candidate_pairs(rows):
+        if not _comparable(first, second) or not _paired(first.result, second.result):
+            continue
+        k = _last_common_column(columns, first.result, second.result)
+        if k is None:
+            continue
+        a, b = _outcomes(first.result, k), _outcomes(second.result, k)
+        test = mcnemar(a, b, method=method)
+        _, lo, hi = paired_difference_interval(a, b)
+        comparisons.append(Comparison(_shared_label(first.key, second.key), first.run_id, first.key.method,
+                                      second.run_id, second.key.method, k, sum(a) / len(a), sum(b) / len(b),
+                                      test["b"], test["c"], test["p_value"],
+                                      variant_a=first.variant, variant_b=second.variant, diff_lo=lo, diff_hi=hi,
+                                      format_a=_format_text(first.key, second.key),
+                                      format_b=_format_text(second.key, first.key)))
     for comparison, adjusted in zip(comparisons, holm_adjust([c.p_value for c in comparisons])):
         comparison.p_holm = adjusted
     return comparisons
@@ -496,7 +539,10 @@ def main_table(report: Report) -> tuple[list[str], list[list[str]]]:
 def comparison_table(report: Report) -> tuple[list[str], list[list[str]]]:
     header = ["Setting", "A", "B", "iters", "success A", "success B", "A - B [95%]", "A only", "B only", "p",
               "p (Holm)", ""]
-    body = [[c.setting, method_label(c.method_a, c.variant_a), method_label(c.method_b, c.variant_b),
+    def side(method: str, variant: str, fmt: str) -> str:
+        return f"{method_label(method, variant)} {fmt}".rstrip()
+
+    body = [[c.setting, side(c.method_a, c.variant_a, c.format_a), side(c.method_b, c.variant_b, c.format_b),
              str(c.column), f"{c.rate_a:.2f}", f"{c.rate_b:.2f}",
              f"{signed(c.rate_a - c.rate_b)} [{signed(c.diff_lo)}, {signed(c.diff_hi)}]", str(c.b), str(c.c),
              f"{c.p_value:.3g}", f"{c.p_holm:.3g}", "*" if c.p_holm < report.alpha else ""] for c in report.comparisons]
