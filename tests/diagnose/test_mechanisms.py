@@ -49,6 +49,46 @@ def test_a_float_copy_measures_no_damage_and_identical_plans():
     assert per_episode["sim_state_dist_of_fp_plan"] == per_episode["sim_state_dist_of_quantized_plan"]
     assert measured["cross_evaluation"]["summary"]["quantized_objective_misranks"] == 0.0
     assert len(per_episode["sim_success_of_fp_plan"]) == 4
+    ranking = measured["ranking"]
+    assert ranking["summary"]["median_rho_quantized_fp"] == pytest.approx(1.0)
+    assert ranking["summary"]["mean_elite_overlap"] == 1.0
+    assert ranking["per_episode"]["rho_quantized_simulator"] == ranking["per_episode"]["rho_fp_simulator"]
+    assert ranking["per_episode"]["sim_distance_of_quantized_choice"] == ranking["per_episode"]["sim_distance_of_fp_choice"]
+
+
+class _ShuffledCosts:
+    """An engine whose costs are another engine's, reversed in order over the candidates."""
+
+    def __init__(self, engine):
+        self.engine, self.device = engine, engine.device
+
+    def encode(self, obs):
+        return self.engine.encode(obs)
+
+    def sample_costs(self, z0, goal, actions):
+        return -self.engine.sample_costs(z0, goal, actions)
+
+
+@needs_wall
+def test_ranking_tells_a_reversed_objective_from_the_simulator():
+    from wmquant.diagnose.ranking import candidate_ranking
+
+    session = PlanningSession(compose_config("plan_wall", TINY))
+    episodes, env = session.episodes("evaluation")
+    planner = session.planner()
+    try:
+        measured = candidate_ranking(session.engine, _ShuffledCosts(session.engine), env, episodes,
+                                     session.bundle.frameskip, planner.config.horizon, planner.action_dim,
+                                     candidates=20, seed=3)
+    finally:
+        env.close()
+    per_episode = measured["per_episode"]
+    assert per_episode["rho_quantized_fp"] == pytest.approx([-1.0] * 4)
+    assert per_episode["rho_quantized_simulator"] == pytest.approx([-r for r in per_episode["rho_fp_simulator"]])
+    assert measured["summary"]["median_rho_fp_simulator"] > 0.3  # the FP model's cost follows the simulator's distance
+    assert measured["elites"] == 2 and measured["summary"]["mean_elite_overlap"] == 0.0
+    best = np.asarray(per_episode["sim_distance_of_best_candidate"])
+    assert (np.asarray(per_episode["sim_distance_of_fp_choice"]) >= best).all()
 
 
 @needs_wall

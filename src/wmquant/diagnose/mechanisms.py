@@ -13,6 +13,8 @@ separate the places:
   the simulator (the plan executed open loop from the episode's start: distance to the goal state,
   and success). If the quantized model ranks FP's plan below its own while the simulator ranks it
   above, the quantized objective, not the search, is what fails.
+* **Ranking** (objective): over random candidate plans of every episode, whether the quantized
+  model orders them as FP does and as the simulator does (`wmquant.diagnose.ranking`).
 * The planner's cost after every optimisation step is logged by every planning run (`mpc_logs`).
 """
 
@@ -25,6 +27,7 @@ import torch
 
 from ..planning.cem import noise_generator
 from ..planning.mpc import _to_env_actions
+from .ranking import candidate_ranking
 
 #: Ridge penalty of the linear probe, relative to the mean eigenvalue of the features' Gram matrix
 #: (scale-free: a latent space twice as large gets the same probe).
@@ -165,8 +168,12 @@ def measure_mechanisms(session, fp_model) -> dict[str, Any]:
     try:
         with torch.no_grad():
             damage = encoder_damage(fp_engine, session.engine, calibration, evaluation)
-            crossed = cross_evaluate(fp_engine, session.engine, session.planner(), env, evaluation,
+            planner = session.planner()
+            crossed = cross_evaluate(fp_engine, session.engine, planner, env, evaluation,
                                      session.bundle.frameskip, int(session.cfg.seed))
+            ranking = candidate_ranking(fp_engine, session.engine, env, evaluation, session.bundle.frameskip,
+                                        planner.config.horizon, planner.action_dim,
+                                        var_scale=planner.config.var_scale, seed=int(session.cfg.seed))
     finally:
         env.close()
-    return {"encoder": damage, "cross_evaluation": crossed, "episodes": list(evaluation.seeds)}
+    return {"encoder": damage, "cross_evaluation": crossed, "ranking": ranking, "episodes": list(evaluation.seeds)}
