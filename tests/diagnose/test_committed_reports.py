@@ -32,3 +32,28 @@ def test_committed_summary_is_the_summary_of_its_episodes(path):
 
 def test_the_reports_are_there():
     assert len(REPORTS) >= 8
+
+
+def test_the_planning_aware_proxy_table_is_the_one_its_results_give():
+    """docs/planning_aware.md's CPU proxy table: printed by docs/planning_aware_proxy.py from the
+    published results/planning_aware_proxy runs, whose ranking summaries are their episodes'."""
+    import importlib.util
+
+    import numpy as np
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("planning_aware_proxy", root / "docs" / "planning_aware_proxy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = root / "results" / "planning_aware_proxy"
+    document = (root / "docs" / "planning_aware.md").read_text()
+    rows = module.table_rows(results)
+    assert len(rows) == 2 + len(module.CONFIGS)
+    for row in rows:
+        assert row in document
+    for directory in module.CONFIGS:
+        ranking = json.loads((results / directory / "result.json").read_text())["quant"]["mechanisms"]["ranking"]
+        per_episode = ranking["per_episode"]
+        assert len(per_episode["rho_quantized_fp"]) == 30
+        assert math.isclose(ranking["summary"]["median_rho_quantized_fp"], float(np.median(per_episode["rho_quantized_fp"])))
+        assert math.isclose(ranking["summary"]["mean_elite_overlap"], float(np.mean(per_episode["elite_overlap"])))

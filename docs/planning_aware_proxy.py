@@ -1,0 +1,40 @@
+"""The table of docs/planning_aware.md ("A CPU proxy before the GPU study"), printed from the
+published results/planning_aware_proxy/<config>/result.json files (one `wmquant quant ...
+mechanisms=true` run each; the command is in that section).
+
+    python docs/planning_aware_proxy.py [RESULTS_DIR]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+#: The beyond_wall configurations, in its order, by their result directory.
+CONFIGS = {"rtn": "RTN", "rotate": "rotate", "rotate+gptq": "[rotate, gptq]", "rollout": "rollout",
+           "mixed": "mixed (4.0 bits)", "rotate+rollout": "[rotate, rollout]"}
+HEADER = ("| method | ranking: rho against FP | rho against the simulator | elite overlap | first plan succeeds "
+          "(FP's: same row) | quantized objective misranks | encoder latent error | probe R^2 on its latents "
+          "| probe R^2 refitted | calibration (s) |")
+
+
+def table_rows(root: Path) -> list[str]:
+    rows = [HEADER, "|" + "---|" * HEADER.count(" | ") + "---|"]
+    for directory, label in CONFIGS.items():
+        result = json.loads((root / directory / "result.json").read_text())
+        mechanisms = result["quant"]["mechanisms"]
+        ranking, crossed, encoder = (mechanisms["ranking"]["summary"], mechanisms["cross_evaluation"]["summary"],
+                                     mechanisms["encoder"])
+        rows.append(
+            f"| {label} | {ranking['median_rho_quantized_fp']:.3f} | {ranking['median_rho_quantized_simulator']:.3f} "
+            f"| {ranking['mean_elite_overlap']:.2f} | {crossed['sim_success_of_quantized_plan']:.2f} "
+            f"({crossed['sim_success_of_fp_plan']:.2f}) | {crossed['quantized_objective_misranks']:.2f} "
+            f"| {encoder['relative_latent_error']['visual']:.4f} | {encoder['probe_r2']['fp_probe_on_quantized']:.2f} "
+            f"| {encoder['probe_r2']['quantized_refit']:.2f} | {result['quant']['calibration_seconds']:.0f} |")
+    return rows
+
+
+if __name__ == "__main__":
+    default = Path(__file__).resolve().parents[1] / "results" / "planning_aware_proxy"
+    print("\n".join(table_rows(Path(sys.argv[1]) if len(sys.argv) > 1 else default)))
