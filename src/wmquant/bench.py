@@ -3,7 +3,8 @@
 Sections (`--sections`, default all):
 
 * peaks: the machine's measured matrix-product peaks (FP32 with TF32 off, TF32, BF16, INT8 via
-  `torch._int_mm`, FP8 E4M3 via `torch._scaled_mm` with row-wise scales) and device-copy bandwidth: the references every rate below is a fraction of.
+  `torch._int_mm`, FP8 E4M3 via `torch._scaled_mm` with row-wise scales) and device-copy
+  bandwidth: the references every rate below is a fraction of.
 * cem: one CEM optimisation step (300 samples, horizon 5) per episode, for the shipped models and
   for random-weight DINO-WM-scale models (num_hist 1 and 3), in each precision: seconds per
   episode-step, the predictor's achieved TFLOP/s (from `predictor_flops`, an analytic count of its
@@ -12,8 +13,9 @@ Sections (`--sections`, default all):
   at a time, FP32). From these, the worst-case (no episode ever succeeds) protocol times.
 * protocol: the full Wall protocol on the shipped Wall model (`run_plan`, exact FP32) with
   success-skipping on and off, asserting identical results; PushT with `--pusht-data DIR`.
-* kernels: real-kernel W8A8 (INT8 and FP8) and W4A16 rollouts against FP32 and BF16 (latency, peak memory, weight
-  bytes) and their agreement with fake quantization.
+* kernels: real-kernel W8A8 (INT8 and FP8) and W4A16 rollouts against FP32 and BF16 (latency,
+  peak memory, weight bytes) at the CEM batch and at a robot-side batch of 32 samples, and their
+  agreement with fake quantization.
 
 `--quick` shrinks everything to CPU-sized shapes (a smoke run, < 60 s on 2 cores). The report is
 printed as a table and written as JSON (`--json`, atomically, after every measurement, so a run
@@ -268,10 +270,7 @@ def quantize_for(variant: Variant, model: nn.Module) -> nn.Module:
 
     if variant.quant is None:
         return model
-    if variant.quant in w8a8_schemes():
-        scheme = w8a8_schemes()[variant.quant]
-    else:
-        scheme = QuantScheme(w_bits=4, w_group_size=128)
+    scheme = w8a8_schemes().get(variant.quant) or QuantScheme(w_bits=4, w_group_size=128)
     quantized = quantize_(copy.deepcopy(model), QuantConfig(predictor=scheme))
     return to_real_backend_(quantized, int4_kernel="dequant" if variant.quant == "w4a16_dequant" else "auto")
 
@@ -755,6 +754,7 @@ def evaluate_targets(report: dict[str, Any]) -> dict[str, Any]:
     fp32_step = best("fp32", "fp32_compiled")
     bf16_step = best("bf16", "bf16_compiled")
     speedups = kernels.get("speedups") or {}
+
     def fastest(prefix: str) -> dict[str, Any]:
         return max((s for n, s in speedups.items() if n.startswith(prefix)), key=lambda s: s.get("vs_fp32") or 0,
                    default={})
