@@ -180,7 +180,7 @@ def test_engine_variants_get_their_own_rows_and_paired_tests(tmp_path):
 
 
 def test_formats_are_compared_one_factor_at_a_time(tmp_path):
-    store, runs = _sweep_with_results(tmp_path / "formats", "formats_wall", 15)
+    store, _ = _sweep_with_results(tmp_path / "formats", "formats_wall", 15)
     report = build_report(store.root)
     pairs = {(c.setting, c.format_a, c.variant_a, c.format_b, c.variant_b) for c in report.comparisons}
     assert len(report.comparisons) == len(pairs) == 15
