@@ -15,8 +15,9 @@ rounding (the order of the sum).
 
 `torch._scaled_mm` on CUDA needs the inner dimension and the weight's rows in multiples of 16: the
 weight is stored zero-padded to multiples of 16 (zero columns add nothing) and inputs are padded to
-match. Some releases also check the rows of the input, so on CUDA those are padded as well (a copy
-only when the row count is not already a multiple). The output is float32 wherever the device's
+match, in float32 before the cast (so no FP8 kernel but the cast itself is needed; only layers whose
+width is not a multiple of 16 pay the copy). On CUDA the input's rows are padded too, in case a
+release checks them as well (a copy only when the row count is not already a multiple). The output is float32 wherever the device's
 row-wise scaled GEMM offers it and bfloat16 otherwise (`scaled_mm_out_dtype`, probed once per
 device); the bias is added in float32 after the GEMM either way.
 """
@@ -139,8 +140,8 @@ class Fp8Linear(DerivedKernelState):  # prepare() re-derives the padded weight a
             if (rows, cols) == (self.out_features, self.in_features):
                 self.kernel_weight = self.qweight = self.qweight.contiguous()
             else:
-                # F.pad has no FP8 kernel on every device: pad the (exact) float32 copy, cast back,
-                # and keep qweight as a view into the padded buffer (one copy of the elements)
+                # padded as an (exact) float32 copy and cast back, as the inputs are, and qweight
+                # kept as a view into the padded buffer (one copy of the elements)
                 self.kernel_weight = pad_2d(self.qweight.float(), rows, cols).to(FP8_DTYPE).contiguous()
                 self.qweight = self.kernel_weight[: self.out_features, : self.in_features]
             self.kernel_scale = F.pad(self.weight_scale, (0, rows - self.out_features), value=1.0).reshape(1, rows)
