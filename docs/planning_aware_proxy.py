@@ -11,9 +11,16 @@ import json
 import sys
 from pathlib import Path
 
-#: The beyond_wall configurations, in its order, by their result directory.
+#: The configurations, by their result directory: the beyond_wall rows in its order, then an
+#: ablation of rollout, then the runs of 2026-12-04, made before the replay through the
+#: encoder and the learned activation ranges existed (and with [rotate, rollout] quantizing the
+#: unrotated inputs in training).
 CONFIGS = {"rtn": "RTN", "rotate": "rotate", "rotate+gptq": "[rotate, gptq]", "rollout": "rollout",
-           "mixed": "mixed (4.0 bits)", "rotate+rollout": "[rotate, rollout]"}
+           "mixed": "mixed (4.0 bits)", "rotate+rollout": "[rotate, rollout]",
+           "rollout_weights_only": "rollout, weight clipping only (activation_ranges=false)",
+           "before_encoder_replay/rollout": "rollout, 2026-12-04 (predictor only, weight clipping only)",
+           "before_encoder_replay/mixed": "mixed, 2026-12-04 (predictor only)",
+           "before_encoder_replay/rotate+rollout": "[rotate, rollout], 2026-12-04 (predictor only, unrotated training)"}
 HEADER = ("| method | ranking: rho against FP | rho against the simulator | elite overlap | first plan succeeds "
           "(FP's: same row) | quantized objective misranks | encoder latent error | probe R^2 on its latents "
           "| probe R^2 refitted | calibration (s) |")

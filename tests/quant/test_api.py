@@ -101,6 +101,18 @@ def test_bad_targets_and_double_quantization():
         QuantConfig(targets="encoder.*")
 
 
+def test_activation_range_clips_reach_named_layers_and_unknown_names_are_refused():
+    from wmquant.quant.layers import ActRangeClip
+    clip = ActRangeClip(clip_min=0.5, clip_max=0.75)
+    model = quantize_(make_model(), QuantConfig.uniform(a_bits=8), act_clips={"predictor.blocks.0.mlp.fc1": clip})
+    assert model.predictor.blocks[0].mlp.fc1.input_quantizer.range_clip is clip
+    assert model.predictor.blocks[0].mlp.fc2.input_quantizer.range_clip is None
+    with pytest.raises(QuantizationError, match="not quantized layers: \\['predictor.nowhere'\\]"):
+        quantize_(make_model(), QuantConfig.uniform(a_bits=8), act_clips={"predictor.nowhere": clip})
+    with pytest.raises(QuantizationError, match="whose input is not quantized"):
+        quantize_(make_model(), QuantConfig.uniform(w_bits=4), act_clips={"predictor.blocks.0.mlp.fc1": clip})
+
+
 def test_nan_weight_refused():
     model = make_model()
     with torch.no_grad():

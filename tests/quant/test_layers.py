@@ -8,7 +8,7 @@ from torch import nn
 from wmquant.errors import QuantizationError
 from wmquant.quant import qmath
 from wmquant.quant.config import QuantScheme
-from wmquant.quant.layers import ActQuantizer, QuantConv1d, QuantConv2d, QuantLinear, WeightQParams, WeightQuantizer
+from wmquant.quant.layers import ActQuantizer, ActRangeClip, QuantConv1d, QuantConv2d, QuantLinear, WeightQParams, WeightQuantizer
 
 D = torch.float64
 
@@ -130,6 +130,30 @@ def test_act_quantizer_omse_freeze_not_worse_than_minmax_on_its_sample():
     minmax = qmath.qparams_from_range(act.running_min, act.running_max, 4, False)
     err = lambda s, z: (qmath.fake_quantize(sample, s, z, 4, False) - sample).pow(2).mean()  # noqa: E731
     assert err(act.scale, act.zero_point) < err(*minmax)
+
+
+def test_a_range_clip_scales_the_observed_range_and_replaces_the_omse_search():
+    torch.manual_seed(5)
+    act = ActQuantizer(4, observer="omse", sample_size=4096)
+    act.set_mode("observe")
+    x = torch.randn(64, 32, dtype=D)
+    x[0, 0] = 30.0
+    act(x)
+    act.load_range_clip(ActRangeClip(clip_min=0.5, clip_max=0.25))
+    act.freeze()
+    expected = qmath.qparams_from_range(act.running_min * 0.5, act.running_max * 0.25, 4, False)
+    assert torch.equal(act.scale, expected[0]) and torch.equal(act.zero_point, expected[1])
+    assert "range clip 0.500/0.250" in repr(act)
+
+
+def test_a_range_clip_needs_a_static_integer_range():
+    with pytest.raises(QuantizationError, match="no static integer range"):
+        ActQuantizer(4, granularity="per_token", name="tok").load_range_clip(ActRangeClip(0.5, 0.5))
+    with pytest.raises(QuantizationError, match="no static integer range"):
+        ActQuantizer(8, number_format="fp8_e4m3").load_range_clip(ActRangeClip(0.5, 0.5))
+    for bad in (0.0, 1.5, True):
+        with pytest.raises(QuantizationError, match="must be in"):
+            ActRangeClip(clip_min=bad, clip_max=0.5)
 
 
 def test_calibrated_under_inference_mode_then_differentiable_for_a_gd_planner():

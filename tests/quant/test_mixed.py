@@ -8,8 +8,7 @@ import torch
 
 from wmquant.errors import QuantizationError
 from wmquant.models.checkpoint import build_world_model
-from wmquant.quant import QuantConfig, calibrate_and_quantize
-from wmquant.quant.layers import QuantLinear
+from wmquant.quant import QuantConfig, QuantScheme, calibrate_and_quantize
 from wmquant.quant.methods.mixed import average_bits, greedy_allocation
 from wmquant.quant.recorders import RolloutRecorder
 
@@ -51,12 +50,37 @@ def test_greedy_allocation_meets_the_budget_and_prefers_sensitive_layers():
 
 def test_rollouts_are_recorded_from_the_planners_calls():
     model = _world_model()
-    recorder = RolloutRecorder(model, max_sequences=16, group=4)
+    recorder = RolloutRecorder(model, max_sequences=16, group=4, max_frames=16)
     _planner_like_runner(model, calls=3)()
     recorder.remove()
-    assert "rollout_latent" not in vars(model) and len(recorder.groups) == 4 and recorder.seen == 6
-    z0, act = recorder.groups[0]
-    assert act.shape == (4, 3, 2) and z0["visual"].shape[0] == 4
+    assert "rollout_latent" not in vars(model) and "encode_obs" not in vars(model)
+    assert len(recorder.groups) == 4 and recorder.seen == 6
+    for group in recorder.groups:
+        assert group.actions.shape == (4, 3, 2) and group.z_obs_0["visual"].shape[0] == 4
+        # the recorded observations encode to exactly the recorded start latents
+        assert group.start_index.tolist() == [0, 1, 2, 3]
+        with torch.no_grad():
+            z = model.encode_obs(group.observations)
+        assert all(torch.equal(z[k][group.start_index], group.z_obs_0[k]) for k in z)
+    frames = recorder.frames()
+    assert frames["visual"].shape == (16, 1, 3, 16, 16) and frames["proprio"].shape == (16, 1, 2)  # 24 seen, 16 kept
+
+
+def test_a_group_spanning_two_episodes_keeps_both_starts():
+    """As the CEM lays out its samples: each episode's start repeated once per sample, episodes in a row."""
+    model = _world_model()
+    recorder = RolloutRecorder(model, max_sequences=64, group=4)
+    gen = torch.Generator().manual_seed(5)
+    obs = {"visual": torch.rand(3, 1, 3, 16, 16, generator=gen, dtype=D) * 2 - 1,
+           "proprio": torch.randn(3, 1, 2, generator=gen, dtype=D)}
+    with torch.no_grad():
+        z = model.encode_obs(obs)
+        per_sample = {k: v.repeat_interleave(6, dim=0) for k, v in z.items()}  # 3 episodes x 6 samples
+        model.rollout_latent(per_sample, torch.randn(18, 3, 2, generator=gen, dtype=D))
+    recorder.remove()
+    second = recorder.groups[1]  # rows 4..7: two samples of episode 0, two of episode 1
+    assert second.start_index.tolist() == [0, 0, 1, 1]
+    torch.testing.assert_close(second.observations["visual"], obs["visual"][:2], rtol=0, atol=0)
 
 
 def test_mixed_precision_allocates_per_layer_widths_within_the_budget():
@@ -66,16 +90,38 @@ def test_mixed_precision_allocates_per_layer_widths_within_the_budget():
                                     method_options={"budget": 5.0, "n_sequences": 64})
     allocation = report["method_report"]
     assert allocation["average_weight_bits"] <= 5.0 and allocation["average_activation_bits"] <= 5.0
-    widths = {name: m.weight_quantizer.bits for name, m in model.named_modules() if isinstance(m, QuantLinear)}
-    predictor = {name: bits for name, bits in widths.items() if not name.startswith("encoder.")}
-    assert predictor == allocation["weight_bits"] and len(set(predictor.values())) > 1  # really mixed
-    # the encoder acts before the recorded rollouts start: it keeps the config's width
-    assert {widths[name] for name in allocation["fixed_layers"]} == {4} and allocation["fixed_layers"]
+    widths = {name: m.weight_quantizer.bits for name, m in model.named_modules() if hasattr(m, "weight_quantizer")}
+    # replayed from the recorded observations: encoder and predictor are allocated together
+    assert allocation["through_encoder"] and widths == allocation["weight_bits"]
+    assert len(set(widths.values())) > 1 and allocation["fixed_layers"] == []  # really mixed
+    assert set(allocation["average_bits_by_part"]) == {"encoder", "predictor"}
     damage = allocation["weight_damage"]
     assert all(d[3] >= d[8] for d in damage.values())  # more bits, less damage (on these layers)
     # each layer's input is measured quantized alone: 3-bit inputs do more damage than 8-bit ones
     assert sum(d[3] for d in allocation["activation_damage"].values()) > sum(
         d[8] for d in allocation["activation_damage"].values()) > 0
+
+
+def test_without_the_encoder_mixed_keeps_the_encoders_widths():
+    model = _world_model()
+    config = QuantConfig.uniform(w_bits=4, a_bits=4, a_granularity="per_token")
+    allocation = calibrate_and_quantize(model, "mixed", config, _planner_like_runner(model),
+                                        method_options={"budget": 5.0, "encoder": False})["method_report"]
+    widths = {name: m.weight_quantizer.bits for name, m in model.named_modules() if hasattr(m, "weight_quantizer")}
+    assert allocation["fixed_layers"] and all(n.startswith("encoder.") for n in allocation["fixed_layers"])
+    assert {widths[name] for name in allocation["fixed_layers"]} == {4}
+    assert not any(n.startswith("encoder.") for n in allocation["weight_bits"])
+
+
+def test_an_encoder_layer_is_sensitive_only_when_the_replay_runs_through_the_encoder():
+    model = _world_model()
+    config = QuantConfig(encoder=QuantScheme(w_bits=4), predictor=QuantScheme())
+    allocation = calibrate_and_quantize(model, "mixed", config, _planner_like_runner(model),
+                                        method_options={"budget": 4.0})["method_report"]
+    damage = allocation["weight_damage"]
+    assert set(damage) == {n for n, m in model.named_modules() if hasattr(m, "weight_quantizer")}
+    assert all(name.startswith("encoder.") and d[3] > d[8] > 0 for name, d in damage.items())
+    assert allocation["average_weight_bits"] <= 4.0
 
 
 def test_mixed_needs_rollouts_of_a_world_model():

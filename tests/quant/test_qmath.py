@@ -236,6 +236,20 @@ def test_activation_range_search_never_worse_than_minmax():
     assert err(searched) < err(minmax)
 
 
+def test_the_activation_shrink_factor_is_the_searched_range():
+    gen = torch.Generator().manual_seed(4)
+    sample = torch.randn(4000, generator=gen, dtype=D)
+    sample[0] = 40.0
+    low, high = sample.min(), sample.max()
+    factor = qmath.search_activation_shrink(sample, low, high, 4)
+    assert 0.11 <= factor < 0.5  # one far outlier: most of the range is given up
+    searched = qmath.search_activation_range(sample, low, high, 4)
+    assert all(torch.equal(a, b) for a, b in zip(searched, qmath.qparams_from_range(low * factor, high * factor, 4, False)))
+    # a sample that lies on its minmax grid keeps the whole range
+    even = torch.arange(-8, 8, dtype=D) / 8
+    assert qmath.search_activation_shrink(even, even.min(), even.max(), 4) == 1.0
+
+
 def test_storage_bits_definition():
     assert qmath.weight_storage_bits(8, 404, 4, 128, True) == 4 * 8 * 404 + 16 * 8 * 4
     assert qmath.weight_storage_bits(8, 404, 4, 128, False) == 4 * 8 * 404 + 32 * 8 * 4

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from wmquant.quant import QuantConfig, calibrate_and_quantize
+from wmquant.quant import QuantConfig, QuantScheme, calibrate_and_quantize, qmath
+from wmquant.quant.api import act_quantizers
 from wmquant.quant.layers import QuantLinear
-from wmquant.quant.methods.rollout import rollout_loss
+from wmquant.quant.methods._rollouts import rollout_loss
 
-from test_mixed import _planner_like_runner, _world_model
+from test_mixed import D, _planner_like_runner, _world_model
 
 
 def test_the_rollout_loss_decreases_and_the_clipping_is_used():
@@ -20,12 +21,62 @@ def test_the_rollout_loss_decreases_and_the_clipping_is_used():
                                     method_options={"epochs": 15, "lr": 2e-2})
     losses = report["method_report"]["loss_by_epoch"]
     assert len(losses) == 16 and losses[-1] < 0.9 * losses[0]
-    assert report["method_report"]["layers"] and all(n.startswith("predictor.") for n in report["method_report"]["layers"])
+    layers = report["method_report"]["layers"]
+    # replayed from the recorded observations: the encoder's Linears are learned with the predictor's
+    assert report["method_report"]["through_encoder"] and report["method_report"]["encoder_frames"] == 16
+    assert any(n.startswith("encoder.") for n in layers) and any(n.startswith("predictor.") for n in layers)
     # the float weights are unchanged; the learned factors sit in the weight quantizers
     assert all(torch.equal(p.detach(), before[n]) for n, p in model.named_parameters())
     qkv = model.predictor.blocks[0].attn.qkv
     assert isinstance(qkv, QuantLinear) and qkv.weight_quantizer.clip_max is not None
     assert float(qkv.weight_quantizer.clip_max.min()) < 0.982  # moved from the initial sigmoid(4)
+    assert float(model.encoder.blocks[0].mlp.fc1.weight_quantizer.clip_max.min()) < 0.982
+
+
+def _encoder_only_w3():
+    """3-bit weights in the encoder only: its damage reaches the planner only through the start latents."""
+    return QuantConfig(encoder=QuantScheme(w_bits=3), predictor=QuantScheme())
+
+
+def test_an_encoder_only_quantization_is_learned_from_the_replay_through_the_encoder():
+    model = _world_model()
+    with torch.no_grad():  # the random block's residual branches outweigh the patch embedding, as in a trained ViT
+        for layer in (model.encoder.blocks[0].attn.proj, model.encoder.blocks[0].mlp.fc2):
+            layer.weight.mul_(30)
+    report = calibrate_and_quantize(model, "rollout", _encoder_only_w3(), _planner_like_runner(model),
+                                    method_options={"epochs": 10, "lr": 5e-2})["method_report"]
+    assert report["layers"] and all(n.startswith("encoder.") for n in report["layers"])
+    assert report["loss_by_epoch"][0] > 1e-4 and report["kept_loss"] < 0.8 * report["loss_by_epoch"][0]
+
+
+def test_without_the_encoder_the_replay_starts_from_the_recorded_latents():
+    model = _world_model()
+    report = calibrate_and_quantize(model, "rollout", QuantConfig.uniform(w_bits=3), _planner_like_runner(model),
+                                    method_options={"epochs": 1, "encoder": False})["method_report"]
+    assert not report["through_encoder"] and report["encoder_not_replayed"] == "not asked (encoder=false)"
+    assert report["layers"] and not any(n.startswith(("encoder.", "proprio_encoder.")) for n in report["layers"])
+    assert any(n.startswith("encoder.") for n in report["fixed_layers"])
+    # an encoder-only quantization is then invisible: nothing to learn, a zero loss
+    model = _world_model()
+    report = calibrate_and_quantize(model, "rollout", _encoder_only_w3(), _planner_like_runner(model),
+                                    method_options={"epochs": 1, "encoder": False})["method_report"]
+    assert report["layers"] == [] and report["loss_by_epoch"] == [0.0]
+
+
+def test_rollouts_from_latents_that_were_never_encoded_are_replayed_from_the_latents():
+    model = _world_model()
+    gen = torch.Generator().manual_seed(2)
+
+    def latents_only():
+        z0 = {"visual": torch.randn(8, 1, 4, 8, generator=gen, dtype=D), "proprio": torch.randn(8, 1, 10, generator=gen, dtype=D)}
+        with torch.no_grad():
+            model.rollout_latent(z0, torch.randn(8, 3, 2, generator=gen, dtype=D))
+
+    report = calibrate_and_quantize(model, "rollout", QuantConfig.uniform(w_bits=3), latents_only,
+                                    method_options={"epochs": 1})
+    assert not report["method_report"]["through_encoder"]
+    assert "have no observations" in report["method_report"]["encoder_not_replayed"]
+    assert report["calibration_passes"][0]["rollout_groups_with_observations"] == 0
 
 
 def test_the_loss_counts_every_step_and_the_cost():
@@ -54,3 +105,32 @@ def test_rollouts_recorded_under_inference_mode_can_be_trained_on():
     report = calibrate_and_quantize(model, "rollout", QuantConfig.uniform(w_bits=4), planner_in_inference_mode,
                                     method_options={"epochs": 1})
     assert len(report["method_report"]["loss_by_epoch"]) == 2
+
+
+def test_static_input_ranges_are_learned_from_the_omse_factor_and_reach_the_quantizers():
+    model = _world_model()
+    config = QuantConfig.uniform(a_bits=4)  # activations only: the learned ranges are all there is to learn
+    report = calibrate_and_quantize(model, "rollout", config, _planner_like_runner(model),
+                                    method_options={"epochs": 8, "lr": 5e-2})
+    method = report["method_report"]
+    ranges = method["activation_ranges"]
+    assert method["layers"] == [] and ranges and any(n.startswith("encoder.") for n in ranges)
+    # started at OMSE's MSE-optimal shrink factor, not at the weight clipping's 0.982
+    assert min(r["initial_factor"] for r in ranges.values()) < 0.9
+    assert method["kept_loss"] < 0.9 * method["loss_by_epoch"][0]
+    # the learned factors sit on the final quantizers' observed ranges
+    layer = model.predictor.blocks[0].mlp.fc1
+    clip = layer.input_quantizer.range_clip
+    assert (clip.clip_min, clip.clip_max) == (ranges["predictor.blocks.0.mlp.fc1"]["clip_min"],
+                                              ranges["predictor.blocks.0.mlp.fc1"]["clip_max"])
+    q = layer.input_quantizer
+    expected = qmath.qparams_from_range(q.running_min * clip.clip_min, q.running_max * clip.clip_max, 4, False)
+    assert torch.equal(q.scale, expected[0]) and torch.equal(q.zero_point, expected[1])
+
+
+def test_without_learned_ranges_the_observed_ranges_stay_minmax():
+    model = _world_model()
+    report = calibrate_and_quantize(model, "rollout", QuantConfig.uniform(a_bits=4), _planner_like_runner(model),
+                                    method_options={"epochs": 1, "activation_ranges": False})
+    assert report["method_report"]["activation_ranges"] == {}
+    assert all(q.range_clip is None for q in act_quantizers(model))

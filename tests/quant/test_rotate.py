@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from wmquant.errors import QuantizationError
-from wmquant.quant import QuantConfig, calibrate_and_quantize
+from wmquant.quant import QuantConfig, QuantScheme, calibrate_and_quantize, qmath
+from wmquant.quant.layers import input_fake_quant_hook
 from wmquant.quant.methods import get_method
 from wmquant.quant.methods.rotate import RotatedLinear, rotation_matrix, sylvester_hadamard
 from wmquant.quant.recorders import CalibrationData, LinearInputRecorder, layer_input_rows
@@ -58,6 +59,36 @@ def test_quantized_layers_rotate_their_input_before_quantizing_it():
     layer(x)
     hook.remove()
     torch.testing.assert_close(seen[0], x @ layer.input_rotation)
+
+
+def test_the_training_hook_quantizes_a_rotated_layers_rotated_input():
+    """rollout and mixed measure and train a rotated model before it is quantized; the hook must
+    quantize x R, as the rotated QuantLinear will, not x."""
+    model = make_model(dtype=D)
+    rotate = get_method("rotate")
+    rotate.transform(model, QuantConfig.uniform(w_bits=4, a_bits=4), CalibrationData(), rotate.make_options({}))
+    layer = model.encoder.blocks[0].mlp.fc1
+    scheme = QuantScheme(a_bits=4, a_granularity="per_token")
+    x = torch.randn(5, layer.in_features, generator=torch.Generator().manual_seed(0), dtype=D)
+    handle = layer.register_forward_pre_hook(input_fake_quant_hook(scheme))
+    with torch.no_grad():
+        got = layer(x)
+    handle.remove()
+    rotated = qmath.per_token_fake_quantize(x @ layer.input_rotation, 4)
+    torch.testing.assert_close(got, torch.nn.functional.linear(rotated, layer.weight, layer.bias), rtol=1e-12, atol=1e-12)
+    unrotated = torch.nn.functional.linear(qmath.per_token_fake_quantize(x, 4) @ layer.input_rotation, layer.weight, layer.bias)
+    assert not torch.allclose(got, unrotated)
+
+
+def test_the_training_hook_quantizes_a_convs_tokens_along_its_channels():
+    conv = torch.nn.Conv2d(3, 4, kernel_size=2, stride=2).double()
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1), dtype=D)
+    handle = conv.register_forward_pre_hook(input_fake_quant_hook(QuantScheme(a_bits=3, a_granularity="per_token")))
+    with torch.no_grad():
+        got = conv(x)
+    handle.remove()
+    tokens = qmath.per_token_fake_quantize(x.movedim(1, -1), 3).movedim(-1, 1)  # one scale per pixel, over channels
+    torch.testing.assert_close(got, conv(tokens), rtol=0, atol=0)
 
 
 def test_gptq_after_a_rotation_records_the_rotated_inputs():

@@ -106,13 +106,18 @@ class WorldModel(nn.Module):
 
     # --- encoding -------------------------------------------------------------------------------
 
-    def encode_obs(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def encode_obs(self, obs: dict[str, torch.Tensor], track_grad: bool | None = None) -> dict[str, torch.Tensor]:
         """obs {"visual": (b, t, 3, H, W), "proprio": (b, t, P)} -> {"visual": (b, t, N, E),
-        "proprio": (b, t, Dp)} (proprio is the embedding, not repeated)."""
+        "proprio": (b, t, Dp)} (proprio is the embedding, not repeated).
+
+        The encoder runs without autograd unless `track_grad` (default: `train_encoder`): a
+        quantization method that learns the encoder's quantization parameters needs its gradients
+        while the encoder itself stays frozen."""
         visual = obs["visual"]
         b, t = visual.shape[:2]
         frames = rearrange(visual, "b t c h w -> (b t) c h w")
-        with contextlib.nullcontext() if self.train_encoder else torch.no_grad():
+        track_grad = self.train_encoder if track_grad is None else track_grad
+        with contextlib.nullcontext() if track_grad else torch.no_grad():
             tokens = self.encoder(self.resize_for_encoder(frames))
         return {
             "visual": rearrange(tokens, "(b t) n e -> b t n e", b=b, t=t),

@@ -26,6 +26,7 @@ from .config import PARTS, QuantConfig, QuantScheme
 from .layers import (
     QUANTIZED_LAYER_TYPES,
     ActQuantizer,
+    ActRangeClip,
     WeightQParams,
     make_act_quantizer,
     quantized_version,
@@ -111,10 +112,12 @@ def quantize_(
     weight_qparams: Mapping[str, WeightQParams] | None = None,
     act_observer: str | None = None,
     layer_schemes: Mapping[str, QuantScheme] | None = None,
+    act_clips: Mapping[str, ActRangeClip] | None = None,
 ) -> nn.Module:
     """Swap the modules selected by `config` for fake-quantized versions, in place; returns `model`.
 
     weight_qparams: per module name, clip ratios or fixed qparams computed by a method.
+    act_clips: per layer name, clip factors for its input quantizer's static range (learned ranges).
     act_observer: overrides every scheme's a_observer ("minmax" | "omse") for this model.
     layer_schemes: per module name, a scheme replacing the config's (mixed precision).
     """
@@ -125,6 +128,7 @@ def quantize_(
     targets = active_targets(model, config)
     check_model_finite(model, [t.name for t in targets if not t.is_tap])
     weight_qparams = dict(weight_qparams or {})
+    act_clips = dict(act_clips or {})
     layer_schemes = dict(layer_schemes or {})
     unknown = sorted(set(layer_schemes) - {t.name for t in targets})
     if unknown:
@@ -140,9 +144,16 @@ def quantize_(
         qparams = weight_qparams.pop(target.name, None)
         if qparams is not None and new.weight_quantizer is not None:
             new.weight_quantizer.load_qparams(qparams, new.weight)
+        clip = act_clips.pop(target.name, None)
+        if clip is not None:
+            if new.input_quantizer is None:
+                raise QuantizationError(f"an activation range clip was given for {target.name}, whose input is not quantized")
+            new.input_quantizer.load_range_clip(clip)
         _set_submodule(model, target.name, new)
     if weight_qparams:
         raise QuantizationError(f"weight qparams given for modules that are not quantized: {sorted(weight_qparams)}")
+    if act_clips:
+        raise QuantizationError(f"activation range clips given for modules that are not quantized layers: {sorted(act_clips)}")
     for _, module in model.named_modules():
         if isinstance(module, ActQuantizer):
             module.set_mode("off" if module.needs_calibration else "quant")

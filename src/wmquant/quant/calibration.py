@@ -157,6 +157,7 @@ def calibrate_and_quantize(
 
     report: dict[str, Any] = {"calibration_passes": []}
     weight_qparams: dict[str, Any] = {}
+    act_clips: dict[str, Any] = {}
     act_observer = None
     method_reports: dict[str, Any] = {}
     superseded: dict[str, list[str]] = {}
@@ -166,7 +167,7 @@ def calibrate_and_quantize(
         calib = CalibrationData(act_stats=stats)
         if block_parts or names or rollouts:
             started = time.perf_counter()
-            calib.block_inputs, calib.layer_grams, calib.rollouts, record = _record_inputs(
+            calib.block_inputs, calib.layer_grams, (calib.rollouts, calib.encoder_frames), record = _record_inputs(
                 model, block_parts, names, rollouts, run_calibration, opts)
             report["calibration_passes"].append({**record, "seconds": time.perf_counter() - started,
                                                  **({"method": recipe.name} if len(recipes) > 1 else {})})
@@ -179,10 +180,12 @@ def calibrate_and_quantize(
             if name in weight_qparams:
                 superseded.setdefault(recipe.name, []).append(name)
         weight_qparams.update(result.weight_qparams)
+        act_clips.update(result.act_clips)
         act_observer = result.act_observer or act_observer
         method_reports[recipe.name] = result.report
 
-    quantize_(model, qconfig, weight_qparams=weight_qparams, act_observer=act_observer, layer_schemes=layer_schemes)
+    quantize_(model, qconfig, weight_qparams=weight_qparams, act_observer=act_observer, layer_schemes=layer_schemes,
+              act_clips=act_clips)
 
     static = [a for a in act_quantizers(model) if a.needs_calibration]
     if static:
@@ -216,8 +219,8 @@ def calibrate_and_quantize(
 
 def _record_inputs(model: nn.Module, block_parts: Sequence[str], layer_names: list[str], rollouts: bool,
                    run_calibration: Callable[[], None], options: Any):
-    """One calibration pass with recorders: (block inputs, layer Gram matrices, rollouts, the
-    pass's record)."""
+    """One calibration pass with recorders: (block inputs, layer Gram matrices, (rollouts, encoded
+    frames), the pass's record)."""
     block_recorder = BlockInputRecorder(model, block_parts, max_samples=getattr(options, "n_samples", 128),
                                         seed=getattr(options, "seed", 0))
     layer_recorder = LinearInputRecorder(model, layer_names)
@@ -238,10 +241,12 @@ def _record_inputs(model: nn.Module, block_parts: Sequence[str], layer_names: li
         "block_input_calls": {p: block_recorder.reservoirs[p].calls for p in block_parts},
         "layer_input_rows": dict(layer_recorder.rows),
     }
-    recorded_rollouts = []
+    recorded_rollouts, frames = [], None
     if rollout_recorder is not None:
         rollout_recorder.check_nonempty()
-        recorded_rollouts = rollout_recorder.groups
-        record["rollout_sequences"] = sum(int(act.shape[0]) for _, act in recorded_rollouts)
+        recorded_rollouts, frames = rollout_recorder.groups, rollout_recorder.frames()
+        record["rollout_sequences"] = sum(group.num_sequences for group in recorded_rollouts)
+        record["rollout_groups_with_observations"] = sum(group.observations is not None for group in recorded_rollouts)
+        record["encoder_frames"] = 0 if frames is None else int(frames["visual"].shape[0])
     return (block_recorder.all_inputs(), {n: (layer_recorder.grams[n], layer_recorder.rows[n]) for n in layer_names},
-            recorded_rollouts, record)
+            (recorded_rollouts, frames), record)

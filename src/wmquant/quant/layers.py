@@ -5,7 +5,8 @@
   (quantizer buffers are non-persistent). Each has an optional `input_quantizer` (ActQuantizer)
   and an optional `weight_quantizer` (WeightQuantizer).
 * `ActQuantizer` replaces an attention tap or sits on a layer input. Modes: "off" (identity),
-  "observe" (collect statistics, return the input unchanged), "quant".
+  "observe" (collect statistics, return the input unchanged), "quant". A method may give a
+  static quantizer clip factors for its observed range (`ActRangeClip`: learned ranges).
 * `WeightQuantizer` fake-quantizes a weight per channel or per group. Its qparams come from the
   weight as it is when used (minmax or OMSE observer, optionally with clip ratios given by a
   method), or are fixed by a method (GPTQ). The dequantized weight is cached and recomputed only
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +48,22 @@ class WeightQParams:
             raise QuantizationError("a zero point without a scale is not a complete set of weight qparams")
         if self.scale is not None and (self.clip_max is not None or self.clip_min is not None):
             raise QuantizationError("give either clip ratios or a fixed scale, not both")
+
+
+@dataclass
+class ActRangeClip:
+    """What a method hands to a static (per-tensor) ActQuantizer: factors on its observed range,
+    which becomes [clip_min * observed min, clip_max * observed max] (and replaces the OMSE
+    observer's search, as a weight's clip ratios replace its observer's)."""
+
+    clip_min: float
+    clip_max: float
+
+    def __post_init__(self) -> None:
+        for name in ("clip_min", "clip_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                raise QuantizationError(f"activation range clip {name}={value!r} must be in (0, 1]")
 
 
 class WeightQuantizer(nn.Module):
@@ -179,10 +197,12 @@ class ActQuantizer(nn.Module):
         self.register_buffer("scale", None, persistent=False)
         self.register_buffer("zero_point", None, persistent=False)
         self.register_buffer("sample", None, persistent=False)
+        self.range_clip: ActRangeClip | None = None
 
     def extra_repr(self) -> str:
         kind = "sym" if self.symmetric else "asym"
-        return f"bits={self.bits}, {self.granularity}, {kind}, observer={self.observer}, mode={self.mode}"
+        clip = "" if self.range_clip is None else f", range clip {self.range_clip.clip_min:.3f}/{self.range_clip.clip_max:.3f}"
+        return f"bits={self.bits}, {self.granularity}, {kind}, observer={self.observer}, mode={self.mode}{clip}"
 
     @property
     def needs_calibration(self) -> bool:
@@ -228,6 +248,12 @@ class ActQuantizer(nn.Module):
         if self.scale.numel() == 1 and fused_fake_quant.applies(x):
             return fused_fake_quant.fake_quantize_per_tensor(x, self.scale, self.zero_point, self.bits, self.symmetric)
         return qmath.fake_quantize(x, self.scale, self.zero_point, self.bits, self.symmetric, ste=True)
+
+    def load_range_clip(self, clip: ActRangeClip) -> None:
+        if not self.needs_calibration or self.format != "int":
+            raise QuantizationError(f"activation quantizer {self.name or '<unnamed>'} has no static integer range to clip "
+                                    f"({self.granularity}, {self.bits} bits, format {self.format})")
+        self.range_clip = clip
 
     @torch.inference_mode(False)
     @torch.no_grad()
@@ -275,7 +301,11 @@ class ActQuantizer(nn.Module):
             self.scale = torch.maximum(-self.running_min, self.running_max)
             self.zero_point = torch.zeros_like(self.scale)
             return
-        if self.observer == "omse":
+        if self.range_clip is not None:
+            scale, zero_point = qmath.qparams_from_range(self.running_min * self.range_clip.clip_min,
+                                                         self.running_max * self.range_clip.clip_max,
+                                                         self.bits, self.symmetric)
+        elif self.observer == "omse":
             scale, zero_point = qmath.search_activation_range(
                 self.sample, self.running_min, self.running_max, self.bits, self.symmetric
             )
@@ -306,23 +336,40 @@ class _QuantizedWeightLayer:
         return x, weight
 
 
-def input_fake_quant_hook(scheme: QuantScheme, bits: int | None = None):
-    """A forward pre-hook that fake-quantizes a layer's input as `scheme` would (at `bits`, default
-    the scheme's), for methods that train or measure before the model is quantized: per-token
-    exactly, a static per-tensor range taken from each call's own input (the calibrated range
-    does not exist yet); rounding passes its gradient straight through."""
-    bits = scheme.a_bits if bits is None else bits
-    per_token = scheme.a_granularity == "per_token"
+def input_hook(quantize: Callable[[nn.Module, torch.Tensor], torch.Tensor]):
+    """A forward pre-hook that applies `quantize(layer, x)` to a layer's input where its quantized
+    version's input quantizer will act, for methods that train or measure before the model is
+    quantized. A layer with an input rotation R (method rotate) quantizes x R, as its QuantLinear
+    will; the hook hands the layer (x R)_q R^T, which the layer rotates back to (x R)_q (R is
+    orthogonal)."""
 
     def hook(module: nn.Module, args: tuple) -> tuple:
-        if per_token:
-            x = qmath.per_token_fake_quantize(args[0], bits, scheme.a_symmetric, ste=True,
-                                              include_zero=scheme.a_include_zero)
-        else:
-            x = qmath.per_tensor_fake_quantize(args[0], bits, scheme.a_symmetric, ste=True)
+        x = args[0]
+        rotation = getattr(module, "input_rotation", None)
+        if rotation is not None:
+            x = x @ rotation.to(x.dtype)
+        x = quantize(module, x)
+        if rotation is not None:
+            x = x @ rotation.to(x.dtype).T
         return (x,) + tuple(args[1:])
 
     return hook
+
+
+def input_fake_quant_hook(scheme: QuantScheme, bits: int | None = None):
+    """An `input_hook` that fake-quantizes as `scheme` would (at `bits`, default the scheme's):
+    per-token exactly, a static per-tensor range taken from each call's own input (the calibrated
+    range does not exist yet); rounding passes its gradient straight through."""
+    bits = scheme.a_bits if bits is None else bits
+
+    def quantize(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if scheme.a_granularity != "per_token":
+            return qmath.per_tensor_fake_quantize(x, bits, scheme.a_symmetric, ste=True)
+        axis = 1 if isinstance(module, (nn.Conv1d, nn.Conv2d)) else -1  # a Conv's tokens: its input channels
+        return qmath.per_token_fake_quantize(x.movedim(axis, -1), bits, scheme.a_symmetric, ste=True,
+                                             include_zero=scheme.a_include_zero).movedim(-1, axis)
+
+    return input_hook(quantize)
 
 
 def make_act_quantizer(scheme: QuantScheme, name: str, channel_axis: int = -1) -> ActQuantizer:

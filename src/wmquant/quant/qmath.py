@@ -309,19 +309,35 @@ def search_activation_range(
     symmetric: bool = False,
     shrinks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-tensor (scale, zero_point) minimising the MSE of fake-quantizing `sample`.
+    """Per-tensor (scale, zero_point) minimising the MSE of fake-quantizing `sample`: the range
+    [f xmin, f xmax] with f = `search_activation_shrink(...)`."""
+    factor = search_activation_shrink(sample, xmin, xmax, bits, symmetric, shrinks)
+    if factor == 1.0:
+        return qparams_from_range(xmin, xmax, bits, symmetric)
+    return qparams_from_range(xmin * factor, xmax * factor, bits, symmetric)
 
-    Candidates shrink both ends of [xmin, xmax] by a common factor (default `shrink_grid()`); the
-    factor 1 (plain minmax) is always tried first and only a strictly better candidate replaces it.
+
+def search_activation_shrink(
+    sample: torch.Tensor,
+    xmin: torch.Tensor,
+    xmax: torch.Tensor,
+    bits: int,
+    symmetric: bool = False,
+    shrinks: torch.Tensor | None = None,
+) -> float:
+    """The factor f whose range [f xmin, f xmax] fake-quantizes `sample` with the least MSE.
+
+    Candidates: 1 (plain minmax), tried first, then `shrinks` (default `shrink_grid()`); only a
+    strictly better candidate replaces the best so far.
     """
     shrinks = shrink_grid() if shrinks is None else shrinks
-    best = qparams_from_range(xmin, xmax, bits, symmetric)
-    best_err = (fake_quantize(sample, *best, bits, symmetric) - sample).pow(2).mean()
+    best, best_err = 1.0, (fake_quantize(sample, *qparams_from_range(xmin, xmax, bits, symmetric), bits, symmetric)
+                           - sample).pow(2).mean()
     for factor in shrinks.tolist():
         candidate = qparams_from_range(xmin * factor, xmax * factor, bits, symmetric)
         err = (fake_quantize(sample, *candidate, bits, symmetric) - sample).pow(2).mean()
         if err < best_err:
-            best, best_err = candidate, err
+            best, best_err = factor, err
     return best
 
 

@@ -239,23 +239,79 @@ class LinearInputRecorder(ForwardHooks):
                 raise QuantizationError(f"no calibration data reached {name}; the calibration run made no forward pass through it")
 
 
+@dataclass
+class RecordedRollout:
+    """One recorded group of planning rollouts: start latents z_obs_0 (b, n, ...) and actions
+    (b, H, A). When the start latents are `encode_obs` outputs of the same planning step (as in
+    the MPC planners), also the model inputs of the group's distinct start observations
+    (`observations`: visual (u, n, 3, S, S), proprio (u, n, P)) and each row's start among them
+    (`start_index`, (b,)), so that a method can replay the rollouts through the encoder."""
+
+    z_obs_0: dict[str, torch.Tensor]
+    actions: torch.Tensor
+    observations: dict[str, torch.Tensor] | None = None
+    start_index: torch.Tensor | None = None
+
+    @property
+    def num_sequences(self) -> int:
+        return int(self.actions.shape[0])
+
+    def to(self, like: torch.Tensor) -> "RecordedRollout":
+        """On `like`'s device, floating tensors in its dtype."""
+        move = lambda d: None if d is None else {k: v.to(like) for k, v in d.items()}  # noqa: E731
+        index = None if self.start_index is None else self.start_index.to(like.device)
+        return RecordedRollout(move(self.z_obs_0), self.actions.to(like), move(self.observations), index)
+
+
+def _distinct_starts(z_obs_0: dict[str, torch.Tensor]) -> tuple[list[int], torch.Tensor]:
+    """(first row of each run of equal start latents, each row's run): the CEM samples of one
+    episode are consecutive rows with one start."""
+    keys = sorted(z_obs_0)
+    firsts, index = [0], [0]
+    for row in range(1, z_obs_0[keys[0]].shape[0]):
+        if not all(torch.equal(z_obs_0[k][row], z_obs_0[k][row - 1]) for k in keys):
+            firsts.append(row)
+        index.append(len(firsts) - 1)
+    return firsts, torch.tensor(index)
+
+
+def _could_encode(obs: dict[str, torch.Tensor], z: dict[str, torch.Tensor], z_obs_0: dict[str, torch.Tensor]) -> bool:
+    """Whether the encoding z of obs has the keys and per-row shapes of the start latents z_obs_0."""
+    return ({"visual", "proprio"} <= set(obs) and set(z) == set(z_obs_0)
+            and all(z[k].shape[1:] == z_obs_0[k].shape[1:] for k in z))
+
+
 class RolloutRecorder:
     """Records planning rollouts: the (z_obs_0, actions) of `model.rollout_latent` calls, as a
     seeded reservoir of at most `max_sequences` sequences kept in groups of `group` consecutive
     rows (the CEM samples of one episode share their start latent), on the CPU.
 
-    It shadows the model's `rollout_latent` with an instance attribute while it records, as the
-    planning engine's compiled path shadows `predict`."""
+    It also watches `model.encode_obs` (when the model has it): each kept group's start latents
+    are looked up among the last few encodings, and the observations they encode are kept with
+    the group (`RecordedRollout.observations`); and every encoded frame (the goals and each MPC
+    step's observations) enters a seeded reservoir of at most `max_frames` frames (`frames()`).
+    Both let a method see the encoder, which acts before the start latents.
 
-    def __init__(self, model: nn.Module, max_sequences: int = 256, group: int = 32, seed: int = 0) -> None:
+    It shadows the model's methods with instance attributes while it records, as the planning
+    engine's compiled path shadows `predict`."""
+
+    RECENT_ENCODINGS = 4  # the planners encode the goals, then each step's observations, then roll out
+
+    def __init__(self, model: nn.Module, max_sequences: int = 256, group: int = 32, seed: int = 0,
+                 max_frames: int = 64) -> None:
         if not hasattr(model, "rollout_latent"):
             raise QuantizationError("recording rollouts needs a world model with rollout_latent(z_obs_0, actions)")
         self.model = model
         self.max_groups = max(1, max_sequences // group)
         self.group = group
-        self.groups: list[tuple[dict[str, torch.Tensor], torch.Tensor]] = []
+        self.groups: list[RecordedRollout] = []
         self.seen = 0
         self._rng = random.Random(seed)
+        self._recent: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
+        self._frames: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._frames_seen = 0
+        self._frame_rng = random.Random(seed + 1)
+        self.max_frames = max_frames
         original = model.rollout_latent
 
         def recording(z_obs_0: dict[str, torch.Tensor], act: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -263,6 +319,54 @@ class RolloutRecorder:
             return original(z_obs_0, act)
 
         model.rollout_latent = recording
+        if hasattr(model, "encode_obs"):
+            original_encode = model.encode_obs
+
+            def encoding(obs: dict[str, torch.Tensor], *args, **kwargs) -> dict[str, torch.Tensor]:
+                z = original_encode(obs, *args, **kwargs)
+                self._recent = (self._recent + [(obs, z)])[-self.RECENT_ENCODINGS:]
+                self._record_frames(obs)
+                return z
+
+            model.encode_obs = encoding
+
+    def _record_frames(self, obs: dict[str, torch.Tensor]) -> None:
+        if set(obs) != {"visual", "proprio"}:
+            return
+        visual = obs["visual"].flatten(0, 1)
+        proprio = obs["proprio"].flatten(0, 1)
+        for i in range(visual.shape[0]):
+            self._frames_seen += 1
+            slot = (len(self._frames) if len(self._frames) < self.max_frames
+                    else self._frame_rng.randrange(self._frames_seen))
+            if slot >= self.max_frames:
+                continue
+            with _plain_tensors():
+                item = (visual[i].detach().cpu().clone(), proprio[i].detach().cpu().clone())
+            if slot == len(self._frames):
+                self._frames.append(item)
+            else:
+                self._frames[slot] = item
+
+    def _observations_of(self, z_obs_0: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:
+        """The observations whose encodings are the rows' start latents (found among the recent
+        encodings by exact equality), or None when one of them was not encoded recently."""
+        firsts, index = _distinct_starts(z_obs_0)
+        found: list[dict[str, torch.Tensor]] = []
+        for row in firsts:
+            for obs, z in reversed(self._recent):
+                if not _could_encode(obs, z, z_obs_0):
+                    continue
+                same = torch.ones(z["visual"].shape[0], dtype=torch.bool, device=z["visual"].device)
+                for k in z:
+                    same &= (z[k] == z_obs_0[k][row].to(z[k])).flatten(1).all(dim=1)
+                hits = same.nonzero()
+                if len(hits):
+                    found.append({k: obs[k][int(hits[0])] for k in ("visual", "proprio")})
+                    break
+            else:
+                return None
+        return {k: torch.stack([f[k] for f in found]).detach().cpu().clone() for k in ("visual", "proprio")}, index
 
     def _record(self, z_obs_0: dict[str, torch.Tensor], act: torch.Tensor) -> None:
         for start in range(0, act.shape[0], self.group):
@@ -273,15 +377,27 @@ class RolloutRecorder:
                 continue
             sl = slice(start, start + self.group)
             with _plain_tensors():  # the rollout method differentiates through what is recorded here
-                item = ({k: v[sl].detach().cpu().clone() for k, v in z_obs_0.items()}, act[sl].detach().cpu().clone())
+                rows = {k: v[sl] for k, v in z_obs_0.items()}
+                starts = self._observations_of(rows) if self._recent else None
+                item = RecordedRollout({k: v.detach().cpu().clone() for k, v in rows.items()},
+                                       act[sl].detach().cpu().clone(),
+                                       *(starts if starts is not None else (None, None)))
             if slot == len(self.groups):
                 self.groups.append(item)
             else:
                 self.groups[slot] = item
 
+    def frames(self) -> dict[str, torch.Tensor] | None:
+        """The recorded encoder inputs, one frame each: visual (m, 1, 3, S, S), proprio (m, 1, P)."""
+        if not self._frames:
+            return None
+        return {"visual": torch.stack([v for v, _ in self._frames])[:, None],
+                "proprio": torch.stack([p for _, p in self._frames])[:, None]}
+
     def remove(self) -> None:
-        if "rollout_latent" in vars(self.model):
-            del self.model.rollout_latent
+        for name in ("rollout_latent", "encode_obs"):
+            if name in vars(self.model):
+                delattr(self.model, name)
 
     def check_nonempty(self) -> None:
         if not self.groups:
@@ -295,4 +411,5 @@ class CalibrationData:
     block_inputs: dict[str, list[BlockCall]] = field(default_factory=dict)
     layer_grams: dict[str, tuple[torch.Tensor, int]] = field(default_factory=dict)
     act_stats: dict[str, torch.Tensor] | None = None
-    rollouts: list[tuple[dict[str, torch.Tensor], torch.Tensor]] = field(default_factory=list)
+    rollouts: list[RecordedRollout] = field(default_factory=list)
+    encoder_frames: dict[str, torch.Tensor] | None = None  # frames the planners encoded (RolloutRecorder.frames)

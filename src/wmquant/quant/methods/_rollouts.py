@@ -1,22 +1,20 @@
 """What the planning-aware methods (rollout, mixed) score: recorded planning rollouts replayed
-through the world model, against the float model's rollouts of the same action sequences."""
+through the world model, against the float model's replay of the same action sequences.
+
+A replay starts either from the recorded start latents (only the predictor and the action
+embedding act) or, when the planners' observations were recorded with the rollouts, from the
+model's own encoding of those observations: then the encoder and the proprio embedding act too,
+as they do when the quantized model plans, and a third term asks the encoder to keep the latents
+of every recorded frame (the goals among them)."""
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 from torch import nn
 
-Rollout = tuple[dict[str, torch.Tensor], torch.Tensor]  # (z_obs_0, actions) of one recorded group
-
-
-def replay_groups(model: nn.Module, rollouts: list[Rollout]) -> tuple[list[Rollout], list[dict[str, torch.Tensor]]]:
-    """The recorded groups on the model's device and dtype, and the model's rollouts of them now
-    (the float reference, when called before quantization)."""
-    param = next(model.parameters())
-    groups = [({k: v.to(param) for k, v in z0.items()}, act.to(param)) for z0, act in rollouts]
-    with torch.no_grad():
-        references = [model.rollout_latent(z0, act) for z0, act in groups]
-    return groups, references
+from ..recorders import CalibrationData, RecordedRollout
 
 
 def rollout_loss(model: nn.Module, z0: dict[str, torch.Tensor], act: torch.Tensor, reference: dict[str, torch.Tensor],
@@ -27,7 +25,8 @@ def rollout_loss(model: nn.Module, z0: dict[str, torch.Tensor], act: torch.Tenso
       + cost_weight * mean_i (c_i - c_ref,i)^2 / mean_i c_ref,i^2,   c_i = ||z_T,i - g||^2,
 
     g = the reference's final latent of the group's first sequence (the CEM mean's prediction; the
-    goal itself is not an input of the world model)."""
+    goal itself is not an input of the world model). Step 0 is the start latent itself, so an
+    encoder error counts from the first step."""
     got = model.rollout_latent(z0, act)
     err = sum((got[k] - reference[k]).pow(2).sum() for k in reference)
     norm = sum(reference[k].pow(2).sum() for k in reference)
@@ -38,9 +37,81 @@ def rollout_loss(model: nn.Module, z0: dict[str, torch.Tensor], act: torch.Tenso
     return err / norm.clamp_min(1e-30) + cost_weight * cost
 
 
-def mean_rollout_loss(model: nn.Module, groups: list[Rollout], references: list[dict[str, torch.Tensor]],
-                      cost_weight: float) -> float:
-    """`rollout_loss` averaged over the groups, without autograd."""
-    with torch.no_grad():
-        total = sum(float(rollout_loss(model, z0, act, ref, cost_weight)) for (z0, act), ref in zip(groups, references))
-    return total / max(len(groups), 1)
+def relative_error(got: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> torch.Tensor:
+    """sum_k ||got_k - ref_k||^2 / sum_k ||ref_k||^2."""
+    err = sum((got[k] - reference[k]).pow(2).sum() for k in reference)
+    return err / sum(reference[k].pow(2).sum() for k in reference).clamp_min(1e-30)
+
+
+def _encodes_with_grad(model: nn.Module) -> bool:
+    encode = getattr(model, "encode_obs", None)
+    return encode is not None and "track_grad" in inspect.signature(encode).parameters
+
+
+class RolloutReplay:
+    """The recorded groups (and frames) on the model's device and dtype, the float model's replay
+    of them (built when the replay is made: make it before quantizing), and the loss against it.
+
+    through_encoder: replay from the recorded observations when every group has them and the model
+    can encode with autograd; `encoder_reason` says why not otherwise."""
+
+    def __init__(self, model: nn.Module, calib: CalibrationData, cost_weight: float, encoder_weight: float,
+                 through_encoder: bool) -> None:
+        param = next(model.parameters())
+        self.cost_weight, self.encoder_weight = cost_weight, encoder_weight
+        self.groups: list[RecordedRollout] = [group.to(param) for group in calib.rollouts]
+        self.encoder_reason = None
+        if not through_encoder:
+            self.encoder_reason = "not asked (encoder=false)"
+        elif not _encodes_with_grad(model):
+            self.encoder_reason = "the model's encode_obs cannot track gradients (no track_grad argument)"
+        elif any(group.observations is None for group in self.groups):
+            missing = sum(group.observations is None for group in self.groups)
+            self.encoder_reason = (f"{missing} of {len(self.groups)} recorded groups have no observations "
+                                   "(their start latents were not encoded in the same planning step)")
+        self.through_encoder = self.encoder_reason is None
+        frames = calib.encoder_frames if self.through_encoder else None
+        self.frames = None if frames is None else {k: v.to(param) for k, v in frames.items()}
+        with torch.no_grad():
+            self.references = [model.rollout_latent(self.start(model, group), group.actions) for group in self.groups]
+            self.frame_reference = None if self.frames is None else model.encode_obs(self.frames)
+
+    @property
+    def num_sequences(self) -> int:
+        return sum(group.num_sequences for group in self.groups)
+
+    def start(self, model: nn.Module, group: RecordedRollout) -> dict[str, torch.Tensor]:
+        """The group's start latents: recorded, or the model's encoding of the recorded observations."""
+        if not self.through_encoder:
+            return group.z_obs_0
+        z = model.encode_obs(group.observations, track_grad=torch.is_grad_enabled())
+        return {k: v[group.start_index] for k, v in z.items()}
+
+    def loss(self, model: nn.Module, index: int) -> torch.Tensor:
+        """Group `index`'s rollout loss, plus encoder_weight x the relative latent error of the
+        recorded frames when the replay runs through the encoder."""
+        group = self.groups[index]
+        loss = rollout_loss(model, self.start(model, group), group.actions, self.references[index], self.cost_weight)
+        if self.frames is not None and self.encoder_weight:
+            got = model.encode_obs(self.frames, track_grad=torch.is_grad_enabled())
+            loss = loss + self.encoder_weight * relative_error(got, self.frame_reference)
+        return loss
+
+    def mean_loss(self, model: nn.Module) -> float:
+        """`loss` averaged over the groups, without autograd."""
+        with torch.no_grad():
+            total = sum(float(self.loss(model, index)) for index in range(len(self.groups)))
+        return total / max(len(self.groups), 1)
+
+    def layers_run_through(self, model: nn.Module, names: list[str]) -> list[str]:
+        """Those of the named modules that a replay calls (in the given order)."""
+        called: set[str] = set()
+        handles = [model.get_submodule(name).register_forward_pre_hook(lambda module, args, name=name: called.add(name))
+                   for name in names]
+        try:
+            with torch.no_grad():
+                self.loss(model, 0)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [name for name in names if name in called]

@@ -20,7 +20,7 @@ from ...errors import QuantizationError
 from ..api import active_targets
 from ..recorders import CalibrationData
 from ..config import PARTS, QuantConfig, QuantConfigError
-from ..layers import WeightQParams
+from ..layers import ActRangeClip, WeightQParams
 
 
 @dataclass
@@ -41,6 +41,7 @@ class MethodResult:
     weight_qparams: dict[str, WeightQParams] = field(default_factory=dict)
     act_observer: str | None = None
     layer_schemes: dict[str, Any] = field(default_factory=dict)  # module name -> its own QuantScheme (mixed precision)
+    act_clips: dict[str, ActRangeClip] = field(default_factory=dict)  # layer name -> its input's range clip
     report: dict[str, Any] = field(default_factory=dict)
 
 
@@ -49,6 +50,13 @@ def check_positive(options: object, *names: str) -> None:
         value = getattr(options, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise QuantConfigError(f"{type(options).__name__}.{name}={value!r} must be a positive number")
+
+
+def check_non_negative(options: object, *names: str) -> None:
+    for name in names:
+        value = getattr(options, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise QuantConfigError(f"{type(options).__name__}.{name}={value!r} must be a number >= 0")
 
 
 def check_choice(options: object, name: str, choices: tuple) -> None:

@@ -16,10 +16,14 @@
    bits over the targets' input widths (what a token costs).
 3. The chosen widths become per-layer schemes (`layer_schemes`) for quantize_.
 
-Only the layers a rollout runs through are allocated: the predictor's (and the action and proprio
-embeddings'). The encoder's layers act before the recorded start latents, so a rollout cannot see
-them; they keep the config's widths (reported as `fixed_layers`), and the budget is the average
-over the allocated layers.
+Only the layers that a replay of the recorded rollouts runs through are allocated, jointly under
+one budget per kind. With `encoder=true` (default) and the planners' observations recorded, a
+replay starts from the model's own encoding of the recorded start observations, so the encoder
+and the proprio embedding are measured and allocated with the predictor, and an encoder layer's
+damage also counts the latent error of every frame the planners encoded (goals included; weighted
+by `encoder_weight`). Otherwise a replay starts from the recorded FP latents, the encoder's layers
+keep the config's widths (reported as `fixed_layers`), and the budget is the average over the
+allocated layers. The report gives the averages per part as well.
 """
 
 from __future__ import annotations
@@ -31,12 +35,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import qmath
 from ..api import active_targets
 from ..config import QuantConfig, QuantConfigError
 from ..layers import WeightQuantizer, input_fake_quant_hook
 from ..recorders import CalibrationData
-from ._rollouts import mean_rollout_loss, replay_groups
-from .base import MethodResult, PTQMethod, check_positive, register_method
+from ._rollouts import RolloutReplay
+from .base import MethodResult, PTQMethod, check_non_negative, check_positive, register_method
 
 
 @dataclass
@@ -46,11 +51,16 @@ class MixedOptions:
     a_budget: float | None = None    # separate activation budget (default: budget)
     candidates: tuple[int, ...] = (3, 4, 6, 8)
     cost_weight: float = 1.0         # weight of the cost error against the rollout error
+    encoder: bool = True             # replay from the recorded observations: allocate the encoder too
+    encoder_weight: float = 1.0      # weight of the recorded frames' encoder latent error
     n_sequences: int = 256           # recorded rollout sequences
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_positive(self, "budget", "n_sequences")
+        check_non_negative(self, "cost_weight", "encoder_weight")
+        if not isinstance(self.encoder, bool):
+            raise QuantConfigError(f"mixed encoder={self.encoder!r} must be true or false")
         if not self.candidates or any(not isinstance(b, int) or not 2 <= b <= 8 for b in self.candidates):
             raise QuantConfigError(f"mixed candidates={self.candidates!r} must be bit widths 2..8")
         self.candidates = tuple(sorted(set(self.candidates)))
@@ -94,6 +104,17 @@ def average_bits(bits: dict[str, int], sizes: dict[str, int]) -> float:
     return sum(bits[n] * sizes[n] for n in bits) / max(sum(sizes[n] for n in bits), 1)
 
 
+def _averages_by_part(w_bits: dict[str, int], w_sizes: dict[str, int], a_bits: dict[str, int],
+                      a_sizes: dict[str, int]) -> dict[str, dict[str, float]]:
+    """{part (the name's first component): {"weights": average bits, "activations": ...}}."""
+    averages: dict[str, dict[str, float]] = {}
+    for kind, bits, sizes in (("weights", w_bits, w_sizes), ("activations", a_bits, a_sizes)):
+        for part in sorted({name.split(".", 1)[0] for name in bits}):
+            names = {n: b for n, b in bits.items() if n.split(".", 1)[0] == part}
+            averages.setdefault(part, {})[kind] = average_bits(names, sizes)
+    return averages
+
+
 @register_method("mixed")
 class MixedPrecision(PTQMethod):
     display_name = "Mixed"
@@ -102,10 +123,11 @@ class MixedPrecision(PTQMethod):
     options = MixedOptions
 
     def transform(self, model: nn.Module, qconfig: QuantConfig, calib: CalibrationData, options: MixedOptions) -> MethodResult:
-        linears = [t for t in active_targets(model, qconfig) if not t.is_tap and isinstance(t.module, nn.Linear)]
-        targets = [t for t in linears if not t.name.startswith("encoder.")]
-        fixed = [t.name for t in linears if t.name.startswith("encoder.")]
-        groups, references = replay_groups(model, calib.rollouts)
+        layers = [t for t in active_targets(model, qconfig) if not t.is_tap]
+        replay = RolloutReplay(model, calib, options.cost_weight, options.encoder_weight, options.encoder)
+        replayed = set(replay.layers_run_through(model, [t.name for t in layers]))
+        targets = [t for t in layers if t.name in replayed]
+        fixed = [t.name for t in layers if t.name not in replayed]
         w_damage: dict[str, dict[int, float]] = {}
         a_damage: dict[str, dict[int, float]] = {}
         for target in targets:
@@ -118,7 +140,7 @@ class MixedPrecision(PTQMethod):
                     quantizer = WeightQuantizer(dataclasses.replace(scheme, w_bits=bits))
                     with torch.no_grad():
                         layer.weight.copy_(quantizer(original).to(original.dtype))
-                    w_damage[target.name][bits] = mean_rollout_loss(model, groups, references, options.cost_weight)
+                    w_damage[target.name][bits] = replay.mean_loss(model)
                 with torch.no_grad():
                     layer.weight.copy_(original)
             if scheme.quantizes_activations:
@@ -126,12 +148,13 @@ class MixedPrecision(PTQMethod):
                 for bits in options.candidates:
                     handle = layer.register_forward_pre_hook(input_fake_quant_hook(scheme, bits))
                     try:
-                        a_damage[target.name][bits] = mean_rollout_loss(model, groups, references, options.cost_weight)
+                        a_damage[target.name][bits] = replay.mean_loss(model)
                     finally:
                         handle.remove()
         by_name = {t.name: t for t in targets}
         w_sizes = {n: by_name[n].module.weight.numel() for n in w_damage}
-        a_sizes = {n: by_name[n].module.in_features for n in a_damage}
+        # what a token costs: the input width of one output (a Conv's in_channels x kernel)
+        a_sizes = {n: qmath.as_2d_weight(by_name[n].module.weight).shape[1] for n in a_damage}
         w_budget = options.w_budget if options.w_budget is not None else options.budget
         a_budget = options.a_budget if options.a_budget is not None else options.budget
         w_bits = greedy_allocation(w_sizes, w_damage, options.candidates, w_budget) if w_sizes else {}
@@ -151,7 +174,9 @@ class MixedPrecision(PTQMethod):
             "average_activation_bits": average_bits(a_bits, a_sizes) if a_bits else None,
             "budget": {"weights": w_budget, "activations": a_budget},
             "weight_damage": w_damage, "activation_damage": a_damage,
-            "rollout_sequences": sum(int(act.shape[0]) for _, act in groups),
+            "average_bits_by_part": _averages_by_part(w_bits, w_sizes, a_bits, a_sizes),
+            "rollout_sequences": replay.num_sequences,
+            "through_encoder": replay.through_encoder, "encoder_not_replayed": replay.encoder_reason,
             "fixed_layers": fixed,
         }
         return MethodResult(layer_schemes=schemes, report=report)

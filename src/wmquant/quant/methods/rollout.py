@@ -2,32 +2,49 @@
 quantized world model's multi-step rollouts, and its costs of candidate plans, match FP's.
 
 Every method of the study calibrates one layer or one block at a time against a one-step output
-error. The planner instead rolls the predictor out over its horizon on its own outputs and ranks
-candidate plans by their final latent. This method learns, for every quantized Linear the
-rollouts run through (the predictor's, and the action and proprio embeddings'):
+error. The planner instead encodes the observation and the goal, rolls the predictor out over its
+horizon on its own outputs, and ranks candidate plans by their final latent. This method learns,
+for every quantized layer (Linear or Conv) that a replay of the recorded planning rollouts runs
+through,
 
 * weight clipping as in OmniQuant's LWC: per (row, group) factors sigmoid(u), sigmoid(l) on the
   group's max and min (initialised at 4.0: 0.982);
+* with `activation_ranges=true` (default), the static range of every integer per-tensor input:
+  factors sigmoid(u), sigmoid(l) on the max and min of that input over the float replay,
+  initialised at OMSE's MSE-optimal common factor (at most 0.982). The calibration's observing
+  pass later applies the learned factors to the range it observes (`ActRangeClip`);
 
 by minimising, over the planning rollouts recorded during calibration (the CEM's own action
-sequences from the calibration episodes' start latents),
+sequences from the calibration episodes' start observations),
 
     L = sum_t ||z_q(t) - z_fp(t)||^2 / sum_t ||z_fp(t)||^2            (every step of the horizon)
       + cost_weight * mean_i (c_q,i - c_fp,i)^2 / mean_i c_fp,i^2,    c_i = ||z_T,i - g||^2,
+      + encoder_weight * ||E_q(x) - E_fp(x)||^2 / ||E_fp(x)||^2       (recorded frames x),
 
-with the activations fake-quantized as at inference (per-token exactly; a static per-tensor range
-taken from each batch, as OmniQuant's training does, since the calibrated range does not exist
-yet), rounding passed straight through. g is the float model's final latent of the group's first
+with the activations fake-quantized as at inference (per-token exactly; per-tensor on the
+learned static range, or, with `activation_ranges=false`, on each batch's own range as
+OmniQuant's training does), rounding passed straight through. At W4A4 per-tensor the static
+range is what fails on Wall (per-token activations keep far more success, docs/study_wall.md),
+and weight clipping alone cannot reach it. g is the float model's final latent of the group's first
 sequence (the CEM mean's prediction; the goal is not an input of the world model), so the cost
-term asks the quantized model to rank a group's candidate plans as FP does. Optimiser: Adam,
-`epochs` passes over the recorded groups, lr 5e-3; the parameters of the epoch with the lowest loss
-over all recorded groups are kept (`keep_best`; false keeps the last epoch's).
-The encoder acts before the recorded start latents, so its layers keep minmax ranges (RTN).
+term asks the quantized model to rank a group's candidate plans as FP does.
+
+With `encoder=true` (default) a replay starts from the quantized model's own encoding of the
+recorded start observations, so the encoder's and the proprio embedding's layers are learned
+too, and the third term (over the frames the planners encoded during calibration: goals and
+observations) keeps the encoder's latents. Without recorded observations, or with
+`encoder=false`, a replay starts from the recorded FP latents: the predictor's and the action
+embedding's layers are learned, the encoder keeps minmax ranges (RTN), and the third term drops.
+
+Optimiser: Adam, `epochs` passes over the recorded groups, lr 5e-3; the parameters of the epoch
+with the lowest loss over all recorded groups are kept (`keep_best`; false keeps the last epoch's).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import math
 
 import torch
 import torch.nn.utils.parametrize as parametrize
@@ -36,10 +53,10 @@ from torch import nn
 from .. import qmath
 from ..api import active_targets
 from ..config import QuantConfig, QuantConfigError
-from ..layers import WeightQParams, input_fake_quant_hook
+from ..layers import ActRangeClip, WeightQParams, input_fake_quant_hook, input_hook
 from ..recorders import CalibrationData
-from ._rollouts import mean_rollout_loss, replay_groups, rollout_loss
-from .base import MethodResult, PTQMethod, check_positive, register_method
+from ._rollouts import RolloutReplay
+from .base import MethodResult, PTQMethod, check_non_negative, check_positive, register_method
 
 
 @dataclass
@@ -47,6 +64,9 @@ class RolloutOptions:
     epochs: int = 10
     lr: float = 5e-3
     cost_weight: float = 1.0
+    encoder: bool = True         # replay from the recorded observations: learn the encoder's clipping too
+    encoder_weight: float = 1.0  # weight of the recorded frames' encoder latent error
+    activation_ranges: bool = True  # learn each static per-tensor input range (clip factors on it)
     lwc_init: float = 4.0
     keep_best: bool = True  # keep the epoch with the lowest loss over all recorded groups (or the last)
     n_sequences: int = 256
@@ -58,18 +78,22 @@ class RolloutOptions:
         check_positive(self, "lr", "n_sequences")
         if not isinstance(self.keep_best, bool):
             raise QuantConfigError(f"rollout keep_best={self.keep_best!r} must be true or false")
-        if not isinstance(self.cost_weight, (int, float)) or self.cost_weight < 0:
-            raise QuantConfigError(f"rollout cost_weight={self.cost_weight!r} must be >= 0")
+        for name in ("encoder", "activation_ranges"):
+            if not isinstance(getattr(self, name), bool):
+                raise QuantConfigError(f"rollout {name}={getattr(self, name)!r} must be true or false")
+        check_non_negative(self, "cost_weight", "encoder_weight")
 
 
 class _ClippedWeight(nn.Module):
     """A parametrization: the weight fake-quantized with learnable clip factors (straight-through)."""
 
-    def __init__(self, scheme, shape: tuple[int, int], init: float, like: torch.Tensor) -> None:
+    def __init__(self, scheme, weight: torch.Tensor, init: float) -> None:
         super().__init__()
         self.scheme = scheme
-        self.up = nn.Parameter(torch.full(shape, init, dtype=like.dtype, device=like.device))
-        self.low = nn.Parameter(torch.full(shape, init, dtype=like.dtype, device=like.device))
+        rows, cols = qmath.as_2d_weight(weight).shape  # a Conv's weight as (out, in * kernel), as WeightQuantizer
+        shape = (rows, qmath.num_groups(cols, scheme.w_group_size))
+        self.up = nn.Parameter(torch.full(shape, init, dtype=weight.dtype, device=weight.device))
+        self.low = nn.Parameter(torch.full(shape, init, dtype=weight.dtype, device=weight.device))
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.sigmoid(self.up), torch.sigmoid(self.low)
@@ -77,8 +101,71 @@ class _ClippedWeight(nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         clip_max, clip_min = self.factors()
         s = self.scheme
-        return qmath.fake_quantize_weight(weight, s.w_bits, s.w_group_size, s.w_symmetric, clip_max=clip_max,
-                                          clip_min=clip_min, quantwm_scale=s.minmax_quantwm_scale, ste=True)
+        return qmath.fake_quantize_weight(qmath.as_2d_weight(weight), s.w_bits, s.w_group_size, s.w_symmetric,
+                                          clip_max=clip_max, clip_min=clip_min, quantwm_scale=s.minmax_quantwm_scale,
+                                          ste=True).reshape(weight.shape)
+
+
+class _LearnedInputRange(nn.Module):
+    """A layer input's static per-tensor range, as its ActQuantizer will hold it: first measured
+    on the float replay (min, max and a sample of the values), then learned as clip factors
+    sigmoid(low), sigmoid(up) on the measured min and max, initialised at the MSE-optimal common
+    factor (OMSE's activation search) but no higher than sigmoid(max_logit). Rounding passes its
+    gradient straight through; the range gets LSQ-like gradients through the scale."""
+
+    SAMPLE_PER_CALL = 4096
+    SAMPLE = 1 << 16
+
+    def __init__(self, scheme, seed: int) -> None:
+        super().__init__()
+        self.scheme = scheme
+        self.low = nn.Parameter(torch.zeros(()))
+        self.up = nn.Parameter(torch.zeros(()))
+        self.measuring = True
+        self.xmin = self.xmax = None
+        self.initial_factor: float | None = None
+        self._samples: list[torch.Tensor] = []
+        self._generator = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def _measure(self, x: torch.Tensor) -> None:
+        flat = x.detach().float().reshape(-1)
+        low, high = flat.min(), flat.max()
+        self.xmin = low if self.xmin is None else torch.minimum(self.xmin, low)
+        self.xmax = high if self.xmax is None else torch.maximum(self.xmax, high)
+        index = torch.randint(flat.numel(), (min(flat.numel(), self.SAMPLE_PER_CALL),), generator=self._generator)
+        self._samples.append(flat[index.to(flat.device)])
+
+    def start_learning(self, max_logit: float) -> None:
+        """Set the initial clip factors from what was measured, and quantize from now on."""
+        sample = torch.cat(self._samples)
+        if sample.numel() > self.SAMPLE:
+            sample = sample[torch.randint(sample.numel(), (self.SAMPLE,), generator=self._generator).to(sample.device)]
+        s = self.scheme
+        self.initial_factor = qmath.search_activation_shrink(sample, self.xmin, self.xmax, s.a_bits, s.a_symmetric)
+        factor = min(self.initial_factor, 1 / (1 + math.exp(-max_logit)))
+        with torch.no_grad():
+            for parameter in (self.low, self.up):
+                parameter.fill_(math.log(factor / (1 - factor)))
+        self._samples = []
+        self.measuring = False
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.sigmoid(self.low), torch.sigmoid(self.up)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.measuring:
+            self._measure(x)
+            return x
+        clip_min, clip_max = self.factors()
+        s = self.scheme
+        scale, zero_point = qmath.qparams_from_range((self.xmin * clip_min).to(x.dtype), (self.xmax * clip_max).to(x.dtype),
+                                                     s.a_bits, s.a_symmetric, ste=True)
+        return qmath.fake_quantize(x, scale, zero_point, s.a_bits, s.a_symmetric, ste=True)
+
+
+def _learns_input_range(scheme) -> bool:
+    return scheme.quantizes_activations and scheme.a_granularity == "per_tensor" and scheme.a_format == "int"
 
 
 @register_method("rollout")
@@ -89,37 +176,47 @@ class RolloutAware(PTQMethod):
 
     def transform(self, model: nn.Module, qconfig: QuantConfig, calib: CalibrationData,
                   options: RolloutOptions) -> MethodResult:
-        targets = [t for t in active_targets(model, qconfig)
-                   if not t.is_tap and isinstance(t.module, nn.Linear) and not t.name.startswith("encoder.")]
-        groups, references = replay_groups(model, calib.rollouts)
+        replay = RolloutReplay(model, calib, options.cost_weight, options.encoder_weight, options.encoder)
+        layers = [t for t in active_targets(model, qconfig) if not t.is_tap]
+        replayed = set(replay.layers_run_through(model, [t.name for t in layers]))
+        targets = [t for t in layers if t.name in replayed]
         frozen = [p for p in model.parameters() if p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
         clips: dict[str, _ClippedWeight] = {}
+        ranges: dict[str, _LearnedInputRange] = {}
         hooks = []
         try:
+            if options.activation_ranges:
+                for index, target in enumerate(t for t in targets if _learns_input_range(t.scheme)):
+                    ranges[target.name] = _LearnedInputRange(target.scheme, options.seed + index).to(
+                        next(model.parameters()))
+                    learned = ranges[target.name]
+                    hooks.append(target.module.register_forward_pre_hook(input_hook(lambda _, x, r=learned: r(x))))
+                if ranges:
+                    replay.mean_loss(model)  # the float replay: measures every learned range's input
+                    for learned in ranges.values():
+                        learned.start_learning(options.lwc_init)
             for target in targets:
                 layer, scheme = target.module, target.scheme
                 if scheme.quantizes_weights:
-                    shape = (layer.out_features, qmath.num_groups(layer.in_features, scheme.w_group_size))
-                    clips[target.name] = _ClippedWeight(scheme, shape, options.lwc_init, layer.weight)
+                    clips[target.name] = _ClippedWeight(scheme, layer.weight, options.lwc_init)
                     parametrize.register_parametrization(layer, "weight", clips[target.name], unsafe=True)
-                if scheme.quantizes_activations:
+                if scheme.quantizes_activations and target.name not in ranges:
                     hooks.append(layer.register_forward_pre_hook(input_fake_quant_hook(scheme)))
-            history = [mean_rollout_loss(model, groups, references, options.cost_weight)]
-            parameters = [p for clip in clips.values() for p in (clip.up, clip.low)]
+            history = [replay.mean_loss(model)]
+            parameters = [p for module in (*clips.values(), *ranges.values()) for p in (module.up, module.low)]
             best, best_state = history[0], [p.detach().clone() for p in parameters]
             if parameters and options.epochs:
                 optimizer = torch.optim.Adam(parameters, lr=options.lr)
                 order = torch.Generator().manual_seed(options.seed)
                 for _ in range(options.epochs):
-                    for index in torch.randperm(len(groups), generator=order).tolist():
-                        z0, act = groups[index]
-                        loss = rollout_loss(model, z0, act, references[index], options.cost_weight)
+                    for index in torch.randperm(len(replay.groups), generator=order).tolist():
+                        loss = replay.loss(model, index)
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
                         optimizer.step()
-                    history.append(mean_rollout_loss(model, groups, references, options.cost_weight))
+                    history.append(replay.mean_loss(model))
                     if history[-1] < best or not options.keep_best:
                         best, best_state = history[-1], [p.detach().clone() for p in parameters]
                 with torch.no_grad():
@@ -136,6 +233,16 @@ class RolloutAware(PTQMethod):
         for name, clip in clips.items():
             clip_max, clip_min = clip.factors()
             qparams[name] = WeightQParams(clip_max=clip_max.detach(), clip_min=clip_min.detach())
-        report = {"loss_by_epoch": history, "kept_loss": best if clips else None, "layers": sorted(clips),
-                  "rollout_sequences": sum(int(act.shape[0]) for _, act in groups)}
-        return MethodResult(weight_qparams=qparams, report=report)
+        act_clips = {}
+        for name, learned in ranges.items():
+            clip_min, clip_max = (float(f.detach()) for f in learned.factors())
+            act_clips[name] = ActRangeClip(clip_min=clip_min, clip_max=clip_max)
+        report = {"loss_by_epoch": history, "kept_loss": best if parameters else None, "layers": sorted(clips),
+                  "fixed_layers": sorted(t.name for t in layers if t.name not in replayed),
+                  "through_encoder": replay.through_encoder, "encoder_not_replayed": replay.encoder_reason,
+                  "encoder_frames": 0 if replay.frames is None else int(replay.frames["visual"].shape[0]),
+                  "rollout_sequences": replay.num_sequences,
+                  "activation_ranges": {name: {"initial_factor": learned.initial_factor,
+                                               "clip_min": act_clips[name].clip_min, "clip_max": act_clips[name].clip_max}
+                                        for name, learned in ranges.items()}}
+        return MethodResult(weight_qparams=qparams, act_clips=act_clips, report=report)
