@@ -3,6 +3,8 @@ clipping reaches the quantizers, and the float weights are left as they were."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from wmquant.quant import QuantConfig, QuantScheme, calibrate_and_quantize, qmath
@@ -134,3 +136,16 @@ def test_without_learned_ranges_the_observed_ranges_stay_minmax():
                                     method_options={"epochs": 1, "activation_ranges": False})
     assert report["method_report"]["activation_ranges"] == {}
     assert all(q.range_clip is None for q in act_quantizers(model))
+
+
+def test_the_replay_through_the_encoder_also_scores_the_recorded_frames():
+    """The third term: encoder_weight x the recorded frames' relative latent error."""
+    losses = {}
+    for weight in (0.0, 1.0, 2.0):
+        model = _world_model()
+        report = calibrate_and_quantize(model, "rollout", _encoder_only_w3(), _planner_like_runner(model),
+                                        method_options={"epochs": 0, "encoder_weight": weight})["method_report"]
+        losses[weight] = report["loss_by_epoch"][0]
+    frames_term = losses[1.0] - losses[0.0]
+    assert frames_term > 1e-6
+    assert math.isclose(losses[2.0] - losses[0.0], 2 * frames_term, rel_tol=1e-6)

@@ -312,8 +312,6 @@ def search_activation_range(
     """Per-tensor (scale, zero_point) minimising the MSE of fake-quantizing `sample`: the range
     [f xmin, f xmax] with f = `search_activation_shrink(...)`."""
     factor = search_activation_shrink(sample, xmin, xmax, bits, symmetric, shrinks)
-    if factor == 1.0:
-        return qparams_from_range(xmin, xmax, bits, symmetric)
     return qparams_from_range(xmin * factor, xmax * factor, bits, symmetric)
 
 

@@ -53,7 +53,7 @@ from torch import nn
 from .. import qmath
 from ..api import active_targets
 from ..config import QuantConfig, QuantConfigError
-from ..layers import ActRangeClip, WeightQParams, input_fake_quant_hook, input_hook
+from ..layers import ActQuantizer, ActRangeClip, WeightQParams, input_fake_quant_hook, input_hook
 from ..recorders import CalibrationData
 from ._rollouts import RolloutReplay
 from .base import MethodResult, PTQMethod, check_non_negative, check_positive, register_method
@@ -107,59 +107,44 @@ class _ClippedWeight(nn.Module):
 
 
 class _LearnedInputRange(nn.Module):
-    """A layer input's static per-tensor range, as its ActQuantizer will hold it: first measured
-    on the float replay (min, max and a sample of the values), then learned as clip factors
-    sigmoid(low), sigmoid(up) on the measured min and max, initialised at the MSE-optimal common
-    factor (OMSE's activation search) but no higher than sigmoid(max_logit). Rounding passes its
-    gradient straight through; the range gets LSQ-like gradients through the scale."""
-
-    SAMPLE_PER_CALL = 4096
-    SAMPLE = 1 << 16
+    """A layer input's static per-tensor range, as its ActQuantizer will hold it: first observed
+    on the float replay by an OMSE observer (min, max and a uniform sample of the values), then
+    learned as clip factors sigmoid(low), sigmoid(up) on the observed min and max, initialised at
+    the MSE-optimal common factor (OMSE's activation search) but no higher than sigmoid(max_logit).
+    Rounding passes its gradient straight through; the range gets LSQ-like gradients through the
+    scale."""
 
     def __init__(self, scheme, seed: int) -> None:
         super().__init__()
         self.scheme = scheme
         self.low = nn.Parameter(torch.zeros(()))
         self.up = nn.Parameter(torch.zeros(()))
-        self.measuring = True
-        self.xmin = self.xmax = None
+        self.observer = ActQuantizer(scheme.a_bits, symmetric=scheme.a_symmetric, observer="omse", seed=seed)
+        self.observer.set_mode("observe")
         self.initial_factor: float | None = None
-        self._samples: list[torch.Tensor] = []
-        self._generator = torch.Generator().manual_seed(seed)
-
-    @torch.no_grad()
-    def _measure(self, x: torch.Tensor) -> None:
-        flat = x.detach().float().reshape(-1)
-        low, high = flat.min(), flat.max()
-        self.xmin = low if self.xmin is None else torch.minimum(self.xmin, low)
-        self.xmax = high if self.xmax is None else torch.maximum(self.xmax, high)
-        index = torch.randint(flat.numel(), (min(flat.numel(), self.SAMPLE_PER_CALL),), generator=self._generator)
-        self._samples.append(flat[index.to(flat.device)])
 
     def start_learning(self, max_logit: float) -> None:
-        """Set the initial clip factors from what was measured, and quantize from now on."""
-        sample = torch.cat(self._samples)
-        if sample.numel() > self.SAMPLE:
-            sample = sample[torch.randint(sample.numel(), (self.SAMPLE,), generator=self._generator).to(sample.device)]
-        s = self.scheme
-        self.initial_factor = qmath.search_activation_shrink(sample, self.xmin, self.xmax, s.a_bits, s.a_symmetric)
+        """Set the initial clip factors from what was observed, and quantize from now on."""
+        seen, s = self.observer, self.scheme
+        self.initial_factor = qmath.search_activation_shrink(seen.sample, seen.running_min, seen.running_max,
+                                                             s.a_bits, s.a_symmetric)
         factor = min(self.initial_factor, 1 / (1 + math.exp(-max_logit)))
         with torch.no_grad():
             for parameter in (self.low, self.up):
                 parameter.fill_(math.log(factor / (1 - factor)))
-        self._samples = []
-        self.measuring = False
+        seen.set_mode("off")
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.sigmoid(self.low), torch.sigmoid(self.up)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.measuring:
-            self._measure(x)
-            return x
+        seen = self.observer
+        if seen.mode == "observe":
+            return seen(x)
         clip_min, clip_max = self.factors()
         s = self.scheme
-        scale, zero_point = qmath.qparams_from_range((self.xmin * clip_min).to(x.dtype), (self.xmax * clip_max).to(x.dtype),
+        scale, zero_point = qmath.qparams_from_range((seen.running_min * clip_min).to(x.dtype),
+                                                     (seen.running_max * clip_max).to(x.dtype),
                                                      s.a_bits, s.a_symmetric, ste=True)
         return qmath.fake_quantize(x, scale, zero_point, s.a_bits, s.a_symmetric, ste=True)
 
