@@ -11,13 +11,18 @@ import json
 import sys
 from pathlib import Path
 
-#: The configurations, by their result directory: the beyond_wall rows in its order, then an
-#: ablation of rollout, then the runs of 2026-12-04, made before the replay through the
-#: encoder and the learned activation ranges existed (and with [rotate, rollout] quantizing the
-#: unrotated inputs in training).
+#: The configurations, by their result directory: the beyond_wall rows in its order, then
+#: options and ablations of rollout, then the runs of commit 01c24e8 (learned ranges started from a
+#: per-call sample), then those of 2026-12-04, made before the replay through the encoder and the
+#: learned activation ranges existed (and with [rotate, rollout] quantizing the unrotated inputs in
+#: training).
 CONFIGS = {"rtn": "RTN", "rotate": "rotate", "rotate+gptq": "[rotate, gptq]", "rollout": "rollout",
            "mixed": "mixed (4.0 bits)", "rotate+rollout": "[rotate, rollout]",
+           "rollout_let": "rollout with LET (let=true)",
+           "rollout_predictor_only": "rollout, predictor only (encoder=false)",
            "rollout_weights_only": "rollout, weight clipping only (activation_ranges=false)",
+           "at_01c24e8/rollout": "rollout, 01c24e8 (ranges started from a per-call sample)",
+           "at_01c24e8/rotate+rollout": "[rotate, rollout], 01c24e8 (likewise)",
            "before_encoder_replay/rollout": "rollout, 2026-12-04 (predictor only, weight clipping only)",
            "before_encoder_replay/mixed": "mixed, 2026-12-04 (predictor only)",
            "before_encoder_replay/rotate+rollout": "[rotate, rollout], 2026-12-04 (predictor only, unrotated training)"}

@@ -3,6 +3,8 @@ meets its budget, per-layer schemes that quantize_ applies."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -10,7 +12,8 @@ from wmquant.errors import QuantizationError
 from wmquant.models.checkpoint import build_world_model
 from wmquant.quant import QuantConfig, QuantScheme, calibrate_and_quantize
 from wmquant.quant.methods.mixed import average_bits, greedy_allocation
-from wmquant.quant.recorders import RolloutRecorder
+from wmquant.quant.methods._rollouts import RolloutReplay
+from wmquant.quant.recorders import CalibrationData, RolloutRecorder
 
 D = torch.float64
 
@@ -100,6 +103,51 @@ def test_mixed_precision_allocates_per_layer_widths_within_the_budget():
     # each layer's input is measured quantized alone: 3-bit inputs do more damage than 8-bit ones
     assert sum(d[3] for d in allocation["activation_damage"].values()) > sum(
         d[8] for d in allocation["activation_damage"].values()) > 0
+
+
+def test_mixed_never_encodes_while_a_layer_outside_the_encoder_is_perturbed(monkeypatch):
+    """Perturbing a layer the encoding does not call leaves the encoder's outputs at float, so its
+    replays reuse the float start latents; an encoder layer's replays still encode."""
+    model = _world_model()
+    originals = {name: m.weight.detach().clone() for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    hooks_at_rest = {name: len(model.get_submodule(name)._forward_pre_hooks) for name in originals}
+    perturbed_when_encoding = []
+    encode = type(model).encode_obs
+
+    @functools.wraps(encode)
+    def watched_encode(self, *args, **kwargs):
+        changed = {name for name, w in originals.items() if not torch.equal(self.get_submodule(name).weight, w)}
+        hooked = {name for name in originals if len(self.get_submodule(name)._forward_pre_hooks) > hooks_at_rest[name]}
+        # a measurement quantizes one layer's input (one hook); finding the replayed layers hooks them all
+        perturbed_when_encoding.append(changed | (hooked if len(hooked) == 1 else set()))
+        return encode(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "encode_obs", watched_encode)
+    config = QuantConfig.uniform(w_bits=4, a_bits=4, a_granularity="per_token")
+    report = calibrate_and_quantize(model, "mixed", config, _planner_like_runner(model),
+                                    method_options={"budget": 5.0, "n_sequences": 64})["method_report"]
+    assert report["through_encoder"]
+    perturbed = set().union(*perturbed_when_encoding)
+    assert perturbed and all(name.startswith(("encoder.", "proprio_encoder.")) for name in perturbed)
+    assert any(name.startswith("predictor.") for name in report["weight_damage"])  # and those were measured
+
+
+def test_the_float_encoders_shortcut_gives_the_full_replays_loss():
+    model = _world_model()
+    recorder = RolloutRecorder(model, max_sequences=16, group=4, max_frames=8)
+    _planner_like_runner(model)()
+    recorder.remove()
+    calib = CalibrationData(rollouts=recorder.groups, encoder_frames=recorder.frames())
+    replay = RolloutReplay(model, calib, cost_weight=1.0, encoder_weight=1.0, through_encoder=True)
+    names = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    encoding = replay.encoder_layers(model, names)
+    assert encoding and set(encoding) < set(replay.layers_run_through(model, names))
+    assert not any(name.startswith("predictor.") for name in encoding)
+    layer = model.get_submodule(next(name for name in names if name.startswith("predictor.")))
+    with torch.no_grad():
+        layer.weight.mul_(1.5)
+    damaged = replay.mean_loss(model)
+    assert damaged > 0 and replay.mean_loss(model, float_encoder=True) == damaged
 
 
 def test_without_the_encoder_mixed_keeps_the_encoders_widths():

@@ -3,12 +3,16 @@ clipping reaches the quantizers, and the float weights are left as they were."""
 
 from __future__ import annotations
 
+import copy
 import math
 
+import pytest
 import torch
 
 from wmquant.quant import QuantConfig, QuantScheme, calibrate_and_quantize, qmath
-from wmquant.quant.api import act_quantizers
+from wmquant.errors import QuantizationError
+from wmquant.quant.api import act_quantizers, set_quantization_
+from wmquant.quant.config import QuantConfigError
 from wmquant.quant.layers import QuantLinear
 from wmquant.quant.methods._rollouts import rollout_loss
 
@@ -149,3 +153,76 @@ def test_the_replay_through_the_encoder_also_scores_the_recorded_frames():
     frames_term = losses[1.0] - losses[0.0]
     assert frames_term > 1e-6
     assert math.isclose(losses[2.0] - losses[0.0], 2 * frames_term, rel_tol=1e-6)
+
+
+def _model_with_outlier_channels():
+    """Channels as trained ViTs' norms give them: one 30x wider than the others, one offset far from
+    zero. A per-tensor input range that covers both leaves the other channels a few levels; a
+    per-channel scale fixes the first, only a shift the second."""
+    model = _world_model()
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if name.endswith(("norm1", "norm2")):
+                module.weight[1] *= 30
+                module.bias[2] += 30
+    return model
+
+
+def _rollout_of(model):
+    gen = torch.Generator().manual_seed(7)
+    obs = {"visual": torch.rand(4, 1, 3, 16, 16, generator=gen, dtype=D) * 2 - 1,
+           "proprio": torch.randn(4, 1, 2, generator=gen, dtype=D)}
+    with torch.no_grad():
+        return model.rollout_latent(model.encode_obs(obs), torch.randn(4, 3, 2, generator=gen, dtype=D))["visual"]
+
+
+def test_let_starts_better_than_none_learns_and_folds_exactly_into_the_float_model():
+    config = QuantConfig.uniform(w_bits=4, a_bits=4)  # per-tensor inputs, where an outlier channel hurts
+    start = {}
+    for let in (False, True):
+        model = _model_with_outlier_channels()
+        original = copy.deepcopy(model)
+        report = calibrate_and_quantize(model, "rollout", config, _planner_like_runner(model),
+                                        method_options={"epochs": 3, "let": let, "keep_best": False})["method_report"]
+        start[let] = report["loss_by_epoch"][0]
+    # every replayed norm -> qkv / fc1 pair, encoder and predictor
+    assert set(report["let"]) == {f"{part}.blocks.{i}.{linear}" for part, depth in (("encoder", 1), ("predictor", 2))
+                                  for i in range(depth) for linear in ("attn.qkv", "mlp.fc1")}
+    assert report["let"]["predictor.blocks.0.attn.qkv"]["norm"] == "predictor.blocks.0.norm1"
+    # SmoothQuant's migration and the midpoint shift start the replay with less damage
+    assert start[True] < 0.7 * start[False]
+    # the scales and shifts are trained with the clipping ...
+    assert all(pair["scale_change"] > 0 for pair in report["let"].values())
+    # ... and folded into the float norm and Linear: with quantization off, the model computes as before
+    assert not torch.equal(model.predictor.blocks[0].norm1.weight, original.predictor.blocks[0].norm1.weight)
+    new_bias = model.predictor.blocks[0].attn.qkv.bias  # the shift moved into a new bias, trainable as its weight
+    assert new_bias is not None and original.predictor.blocks[0].attn.qkv.bias is None and new_bias.requires_grad
+    set_quantization_(model, False)
+    torch.testing.assert_close(_rollout_of(model), _rollout_of(original), rtol=1e-9, atol=1e-9)
+
+
+def test_let_cannot_follow_a_rotation_or_run_without_quantized_activations():
+    model = _world_model()
+    with pytest.raises(QuantizationError, match="folds per-channel scales"):
+        calibrate_and_quantize(model, ["rotate", "rollout"], QuantConfig.uniform(w_bits=4, a_bits=4), lambda: None,
+                               method_options={"rollout": {"let": True}})
+    with pytest.raises(QuantConfigError, match="let=true"):
+        calibrate_and_quantize(model, "rollout", QuantConfig.uniform(w_bits=4), lambda: None,
+                               method_options={"let": True})
+
+
+def test_a_failure_while_learning_let_leaves_the_model_as_it_came(monkeypatch):
+    model = _model_with_outlier_channels()
+    original = copy.deepcopy(model)
+
+    def broken_optimizer(*args, **kwargs):
+        raise RuntimeError("optimizer failed")
+
+    monkeypatch.setattr(torch.optim, "Adam", broken_optimizer)
+    with pytest.raises(RuntimeError, match="optimizer failed"):
+        calibrate_and_quantize(model, "rollout", QuantConfig.uniform(w_bits=4, a_bits=4), _planner_like_runner(model),
+                               method_options={"epochs": 1, "let": True})
+    assert model.predictor.blocks[0].attn.qkv.bias is None  # no bias left behind
+    assert not any("parametrizations" in name for name, _ in model.named_modules())
+    state, before = model.state_dict(), original.state_dict()
+    assert set(state) == set(before) and all(torch.equal(state[name], before[name]) for name in before)

@@ -57,16 +57,19 @@ def _chain_options(chain: list[str], method_options: Mapping[str, Any] | None) -
     return [options.get(name) or {} for name in chain]
 
 
-def check_composition(recipes: Sequence[Any]) -> None:
+def check_composition(recipes: Sequence[Any], options: Sequence[Any] | None = None) -> None:
     """Refuse recipes whose methods cannot compose. Each method of a recipe works on the float
     model left by the previous one, so:
     * a method that reads `plan-act` statistics must come first (they describe the model before
       any transformation);
     * a method that settles the weights on its grid (GPTQ, OmniQuant) or chooses the widths
       (mixed) must come last (a later method would move them off that grid, or ignore the widths);
-    * channel-scale folding cannot follow a rotation;
+    * channel-scale folding cannot follow a rotation (with `options`, the methods' parsed options,
+      a method whose folding is optional is judged by them);
     * a method appears once."""
     names = [r.name for r in recipes]
+    folds = ([r.folds_scales(o) for r, o in zip(recipes, options)] if options is not None
+             else [r.folds_channel_scales for r in recipes])
     if len(set(names)) != len(names):
         raise QuantizationError(f"recipe {recipe_name(names)} names a method twice")
     for position, recipe in enumerate(recipes):
@@ -74,7 +77,7 @@ def check_composition(recipes: Sequence[Any]) -> None:
             raise QuantizationError(
                 f"recipe {recipe_name(names)}: {recipe.name} reads plan-act statistics of the untransformed model, "
                 "so it must come first")
-        if recipe.folds_channel_scales and any(r.rotates_inputs for r in recipes[:position]):
+        if folds[position] and any(r.rotates_inputs for r in recipes[:position]):
             raise QuantizationError(
                 f"recipe {recipe_name(names)}: {recipe.name} folds per-channel scales into a norm and a Linear, "
                 "which a rotation before it has made inexact; put it before the rotation")
@@ -96,8 +99,8 @@ def plan_recipe(method: str | Sequence[str], qconfig: QuantConfig,
         raise QuantizationError(f"qconfig must be a QuantConfig, got {type(qconfig).__name__}")
     chain = method_chain(method)
     recipes = [get_method(name) for name in chain]
-    check_composition(recipes)
     options = [recipe.make_options(raw) for recipe, raw in zip(recipes, _chain_options(chain, method_options))]
+    check_composition(recipes, options)
     for recipe, opts in zip(recipes, options):
         recipe.check_config(qconfig, opts)
     return recipes, options

@@ -73,7 +73,9 @@ class RolloutReplay:
         frames = calib.encoder_frames if self.through_encoder else None
         self.frames = None if frames is None else {k: v.to(param) for k, v in frames.items()}
         with torch.no_grad():
-            self.references = [model.rollout_latent(self.start(model, group), group.actions) for group in self.groups]
+            # the float model's start latents, kept: a replay whose encoder computes in float reuses them
+            self.float_starts = [self.start(model, group) for group in self.groups]
+            self.references = [model.rollout_latent(z0, group.actions) for z0, group in zip(self.float_starts, self.groups)]
             self.frame_reference = None if self.frames is None else model.encode_obs(self.frames)
 
     @property
@@ -87,31 +89,48 @@ class RolloutReplay:
         z = model.encode_obs(group.observations, track_grad=torch.is_grad_enabled())
         return {k: v[group.start_index] for k, v in z.items()}
 
-    def loss(self, model: nn.Module, index: int) -> torch.Tensor:
+    def loss(self, model: nn.Module, index: int, float_encoder: bool = False) -> torch.Tensor:
         """Group `index`'s rollout loss, plus encoder_weight x the relative latent error of the
-        recorded frames when the replay runs through the encoder."""
+        recorded frames when the replay runs through the encoder.
+
+        float_encoder: the caller knows that the encoder still computes as the float model did
+        (it changed nothing in `encoder_layers`), so the float start latents are reused and the
+        frames term, which is then zero, is skipped: the same loss without encoding anything."""
         group = self.groups[index]
-        loss = rollout_loss(model, self.start(model, group), group.actions, self.references[index], self.cost_weight)
-        if self.frames is not None and self.encoder_weight:
+        start = self.float_starts[index] if float_encoder else self.start(model, group)
+        loss = rollout_loss(model, start, group.actions, self.references[index], self.cost_weight)
+        if self.frames is not None and self.encoder_weight and not float_encoder:
             got = model.encode_obs(self.frames, track_grad=torch.is_grad_enabled())
             loss = loss + self.encoder_weight * relative_error(got, self.frame_reference)
         return loss
 
-    def mean_loss(self, model: nn.Module) -> float:
+    def mean_loss(self, model: nn.Module, float_encoder: bool = False) -> float:
         """`loss` averaged over the groups, without autograd."""
         with torch.no_grad():
-            total = sum(float(self.loss(model, index)) for index in range(len(self.groups)))
+            total = sum(float(self.loss(model, index, float_encoder)) for index in range(len(self.groups)))
         return total / max(len(self.groups), 1)
 
     def layers_run_through(self, model: nn.Module, names: list[str]) -> list[str]:
         """Those of the named modules that a replay calls (in the given order)."""
-        called: set[str] = set()
-        handles = [model.get_submodule(name).register_forward_pre_hook(lambda module, args, name=name: called.add(name))
-                   for name in names]
-        try:
-            with torch.no_grad():
-                self.loss(model, 0)
-        finally:
-            for handle in handles:
-                handle.remove()
-        return [name for name in names if name in called]
+        return _modules_called(model, names, lambda: self.loss(model, 0))
+
+    def encoder_layers(self, model: nn.Module, names: list[str]) -> list[str]:
+        """Those of the named modules that the replay's encoding calls (none when the replay starts
+        from the recorded latents)."""
+        if not self.through_encoder:
+            return []
+        return _modules_called(model, names, lambda: self.start(model, self.groups[0]))
+
+
+def _modules_called(model: nn.Module, names: list[str], run) -> list[str]:
+    """Those of the named modules that `run()` calls, without autograd (in the given order)."""
+    called: set[str] = set()
+    handles = [model.get_submodule(name).register_forward_pre_hook(lambda module, args, name=name: called.add(name))
+               for name in names]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [name for name in names if name in called]

@@ -92,6 +92,10 @@ class PTQMethod:
     #: config's widths, so nothing may follow it.
     chooses_widths: ClassVar[bool] = False
 
+    def folds_scales(self, options: Any) -> bool:
+        """Whether the method, with these options, folds per-channel scales (`folds_channel_scales`)."""
+        return self.folds_channel_scales
+
     def make_options(self, overrides: Mapping[str, Any] | Any = None) -> Any:
         """The options dataclass with `overrides` applied; unknown keys raise QuantConfigError."""
         if isinstance(overrides, self.options):

@@ -128,6 +128,9 @@ class MixedPrecision(PTQMethod):
         replayed = set(replay.layers_run_through(model, [t.name for t in layers]))
         targets = [t for t in layers if t.name in replayed]
         fixed = [t.name for t in layers if t.name not in replayed]
+        # perturbing a layer the encoding does not call leaves the encoder's outputs at float:
+        # its replays reuse the float start latents (the same damage, without encoding anything)
+        encoding = set(replay.encoder_layers(model, [t.name for t in targets]))
         w_damage: dict[str, dict[int, float]] = {}
         a_damage: dict[str, dict[int, float]] = {}
         for target in targets:
@@ -140,7 +143,7 @@ class MixedPrecision(PTQMethod):
                     quantizer = WeightQuantizer(dataclasses.replace(scheme, w_bits=bits))
                     with torch.no_grad():
                         layer.weight.copy_(quantizer(original).to(original.dtype))
-                    w_damage[target.name][bits] = replay.mean_loss(model)
+                    w_damage[target.name][bits] = replay.mean_loss(model, float_encoder=target.name not in encoding)
                 with torch.no_grad():
                     layer.weight.copy_(original)
             if scheme.quantizes_activations:
@@ -148,7 +151,7 @@ class MixedPrecision(PTQMethod):
                 for bits in options.candidates:
                     handle = layer.register_forward_pre_hook(input_fake_quant_hook(scheme, bits))
                     try:
-                        a_damage[target.name][bits] = replay.mean_loss(model)
+                        a_damage[target.name][bits] = replay.mean_loss(model, float_encoder=target.name not in encoding)
                     finally:
                         handle.remove()
         by_name = {t.name: t for t in targets}

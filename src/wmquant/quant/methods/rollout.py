@@ -13,6 +13,10 @@ through,
   factors sigmoid(u), sigmoid(l) on the max and min of that input over the float replay,
   initialised at OMSE's MSE-optimal common factor (at most 0.982). The calibration's observing
   pass later applies the learned factors to the range it observes (`ActRangeClip`);
+* with `let=true`, OmniQuant's LET on every replayed LayerNorm -> qkv / fc1 pair whose weights and
+  activations are quantized: a per-channel scale and shift between the norm and the Linear,
+  initialised at SmoothQuant's migration of the channel half-ranges and at the channel midpoints
+  (measured on the float replay), and folded into the float norm and Linear afterwards (exact);
 
 by minimising, over the planning rollouts recorded during calibration (the CEM's own action
 sequences from the calibration episodes' start observations),
@@ -50,11 +54,13 @@ import torch
 import torch.nn.utils.parametrize as parametrize
 from torch import nn
 
+from ...errors import QuantizationError
 from .. import qmath
 from ..api import active_targets
 from ..config import QuantConfig, QuantConfigError
 from ..layers import ActQuantizer, ActRangeClip, WeightQParams, input_fake_quant_hook, input_hook
 from ..recorders import CalibrationData
+from ._equivalence import NORM_LINEAR_PAIRS, SCALE_FLOOR, check_norm, fold_norm_into_linear_, smoothquant_scale
 from ._rollouts import RolloutReplay
 from .base import MethodResult, PTQMethod, check_non_negative, check_positive, register_method
 
@@ -67,6 +73,7 @@ class RolloutOptions:
     encoder: bool = True         # replay from the recorded observations: learn the encoder's clipping too
     encoder_weight: float = 1.0  # weight of the recorded frames' encoder latent error
     activation_ranges: bool = True  # learn each static per-tensor input range (clip factors on it)
+    let: bool = False  # learn OmniQuant's LET on every replayed LayerNorm -> qkv / fc1 pair, then fold it
     lwc_init: float = 4.0
     keep_best: bool = True  # keep the epoch with the lowest loss over all recorded groups (or the last)
     n_sequences: int = 256
@@ -78,7 +85,7 @@ class RolloutOptions:
         check_positive(self, "lr", "n_sequences")
         if not isinstance(self.keep_best, bool):
             raise QuantConfigError(f"rollout keep_best={self.keep_best!r} must be true or false")
-        for name in ("encoder", "activation_ranges"):
+        for name in ("encoder", "activation_ranges", "let"):
             if not isinstance(getattr(self, name), bool):
                 raise QuantConfigError(f"rollout {name}={getattr(self, name)!r} must be true or false")
         check_non_negative(self, "cost_weight", "encoder_weight")
@@ -149,6 +156,120 @@ class _LearnedInputRange(nn.Module):
         return qmath.fake_quantize(x, scale, zero_point, s.a_bits, s.a_symmetric, ste=True)
 
 
+class _LearnedEquivalence(nn.Module):
+    """OmniQuant's LET on a LayerNorm -> Linear pair, learned through the replay: a per-channel
+    scale s and shift d such that the norm outputs (x - d) / s and the Linear computes
+    (W diag(s)) x~ + (b + W d), the float function unchanged. Initialised as OmniQuant starts:
+    d at the channels' midpoints and s at SmoothQuant's migration (alpha 0.5) of the shifted
+    channels' half-ranges, both measured on the float replay."""
+
+    INIT_ALPHA = 0.5
+
+    def __init__(self, model: nn.Module, norm_name: str, linear_name: str, channel_min: torch.Tensor,
+                 channel_max: torch.Tensor) -> None:
+        super().__init__()
+        self.norm_name = norm_name
+        norm, linear = model.get_submodule(norm_name), model.get_submodule(linear_name)
+        self.norm, self.linear = [norm], [linear]  # in lists: not submodules of this module
+        self.float_weight = linear.weight.detach().clone()
+        self.shift = nn.Parameter(((channel_max + channel_min) / 2).detach().clone())
+        half_range = ((channel_max - channel_min) / 2).detach()
+        self.scale = nn.Parameter(smoothquant_scale(half_range, self.float_weight, self.INIT_ALPHA))
+        self.initial_scale = self.scale.detach().clone()
+        self.created_bias = linear.bias is None
+        if self.created_bias:  # the shift moves into the Linear's bias, as OmniQuant's fold does
+            linear.bias = nn.Parameter(torch.zeros_like(self.float_weight[:, 0]), requires_grad=False)
+
+    def channel_scale(self) -> torch.Tensor:
+        return self.scale.clamp(min=SCALE_FLOOR)
+
+    def attach(self) -> None:
+        """Parametrize the norm's affine and the Linear's weight and bias: the float function stays."""
+        norm, linear = self.norm[0], self.linear[0]
+        for module, name, transform in ((norm, "weight", _LetNormWeight(self)), (norm, "bias", _LetNormBias(self)),
+                                        (linear, "weight", _LetWeight(self)), (linear, "bias", _LetBias(self))):
+            parametrize.register_parametrization(module, name, transform, unsafe=True)
+
+    def detach_from_model(self, fold: bool) -> None:
+        """Remove the parametrizations (the float tensors come back) and fold the learned s, d
+        into them when `fold`, else drop a bias this made."""
+        norm, linear = self.norm[0], self.linear[0]
+        for module, name in ((norm, "weight"), (norm, "bias"), (linear, "weight"), (linear, "bias")):
+            if parametrize.is_parametrized(module, name):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+        if fold:
+            fold_norm_into_linear_(norm, linear, self.channel_scale().detach(), self.shift.detach())
+        elif self.created_bias:
+            linear.bias = None
+
+
+class _LetParametrization(nn.Module):
+    """A tensor of the pair as the learned equivalence makes it (the equivalence in a list: its
+    parameters are the optimiser's, not the model's)."""
+
+    def __init__(self, equivalence: _LearnedEquivalence) -> None:
+        super().__init__()
+        self.equivalence = [equivalence]
+
+
+class _LetNormWeight(_LetParametrization):
+    def forward(self, gamma: torch.Tensor) -> torch.Tensor:
+        return gamma / self.equivalence[0].channel_scale()
+
+
+class _LetNormBias(_LetParametrization):
+    def forward(self, beta: torch.Tensor) -> torch.Tensor:
+        equivalence = self.equivalence[0]
+        return (beta - equivalence.shift) / equivalence.channel_scale()
+
+
+class _LetWeight(_LetParametrization):
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.equivalence[0].channel_scale()
+
+
+class _LetBias(_LetParametrization):
+    def forward(self, bias: torch.Tensor) -> torch.Tensor:
+        equivalence = self.equivalence[0]
+        return bias + equivalence.float_weight @ equivalence.shift
+
+
+def _let_pairs(model: nn.Module, targets) -> list[tuple[str, str]]:
+    """(norm, Linear) names of the LayerNorm -> qkv / fc1 pairs among the targets whose weights and
+    activations are both quantized (LET moves difficulty between the two)."""
+    pairs = []
+    for target in targets:
+        for norm_name, linear_suffix in NORM_LINEAR_PAIRS:
+            if target.name.endswith("." + linear_suffix) and target.scheme.quantizes_weights \
+                    and target.scheme.quantizes_activations:
+                norm = target.name[: -len(linear_suffix)] + norm_name
+                check_norm(model.get_submodule(norm), norm)
+                pairs.append((norm, target.name))
+    return pairs
+
+
+def _channel_ranges(model: nn.Module, replay: RolloutReplay, names: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per input channel min and max of the named Linears' inputs over the float replay."""
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def record(name):
+        def hook(module, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1])
+            low, high = x.amin(dim=0), x.amax(dim=0)
+            if name in seen:
+                low, high = torch.minimum(seen[name][0], low), torch.maximum(seen[name][1], high)
+            seen[name] = (low, high)
+        return hook
+
+    handles = [model.get_submodule(name).register_forward_pre_hook(record(name)) for name in names]
+    try:
+        replay.mean_loss(model)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
 def _learns_input_range(scheme) -> bool:
     return scheme.quantizes_activations and scheme.a_granularity == "per_tensor" and scheme.a_format == "int"
 
@@ -158,6 +279,16 @@ class RolloutAware(PTQMethod):
     display_name = "Rollout"
     needs_rollouts = True
     options = RolloutOptions
+
+    def folds_scales(self, options: RolloutOptions) -> bool:
+        return options.let
+
+    def check_config(self, qconfig: QuantConfig, options: RolloutOptions) -> None:
+        super().check_config(qconfig, options)
+        if options.let and not any(scheme.quantizes_weights and scheme.quantizes_activations
+                                   for _, scheme in qconfig.named_schemes()):
+            raise QuantConfigError("rollout let=true moves quantization difficulty between a Linear's inputs and its "
+                                   "weights, so some part must quantize both (w_bits and a_bits below 16)")
 
     def transform(self, model: nn.Module, qconfig: QuantConfig, calib: CalibrationData,
                   options: RolloutOptions) -> MethodResult:
@@ -170,8 +301,22 @@ class RolloutAware(PTQMethod):
             p.requires_grad_(False)
         clips: dict[str, _ClippedWeight] = {}
         ranges: dict[str, _LearnedInputRange] = {}
+        equivalences: dict[str, _LearnedEquivalence] = {}
         hooks = []
+        trained = False
         try:
+            if options.let:
+                pairs = _let_pairs(model, targets)
+                if not pairs:
+                    raise QuantizationError("rollout let=true: no replayed LayerNorm -> qkv / fc1 pair has both its "
+                                            "weights and its activations quantized")
+                norms = {linear: norm for norm, linear in pairs}
+                for linear, (low, high) in _channel_ranges(model, replay, list(norms)).items():
+                    equivalences[linear] = _LearnedEquivalence(model, norms[linear], linear, low, high)
+                    layer = model.get_submodule(linear)
+                    if equivalences[linear].created_bias and any(p is layer.weight for p in frozen):
+                        frozen.append(layer.bias)  # a new bias trains like its weight once this is done
+                    equivalences[linear].attach()
             if options.activation_ranges:
                 for index, target in enumerate(t for t in targets if _learns_input_range(t.scheme)):
                     ranges[target.name] = _LearnedInputRange(target.scheme, options.seed + index).to(
@@ -179,18 +324,20 @@ class RolloutAware(PTQMethod):
                     learned = ranges[target.name]
                     hooks.append(target.module.register_forward_pre_hook(input_hook(lambda _, x, r=learned: r(x))))
                 if ranges:
-                    replay.mean_loss(model)  # the float replay: measures every learned range's input
+                    replay.mean_loss(model)  # the float replay (LET applied): measures every learned range's input
                     for learned in ranges.values():
                         learned.start_learning(options.lwc_init)
             for target in targets:
                 layer, scheme = target.module, target.scheme
                 if scheme.quantizes_weights:
+                    # after a learned equivalence's W diag(s), when the layer has one (parametrizations chain)
                     clips[target.name] = _ClippedWeight(scheme, layer.weight, options.lwc_init)
                     parametrize.register_parametrization(layer, "weight", clips[target.name], unsafe=True)
                 if scheme.quantizes_activations and target.name not in ranges:
                     hooks.append(layer.register_forward_pre_hook(input_fake_quant_hook(scheme)))
             history = [replay.mean_loss(model)]
             parameters = [p for module in (*clips.values(), *ranges.values()) for p in (module.up, module.low)]
+            parameters += [p for equivalence in equivalences.values() for p in (equivalence.scale, equivalence.shift)]
             best, best_state = history[0], [p.detach().clone() for p in parameters]
             if parameters and options.epochs:
                 optimizer = torch.optim.Adam(parameters, lr=options.lr)
@@ -207,11 +354,16 @@ class RolloutAware(PTQMethod):
                 with torch.no_grad():
                     for p, value in zip(parameters, best_state):
                         p.copy_(value)
+            trained = True
         finally:
             for handle in hooks:
                 handle.remove()
             for name in clips:
                 parametrize.remove_parametrizations(model.get_submodule(name), "weight", leave_parametrized=False)
+            for equivalence in equivalences.values():
+                # folded into the float weights, which quantize_ then quantizes with the learned clipping;
+                # on failure the model is left as it came
+                equivalence.detach_from_model(fold=trained)
             for p in frozen:
                 p.requires_grad_(True)
         qparams = {}
@@ -227,6 +379,10 @@ class RolloutAware(PTQMethod):
                   "through_encoder": replay.through_encoder, "encoder_not_replayed": replay.encoder_reason,
                   "encoder_frames": 0 if replay.frames is None else int(replay.frames["visual"].shape[0]),
                   "rollout_sequences": replay.num_sequences,
+                  "let": {name: {"norm": equivalence.norm_name,
+                                 "scale_change": float((equivalence.channel_scale().detach() / equivalence.initial_scale)
+                                                       .log().abs().mean())}
+                          for name, equivalence in equivalences.items()},
                   "activation_ranges": {name: {"initial_factor": learned.initial_factor,
                                                "clip_min": act_clips[name].clip_min, "clip_max": act_clips[name].clip_max}
                                         for name, learned in ranges.items()}}
