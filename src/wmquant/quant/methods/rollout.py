@@ -62,6 +62,7 @@ from ..layers import ActQuantizer, ActRangeClip, WeightQParams, input_fake_quant
 from ..recorders import CalibrationData
 from ._equivalence import NORM_LINEAR_PAIRS, SCALE_FLOOR, check_norm, fold_norm_into_linear_, smoothquant_scale
 from ._rollouts import RolloutReplay
+from .omniquant import InputMidpoints
 from .base import MethodResult, PTQMethod, check_non_negative, check_positive, register_method
 
 
@@ -248,28 +249,6 @@ def _let_pairs(model: nn.Module, targets) -> list[tuple[str, str]]:
     return pairs
 
 
-def _channel_ranges(model: nn.Module, replay: RolloutReplay, names: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per input channel min and max of the named Linears' inputs over the float replay."""
-    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def record(name):
-        def hook(module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1])
-            low, high = x.amin(dim=0), x.amax(dim=0)
-            if name in seen:
-                low, high = torch.minimum(seen[name][0], low), torch.maximum(seen[name][1], high)
-            seen[name] = (low, high)
-        return hook
-
-    handles = [model.get_submodule(name).register_forward_pre_hook(record(name)) for name in names]
-    try:
-        replay.mean_loss(model)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return seen
-
-
 def _learns_input_range(scheme) -> bool:
     return scheme.quantizes_activations and scheme.a_granularity == "per_tensor" and scheme.a_format == "int"
 
@@ -311,8 +290,11 @@ class RolloutAware(PTQMethod):
                     raise QuantizationError("rollout let=true: no replayed LayerNorm -> qkv / fc1 pair has both its "
                                             "weights and its activations quantized")
                 norms = {linear: norm for norm, linear in pairs}
-                for linear, (low, high) in _channel_ranges(model, replay, list(norms)).items():
-                    equivalences[linear] = _LearnedEquivalence(model, norms[linear], linear, low, high)
+                with InputMidpoints(model, list(norms)) as seen:  # per-channel input ranges on the float replay
+                    replay.mean_loss(model)
+                for linear in seen.low:
+                    equivalences[linear] = _LearnedEquivalence(model, norms[linear], linear, seen.low[linear],
+                                                               seen.high[linear])
                     layer = model.get_submodule(linear)
                     if equivalences[linear].created_bias and any(p is layer.weight for p in frozen):
                         frozen.append(layer.bias)  # a new bias trains like its weight once this is done
