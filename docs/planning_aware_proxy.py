@@ -21,8 +21,12 @@ CONFIGS = {"rtn": "RTN", "rotate": "rotate", "rotate+gptq": "[rotate, gptq]", "r
            "rollout_let": "rollout with LET (let=true)",
            "rollout_predictor_only": "rollout, predictor only (encoder=false)",
            "rollout_weights_only": "rollout, weight clipping only (activation_ranges=false)",
+           "rollout_centered": "rollout, centered cost term (cost_term=centered)",
+           "rollout_1024_sequences": "rollout, 1024 recorded sequences (n_sequences=1024)",
+           "rollout_1024_sequences_20_epochs": "rollout, 1024 recorded sequences, 20 epochs",
            "at_01c24e8/rollout": "rollout, 01c24e8 (ranges started from a per-call sample)",
            "at_01c24e8/rotate+rollout": "[rotate, rollout], 01c24e8 (likewise)",
+           "at_01c24e8/mixed": "mixed, 01c24e8 (every replay encodes)",
            "before_encoder_replay/rollout": "rollout, 2026-12-04 (predictor only, weight clipping only)",
            "before_encoder_replay/mixed": "mixed, 2026-12-04 (predictor only)",
            "before_encoder_replay/rotate+rollout": "[rotate, rollout], 2026-12-04 (predictor only, unrotated training)"}

@@ -7,6 +7,7 @@ their start (OMSE-initialised input ranges, weight clipping at 0.982), evaluates
 terms over the recorded groups, and again with every range logit nudged by a small amount. Nothing
 is quantized or written. With ROUGHNESS_LRS="5e-3 1e-3" it then runs the method's training from
 that start once per learning rate, on the same recording, and prints each objective by epoch.
+The method's options apply (`method_options.cost_term=centered` measures the centered cost term).
 
     [ROUGHNESS_LRS="5e-3 1e-3 2e-4"] python docs/rollout_roughness.py quant --config-name plan_wall.yaml \
         model_name=wall quant=true ... method=rollout
@@ -23,7 +24,6 @@ import torch
 import torch.nn.utils.parametrize as parametrize
 
 from wmquant.cli import main
-from wmquant.quant.api import active_targets
 from wmquant.quant.layers import input_hook
 from wmquant.quant.methods import rollout
 from wmquant.quant.methods._rollouts import RolloutReplay, relative_error, rollout_loss
@@ -43,8 +43,9 @@ def objective_terms(model, replay: RolloutReplay, cost_weight: float) -> list[tu
                   if replay.frames is not None else 0.0)
         for index, group in enumerate(replay.groups):
             start = replay.start(model, group)
-            latent = float(rollout_loss(model, start, group.actions, replay.references[index], 0.0))
-            whole = float(rollout_loss(model, start, group.actions, replay.references[index], cost_weight))
+            reference, scale = replay.references[index], replay.centered_cost_scale
+            latent = float(rollout_loss(model, start, group.actions, reference, 0.0, scale))
+            whole = float(rollout_loss(model, start, group.actions, reference, cost_weight, scale))
             terms.append((latent, whole - latent, frames))
     return terms
 
@@ -58,10 +59,8 @@ def report(label: str, terms: list[tuple[float, float, float]]) -> None:
 
 def measure(self, model, qconfig, calib, options) -> None:
     untouched = copy.deepcopy(model)
-    replay = RolloutReplay(model, calib, options.cost_weight, options.encoder_weight, options.encoder)
-    layers = [t for t in active_targets(model, qconfig) if not t.is_tap]
-    replayed = set(replay.layers_run_through(model, [t.name for t in layers]))
-    targets = [t for t in layers if t.name in replayed]
+    replay = RolloutReplay.with_options(model, calib, options)
+    targets, _ = replay.split_targets(model, qconfig)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     ranges = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 
 import pytest
 import torch
@@ -14,7 +15,8 @@ from wmquant.errors import QuantizationError
 from wmquant.quant.api import act_quantizers, set_quantization_
 from wmquant.quant.config import QuantConfigError
 from wmquant.quant.layers import QuantLinear
-from wmquant.quant.methods._rollouts import rollout_loss
+from wmquant.quant.methods._rollouts import RolloutReplay, plan_costs, rollout_loss
+from wmquant.quant.recorders import CalibrationData, RolloutRecorder
 
 from test_mixed import D, _planner_like_runner, _world_model
 
@@ -98,6 +100,68 @@ def test_the_loss_counts_every_step_and_the_cost():
         moved = {k: v.clone() for k, v in reference.items()}
         moved["visual"][:, 1] += 0.1  # an error in an intermediate step only
         assert float(rollout_loss(model, z0, act, moved, 0.0)) > 0.0
+
+
+class _FixedRollout:
+    """Stands in for a world model whose rollout gives fixed latents."""
+
+    def __init__(self, latents):
+        self.latents = latents
+
+    def rollout_latent(self, z0, act):
+        return self.latents
+
+
+def _final_latents_moved(reference, move):
+    got = {k: v.clone() for k, v in reference.items()}
+    got["visual"][:, -1] = move(got["visual"][:, -1])
+    return got
+
+
+def test_the_centered_cost_term_ignores_a_shift_common_to_the_groups_costs_and_scales_by_the_given_spread():
+    gen = torch.Generator().manual_seed(5)
+    visual = torch.randn(6, 3, 2, 4, generator=gen, dtype=torch.float64)
+    visual[:, -1, :, 3] = 0.0  # the final latents differ only in dims 0-2
+    reference = {"visual": visual, "proprio": torch.randn(6, 3, 1, 2, generator=gen, dtype=torch.float64)}
+    goal = visual[:1, -1:]
+    c_ref = (visual[:, -1:] - goal).pow(2).flatten(1).sum(dim=1)
+
+    def loss(got, cost_weight, scale):
+        return float(rollout_loss(_FixedRollout(got), None, None, reference, cost_weight, scale))
+
+    # every final latent moved along an unused dimension: each cost grows by the same 2 x 0.3^2
+    shifted = _final_latents_moved(reference, lambda z: z + torch.tensor([0, 0, 0, 0.3], dtype=torch.float64))
+    latent_only = loss(shifted, 0.0, 1.0)
+    assert latent_only > 0
+    assert loss(shifted, 1.0, 1.0) == pytest.approx(latent_only, abs=1e-12)  # no ranking changed
+    relative = (2 * 0.3 ** 2) ** 2 / float(c_ref.pow(2).mean())  # the relative term counts the shift
+    assert loss(shifted, 1.0, None) - latent_only == pytest.approx(relative, rel=1e-10)
+    # every final latent pulled towards the goal by a: costs a^2 c_ref, so d = (a^2 - 1) c_ref
+    a, scale = 0.8, 2.5
+    pulled = _final_latents_moved(reference, lambda z: goal[:, 0] + a * (z - goal[:, 0]))
+    expected = (a * a - 1) ** 2 * float(c_ref.var(unbiased=False)) / scale
+    assert loss(pulled, 1.0, scale) - loss(pulled, 0.0, scale) == pytest.approx(expected, rel=1e-10)
+
+
+def test_the_centered_cost_term_is_scaled_by_fp_s_mean_cost_spread_and_trains():
+    model = _world_model()
+    config = QuantConfig.uniform(w_bits=3, a_bits=8, a_granularity="per_token")
+    recorder = RolloutRecorder(model, max_sequences=16, group=4, max_frames=8)
+    _planner_like_runner(model)()
+    recorder.remove()
+    calib = CalibrationData(rollouts=recorder.groups, encoder_frames=recorder.frames())
+    replay = RolloutReplay(model, calib, 1.0, 1.0, True, cost_term="centered")
+    spreads = [float(plan_costs(ref, ref["visual"][:1, -1:]).var(unbiased=False)) for ref in replay.references]
+    assert len(spreads) > 1 and replay.centered_cost_scale == pytest.approx(sum(spreads) / len(spreads))
+    assert RolloutReplay(model, calib, 1.0, 1.0, True).centered_cost_scale is None
+    report = calibrate_and_quantize(model, "rollout", config, _planner_like_runner(model),
+                                    method_options={"epochs": 15, "lr": 2e-2, "cost_term": "centered"})
+    losses = report["method_report"]["loss_by_epoch"]
+    assert losses[-1] < 0.9 * losses[0]
+    for method in ("rollout", "mixed"):
+        with pytest.raises(QuantConfigError, match=r"cost_term='ranked' is unknown; valid: relative, centered"):
+            calibrate_and_quantize(_world_model(), method, config, _planner_like_runner(model),
+                                   method_options={"cost_term": "ranked"})
 
 
 def test_rollouts_recorded_under_inference_mode_can_be_trained_on():
@@ -226,3 +290,15 @@ def test_a_failure_while_learning_let_leaves_the_model_as_it_came(monkeypatch):
     assert not any("parametrizations" in name for name, _ in model.named_modules())
     state, before = model.state_dict(), original.state_dict()
     assert set(state) == set(before) and all(torch.equal(state[name], before[name]) for name in before)
+
+
+@pytest.mark.parametrize("method", ["rollout", "mixed", "omniquant"])
+def test_the_methods_own_computation_shows_a_progress_bar_when_asked(method, capsys):
+    model = _world_model()
+    options = {} if method == "mixed" else {"epochs": 1}
+    config = QuantConfig.uniform(w_bits=4)
+    calibrate_and_quantize(model, method, config, _planner_like_runner(model), method_options=options, progress=True)
+    assert re.search(rf"{method}:\s+\d+%.*\| *\d+/\d+ ", capsys.readouterr().err)  # tqdm's line
+    quiet = _world_model()
+    calibrate_and_quantize(quiet, method, config, _planner_like_runner(quiet), method_options=options)
+    assert f"{method}:" not in capsys.readouterr().err

@@ -266,7 +266,7 @@ def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession |
     try:
         report = calibrate_and_quantize(
             session.model, method, qconfig, run_calibration, act_stats=act_stats, method_options=options,
-            on_passes=announce_passes,
+            on_passes=announce_passes, progress=progress,
         )
     finally:
         calib_env.close()

@@ -28,6 +28,7 @@ from .api import (
 )
 from .config import QuantConfig
 from .methods import get_method
+from .methods.base import showing_progress
 from .recipes import method_chain, recipe_name
 from .recorders import (  # noqa: F401  (re-exported: the pipeline's inputs are part of its interface)
     BlockCall,
@@ -119,6 +120,7 @@ def calibrate_and_quantize(
     act_stats: Mapping[str, torch.Tensor] | None = None,
     method_options: Mapping[str, Any] | None = None,
     on_passes: Callable[[list[str]], None] | None = None,
+    progress: bool = False,
 ) -> dict:
     """Quantize `model` in place with a registered method, or a recipe of several applied in
     order; returns a report for result.json.
@@ -132,6 +134,7 @@ def calibrate_and_quantize(
     with the model computing in float. Everything is validated before it is first called.
     on_passes: told the purposes of the calibration passes that will run, once everything is
     validated and before the first (so a caller can say how long calibration will take).
+    progress: show the methods' own progress bars (rollout's epochs, mixed's replays, OmniQuant's blocks).
     """
     chain = method_chain(method)
     recipes, options = plan_recipe(chain, qconfig, method_options)
@@ -175,7 +178,8 @@ def calibrate_and_quantize(
             report["calibration_passes"].append({**record, "seconds": time.perf_counter() - started,
                                                  **({"method": recipe.name} if len(recipes) > 1 else {})})
         started = time.perf_counter()
-        result = recipe.transform(model, qconfig, calib, opts)
+        with showing_progress(progress):
+            result = recipe.transform(model, qconfig, calib, opts)
         # the method's own computation, apart from the planning passes that record its inputs
         method_seconds[recipe.name] = time.perf_counter() - started
         layer_schemes.update(result.layer_schemes)

@@ -14,26 +14,46 @@ import inspect
 import torch
 from torch import nn
 
+from ..api import Target, active_targets
+from ..config import QuantConfig
 from ..recorders import CalibrationData, RecordedRollout
 
 
+#: How the cost term compares the quantized model's costs of a group's candidates with FP's.
+COST_TERMS = ("relative", "centered")
+
+
+def plan_costs(latents: dict[str, torch.Tensor], goal: torch.Tensor) -> torch.Tensor:
+    """Each sequence's planning cost: the squared distance of its final visual latent to `goal`."""
+    return (latents["visual"][:, -1:] - goal).pow(2).flatten(1).sum(dim=1)
+
+
 def rollout_loss(model: nn.Module, z0: dict[str, torch.Tensor], act: torch.Tensor, reference: dict[str, torch.Tensor],
-                 cost_weight: float) -> torch.Tensor:
+                 cost_weight: float, centered_cost_scale: float | None = None) -> torch.Tensor:
     """The horizon-wide latent error plus the cost error of one recorded group (differentiable):
 
-        sum_t ||z(t) - z_ref(t)||^2 / sum_t ||z_ref(t)||^2
-      + cost_weight * mean_i (c_i - c_ref,i)^2 / mean_i c_ref,i^2,   c_i = ||z_T,i - g||^2,
+        sum_t ||z(t) - z_ref(t)||^2 / sum_t ||z_ref(t)||^2 + cost_weight * cost error,
 
-    g = the reference's final latent of the group's first sequence (the CEM mean's prediction; the
-    goal itself is not an input of the world model). Step 0 is the start latent itself, so an
-    encoder error counts from the first step."""
+    with c_i = ||z_T,i - g||^2 and g = the reference's final latent of the group's first sequence
+    (the CEM mean's prediction; the goal itself is not an input of the world model). Step 0 is the
+    start latent itself, so an encoder error counts from the first step. The cost error is
+
+      relative (centered_cost_scale None):  mean_i (c_i - c_ref,i)^2 / mean_i c_ref,i^2;
+      centered:  mean_i (d_i - mean_j d_j)^2 / centered_cost_scale,  d_i = c_i - c_ref,i.
+
+    Centering drops a shift common to the group's costs, which changes no ranking; the fixed scale
+    (the replay's mean over groups of FP's cost variance) keeps a group whose candidates FP scores
+    almost alike (a converged CEM) from weighing as much as one whose ranking is at stake."""
     got = model.rollout_latent(z0, act)
     err = sum((got[k] - reference[k]).pow(2).sum() for k in reference)
     norm = sum(reference[k].pow(2).sum() for k in reference)
     goal = reference["visual"][:1, -1:]
-    c_ref = (reference["visual"][:, -1:] - goal).pow(2).flatten(1).sum(dim=1)
-    c_got = (got["visual"][:, -1:] - goal).pow(2).flatten(1).sum(dim=1)
-    cost = (c_got - c_ref).pow(2).mean() / c_ref.pow(2).mean().clamp_min(1e-30)
+    c_ref, c_got = plan_costs(reference, goal), plan_costs(got, goal)
+    if centered_cost_scale is None:
+        cost = (c_got - c_ref).pow(2).mean() / c_ref.pow(2).mean().clamp_min(1e-30)
+    else:
+        shift = c_got - c_ref
+        cost = (shift - shift.mean()).pow(2).mean() / max(centered_cost_scale, 1e-30)
     return err / norm.clamp_min(1e-30) + cost_weight * cost
 
 
@@ -53,12 +73,15 @@ class RolloutReplay:
     of them (built when the replay is made: make it before quantizing), and the loss against it.
 
     through_encoder: replay from the recorded observations when every group has them and the model
-    can encode with autograd; `encoder_reason` says why not otherwise."""
+    can encode with autograd; `encoder_reason` says why not otherwise. cost_term: one of COST_TERMS
+    (see `rollout_loss`)."""
 
     def __init__(self, model: nn.Module, calib: CalibrationData, cost_weight: float, encoder_weight: float,
-                 through_encoder: bool) -> None:
+                 through_encoder: bool, cost_term: str = "relative") -> None:
+        if cost_term not in COST_TERMS:
+            raise ValueError(f"cost_term={cost_term!r}; valid: {', '.join(COST_TERMS)}")
         param = next(model.parameters())
-        self.cost_weight, self.encoder_weight = cost_weight, encoder_weight
+        self.cost_weight, self.encoder_weight, self.cost_term = cost_weight, encoder_weight, cost_term
         self.groups: list[RecordedRollout] = [group.to(param) for group in calib.rollouts]
         self.encoder_reason = None
         if not through_encoder:
@@ -77,6 +100,23 @@ class RolloutReplay:
             self.float_starts = [self.start(model, group) for group in self.groups]
             self.references = [model.rollout_latent(z0, group.actions) for z0, group in zip(self.float_starts, self.groups)]
             self.frame_reference = None if self.frames is None else model.encode_obs(self.frames)
+        self.centered_cost_scale = None
+        if cost_term == "centered" and self.groups:
+            spreads = [plan_costs(ref, ref["visual"][:1, -1:]).var(unbiased=False) for ref in self.references]
+            self.centered_cost_scale = float(sum(spreads)) / len(spreads)
+
+    @classmethod
+    def with_options(cls, model: nn.Module, calib: CalibrationData, options) -> RolloutReplay:
+        """The replay as a method's options ask (`cost_weight`, `encoder_weight`, `encoder`,
+        `cost_term`)."""
+        return cls(model, calib, options.cost_weight, options.encoder_weight, options.encoder, options.cost_term)
+
+    def split_targets(self, model: nn.Module, qconfig: QuantConfig) -> tuple[list[Target], list[str]]:
+        """The quantized layers (taps aside) that a replay runs through, which a method can measure,
+        and the names of the others, which keep what their observers give them."""
+        layers = [t for t in active_targets(model, qconfig) if not t.is_tap]
+        replayed = set(self.layers_run_through(model, [t.name for t in layers]))
+        return [t for t in layers if t.name in replayed], [t.name for t in layers if t.name not in replayed]
 
     @property
     def num_sequences(self) -> int:
@@ -98,7 +138,8 @@ class RolloutReplay:
         frames term, which is then zero, is skipped: the same loss without encoding anything."""
         group = self.groups[index]
         start = self.float_starts[index] if float_encoder else self.start(model, group)
-        loss = rollout_loss(model, start, group.actions, self.references[index], self.cost_weight)
+        loss = rollout_loss(model, start, group.actions, self.references[index], self.cost_weight,
+                            self.centered_cost_scale)
         if self.frames is not None and self.encoder_weight and not float_encoder:
             got = model.encode_obs(self.frames, track_grad=torch.is_grad_enabled())
             loss = loss + self.encoder_weight * relative_error(got, self.frame_reference)

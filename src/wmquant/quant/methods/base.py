@@ -9,18 +9,40 @@ is always computed by the same quantizer that inference uses, after the method's
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Iterator, Mapping
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ...errors import QuantizationError
 from ..api import active_targets
 from ..recorders import CalibrationData
 from ..config import PARTS, QuantConfig, QuantConfigError
 from ..layers import ActRangeClip, WeightQParams
+
+
+#: Whether a method's long computation shows a progress bar (`calibrate_and_quantize(progress=...)`).
+_SHOWS_PROGRESS: contextvars.ContextVar[bool] = contextvars.ContextVar("wmquant_method_progress", default=False)
+
+
+@contextlib.contextmanager
+def showing_progress(enabled: bool) -> Iterator[None]:
+    """Within this context, `progress_bar`s are shown when `enabled`."""
+    token = _SHOWS_PROGRESS.set(enabled)
+    try:
+        yield
+    finally:
+        _SHOWS_PROGRESS.reset(token)
+
+
+def progress_bar(total: int, desc: str) -> tqdm:
+    """A bar for a method's own computation (shown only inside `showing_progress(True)`)."""
+    return tqdm(total=total, desc=desc, disable=not _SHOWS_PROGRESS.get(), leave=False, dynamic_ncols=True)
 
 
 @dataclass

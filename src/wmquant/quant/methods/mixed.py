@@ -36,12 +36,12 @@ import torch
 from torch import nn
 
 from .. import qmath
-from ..api import active_targets
 from ..config import QuantConfig, QuantConfigError
 from ..layers import WeightQuantizer, input_fake_quant_hook
 from ..recorders import CalibrationData
-from ._rollouts import RolloutReplay
-from .base import MethodResult, PTQMethod, check_non_negative, check_positive, register_method
+from ._rollouts import COST_TERMS, RolloutReplay
+from .base import (MethodResult, PTQMethod, check_choice, check_non_negative, check_positive, progress_bar,
+                   register_method)
 
 
 @dataclass
@@ -51,6 +51,7 @@ class MixedOptions:
     a_budget: float | None = None    # separate activation budget (default: budget)
     candidates: tuple[int, ...] = (3, 4, 6, 8)
     cost_weight: float = 1.0         # weight of the cost error against the rollout error
+    cost_term: str = "relative"      # the cost error: relative per group, or centered (see _rollouts.rollout_loss)
     encoder: bool = True             # replay from the recorded observations: allocate the encoder too
     encoder_weight: float = 1.0      # weight of the recorded frames' encoder latent error
     n_sequences: int = 256           # recorded rollout sequences
@@ -59,6 +60,7 @@ class MixedOptions:
     def __post_init__(self) -> None:
         check_positive(self, "budget", "n_sequences")
         check_non_negative(self, "cost_weight", "encoder_weight")
+        check_choice(self, "cost_term", COST_TERMS)
         if not isinstance(self.encoder, bool):
             raise QuantConfigError(f"mixed encoder={self.encoder!r} must be true or false")
         if not self.candidates or any(not isinstance(b, int) or not 2 <= b <= 8 for b in self.candidates):
@@ -123,37 +125,39 @@ class MixedPrecision(PTQMethod):
     options = MixedOptions
 
     def transform(self, model: nn.Module, qconfig: QuantConfig, calib: CalibrationData, options: MixedOptions) -> MethodResult:
-        layers = [t for t in active_targets(model, qconfig) if not t.is_tap]
-        replay = RolloutReplay(model, calib, options.cost_weight, options.encoder_weight, options.encoder)
-        replayed = set(replay.layers_run_through(model, [t.name for t in layers]))
-        targets = [t for t in layers if t.name in replayed]
-        fixed = [t.name for t in layers if t.name not in replayed]
+        replay = RolloutReplay.with_options(model, calib, options)
+        targets, fixed = replay.split_targets(model, qconfig)
         # perturbing a layer the encoding does not call leaves the encoder's outputs at float:
         # its replays reuse the float start latents (the same damage, without encoding anything)
         encoding = set(replay.encoder_layers(model, [t.name for t in targets]))
         w_damage: dict[str, dict[int, float]] = {}
         a_damage: dict[str, dict[int, float]] = {}
-        for target in targets:
-            layer, scheme = target.module, target.scheme
-            if scheme.quantizes_weights:
-                original = layer.weight.detach().clone()
-                w_damage[target.name] = {}
-                for bits in options.candidates:
-                    # the layer's own weight quantizer at these bits: its observer and grid, as inference will use them
-                    quantizer = WeightQuantizer(dataclasses.replace(scheme, w_bits=bits))
+        replays = sum(t.scheme.quantizes_weights + t.scheme.quantizes_activations for t in targets)
+        with progress_bar(replays * len(options.candidates), "mixed") as bar:
+            for target in targets:
+                layer, scheme = target.module, target.scheme
+                bar.set_postfix(layer=target.name)
+                if scheme.quantizes_weights:
+                    original = layer.weight.detach().clone()
+                    w_damage[target.name] = {}
+                    for bits in options.candidates:
+                        # the layer's own weight quantizer at these bits: its observer and grid, as inference will use them
+                        quantizer = WeightQuantizer(dataclasses.replace(scheme, w_bits=bits))
+                        with torch.no_grad():
+                            layer.weight.copy_(quantizer(original).to(original.dtype))
+                        w_damage[target.name][bits] = replay.mean_loss(model, float_encoder=target.name not in encoding)
+                        bar.update()
                     with torch.no_grad():
-                        layer.weight.copy_(quantizer(original).to(original.dtype))
-                    w_damage[target.name][bits] = replay.mean_loss(model, float_encoder=target.name not in encoding)
-                with torch.no_grad():
-                    layer.weight.copy_(original)
-            if scheme.quantizes_activations:
-                a_damage[target.name] = {}
-                for bits in options.candidates:
-                    handle = layer.register_forward_pre_hook(input_fake_quant_hook(scheme, bits))
-                    try:
-                        a_damage[target.name][bits] = replay.mean_loss(model, float_encoder=target.name not in encoding)
-                    finally:
-                        handle.remove()
+                        layer.weight.copy_(original)
+                if scheme.quantizes_activations:
+                    a_damage[target.name] = {}
+                    for bits in options.candidates:
+                        handle = layer.register_forward_pre_hook(input_fake_quant_hook(scheme, bits))
+                        try:
+                            a_damage[target.name][bits] = replay.mean_loss(model, float_encoder=target.name not in encoding)
+                        finally:
+                            handle.remove()
+                        bar.update()
         by_name = {t.name: t for t in targets}
         w_sizes = {n: by_name[n].module.weight.numel() for n in w_damage}
         # what a token costs: the input width of one output (a Conv's in_channels x kernel)

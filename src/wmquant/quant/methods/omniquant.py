@@ -54,7 +54,8 @@ from ._equivalence import (
     transformed_linear,
     transformed_norm,
 )
-from .base import MethodResult, PTQMethod, QuantConfigError, check_positive, missing_stats_error, register_method
+from .base import (MethodResult, PTQMethod, QuantConfigError, check_positive, missing_stats_error, progress_bar,
+                   register_method)
 
 
 SHIFT_INITS = ("midpoint", "zero")
@@ -257,26 +258,30 @@ class OmniQuant(PTQMethod):
         device = model_device(model)
         qparams: dict[str, WeightQParams] = {}
         report: dict[str, dict] = {}
-        for part, calls in calib.block_inputs.items():
-            fp_calls = split_calls([c.to(device) for c in calls], options.batch_size)
-            q_calls = fp_calls
-            targets_by_block = block_targets(model, qconfig, part)
-            for index, block in enumerate(model.get_submodule(f"{part}.blocks")):
-                targets = targets_by_block.get(index, {})
-                # the shift's starting point: recorded on this block's float inputs, only where it is learned
-                starts_shift = _learns_let(options, targets) and options.let_shift and options.shift_init == "midpoint"
-                let_linears = [linear for _, linear in NORM_LINEAR_PAIRS if linear in targets] if starts_shift else []
-                with InputMidpoints(block, let_linears) as midpoints:
-                    fp_out = run_block(block, fp_calls)
-                if targets:
-                    prefix = f"{part}.blocks.{index}"
-                    q_calls, block_qparams, report[prefix] = self._process_block(
-                        block, prefix, targets, q_calls, [c.x for c in fp_out], calib.act_stats, midpoints.values(),
-                        options)
-                    qparams.update(block_qparams)
-                else:
-                    q_calls = run_block(block, q_calls)
-                fp_calls = fp_out
+        blocks = {part: model.get_submodule(f"{part}.blocks") for part in calib.block_inputs}
+        with progress_bar(sum(len(b) for b in blocks.values()), "omniquant") as bar:
+            for part, calls in calib.block_inputs.items():
+                fp_calls = split_calls([c.to(device) for c in calls], options.batch_size)
+                q_calls = fp_calls
+                targets_by_block = block_targets(model, qconfig, part)
+                for index, block in enumerate(blocks[part]):
+                    bar.set_postfix(block=f"{part}.{index}")
+                    targets = targets_by_block.get(index, {})
+                    # the shift's starting point: recorded on this block's float inputs, only where it is learned
+                    starts_shift = _learns_let(options, targets) and options.let_shift and options.shift_init == "midpoint"
+                    let_linears = [linear for _, linear in NORM_LINEAR_PAIRS if linear in targets] if starts_shift else []
+                    with InputMidpoints(block, let_linears) as midpoints:
+                        fp_out = run_block(block, fp_calls)
+                    if targets:
+                        prefix = f"{part}.blocks.{index}"
+                        q_calls, block_qparams, report[prefix] = self._process_block(
+                            block, prefix, targets, q_calls, [c.x for c in fp_out], calib.act_stats, midpoints.values(),
+                            options)
+                        qparams.update(block_qparams)
+                    else:
+                        q_calls = run_block(block, q_calls)
+                    fp_calls = fp_out
+                    bar.update()
         return MethodResult(weight_qparams=qparams, report=report)
 
     def _process_block(self, block: nn.Module, prefix: str, targets: dict, q_calls: list[BlockCall],

@@ -31,7 +31,10 @@ OmniQuant's training does), rounding passed straight through. At W4A4 per-tensor
 range is what fails on Wall (per-token activations keep far more success, docs/study_wall.md),
 and weight clipping alone cannot reach it. g is the float model's final latent of the group's first
 sequence (the CEM mean's prediction; the goal is not an input of the world model), so the cost
-term asks the quantized model to rank a group's candidate plans as FP does.
+term asks the quantized model to rank a group's candidate plans as FP does. With
+`cost_term=centered` the cost term is instead mean_i (d_i - mean_j d_j)^2 / s, d_i = c_q,i - c_fp,i:
+a shift common to a group's costs changes no ranking and is not penalised, and s, FP's cost
+variance averaged over the groups, weighs the groups by how much FP's costs spread in them.
 
 With `encoder=true` (default) a replay starts from the quantized model's own encoding of the
 recorded start observations, so the encoder's and the proprio embedding's layers are learned
@@ -56,14 +59,14 @@ from torch import nn
 
 from ...errors import QuantizationError
 from .. import qmath
-from ..api import active_targets
 from ..config import QuantConfig, QuantConfigError
 from ..layers import ActQuantizer, ActRangeClip, WeightQParams, input_fake_quant_hook, input_hook
 from ..recorders import CalibrationData
 from ._equivalence import NORM_LINEAR_PAIRS, SCALE_FLOOR, check_norm, fold_norm_into_linear_, smoothquant_scale
-from ._rollouts import RolloutReplay
+from ._rollouts import COST_TERMS, RolloutReplay
 from .omniquant import InputMidpoints
-from .base import MethodResult, PTQMethod, check_non_negative, check_positive, register_method
+from .base import (MethodResult, PTQMethod, check_choice, check_non_negative, check_positive, progress_bar,
+                   register_method)
 
 
 @dataclass
@@ -71,6 +74,7 @@ class RolloutOptions:
     epochs: int = 10
     lr: float = 5e-3
     cost_weight: float = 1.0
+    cost_term: str = "relative"  # the cost error: relative per group, or centered (see _rollouts.rollout_loss)
     encoder: bool = True         # replay from the recorded observations: learn the encoder's clipping too
     encoder_weight: float = 1.0  # weight of the recorded frames' encoder latent error
     activation_ranges: bool = True  # learn each static per-tensor input range (clip factors on it)
@@ -90,6 +94,7 @@ class RolloutOptions:
             if not isinstance(getattr(self, name), bool):
                 raise QuantConfigError(f"rollout {name}={getattr(self, name)!r} must be true or false")
         check_non_negative(self, "cost_weight", "encoder_weight")
+        check_choice(self, "cost_term", COST_TERMS)
 
 
 class _ClippedWeight(nn.Module):
@@ -271,10 +276,8 @@ class RolloutAware(PTQMethod):
 
     def transform(self, model: nn.Module, qconfig: QuantConfig, calib: CalibrationData,
                   options: RolloutOptions) -> MethodResult:
-        replay = RolloutReplay(model, calib, options.cost_weight, options.encoder_weight, options.encoder)
-        layers = [t for t in active_targets(model, qconfig) if not t.is_tap]
-        replayed = set(replay.layers_run_through(model, [t.name for t in layers]))
-        targets = [t for t in layers if t.name in replayed]
+        replay = RolloutReplay.with_options(model, calib, options)
+        targets, fixed = replay.split_targets(model, qconfig)
         frozen = [p for p in model.parameters() if p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
@@ -324,15 +327,19 @@ class RolloutAware(PTQMethod):
             if parameters and options.epochs:
                 optimizer = torch.optim.Adam(parameters, lr=options.lr)
                 order = torch.Generator().manual_seed(options.seed)
-                for _ in range(options.epochs):
-                    for index in torch.randperm(len(replay.groups), generator=order).tolist():
-                        loss = replay.loss(model, index)
-                        optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        optimizer.step()
-                    history.append(replay.mean_loss(model))
-                    if history[-1] < best or not options.keep_best:
-                        best, best_state = history[-1], [p.detach().clone() for p in parameters]
+                with progress_bar(options.epochs * len(replay.groups), "rollout") as bar:
+                    bar.set_postfix(loss=f"{history[0]:.4g}")
+                    for _ in range(options.epochs):
+                        for index in torch.randperm(len(replay.groups), generator=order).tolist():
+                            loss = replay.loss(model, index)
+                            optimizer.zero_grad(set_to_none=True)
+                            loss.backward()
+                            optimizer.step()
+                            bar.update()
+                        history.append(replay.mean_loss(model))
+                        bar.set_postfix(loss=f"{history[-1]:.4g}")
+                        if history[-1] < best or not options.keep_best:
+                            best, best_state = history[-1], [p.detach().clone() for p in parameters]
                 with torch.no_grad():
                     for p, value in zip(parameters, best_state):
                         p.copy_(value)
@@ -357,7 +364,7 @@ class RolloutAware(PTQMethod):
             clip_min, clip_max = (float(f.detach()) for f in learned.factors())
             act_clips[name] = ActRangeClip(clip_min=clip_min, clip_max=clip_max)
         report = {"loss_by_epoch": history, "kept_loss": best if parameters else None, "layers": sorted(clips),
-                  "fixed_layers": sorted(t.name for t in layers if t.name not in replayed),
+                  "fixed_layers": sorted(fixed),
                   "through_encoder": replay.through_encoder, "encoder_not_replayed": replay.encoder_reason,
                   "encoder_frames": 0 if replay.frames is None else int(replay.frames["visual"].shape[0]),
                   "rollout_sequences": replay.num_sequences,
