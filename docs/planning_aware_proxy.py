@@ -24,6 +24,7 @@ CONFIGS = {"rtn": "RTN", "rotate": "rotate", "rotate+gptq": "[rotate, gptq]", "r
            "rollout_centered": "rollout, centered cost term (cost_term=centered)",
            "rollout_1024_sequences": "rollout, 1024 recorded sequences (n_sequences=1024)",
            "rollout_1024_sequences_20_epochs": "rollout, 1024 recorded sequences, 20 epochs",
+           "rollout_40_epochs": "rollout, 256 recorded sequences, 40 epochs (epochs=40)",
            "at_01c24e8/rollout": "rollout, 01c24e8 (ranges started from a per-call sample)",
            "at_01c24e8/rotate+rollout": "[rotate, rollout], 01c24e8 (likewise)",
            "at_01c24e8/mixed": "mixed, 01c24e8 (every replay encodes)",
