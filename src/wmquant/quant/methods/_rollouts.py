@@ -23,8 +23,10 @@ from ..recorders import CalibrationData, RecordedRollout
 COST_TERMS = ("relative", "centered")
 
 
-def plan_costs(latents: dict[str, torch.Tensor], goal: torch.Tensor) -> torch.Tensor:
-    """Each sequence's planning cost: the squared distance of its final visual latent to `goal`."""
+def plan_costs(latents: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Each sequence's planning cost: the squared distance of its final visual latent to the goal
+    g, the reference's final latent of the group's first sequence (see `rollout_loss`)."""
+    goal = reference["visual"][:1, -1:]
     return (latents["visual"][:, -1:] - goal).pow(2).flatten(1).sum(dim=1)
 
 
@@ -47,8 +49,7 @@ def rollout_loss(model: nn.Module, z0: dict[str, torch.Tensor], act: torch.Tenso
     got = model.rollout_latent(z0, act)
     err = sum((got[k] - reference[k]).pow(2).sum() for k in reference)
     norm = sum(reference[k].pow(2).sum() for k in reference)
-    goal = reference["visual"][:1, -1:]
-    c_ref, c_got = plan_costs(reference, goal), plan_costs(got, goal)
+    c_ref, c_got = plan_costs(reference, reference), plan_costs(got, reference)
     if centered_cost_scale is None:
         cost = (c_got - c_ref).pow(2).mean() / c_ref.pow(2).mean().clamp_min(1e-30)
     else:
@@ -81,7 +82,7 @@ class RolloutReplay:
         if cost_term not in COST_TERMS:
             raise ValueError(f"cost_term={cost_term!r}; valid: {', '.join(COST_TERMS)}")
         param = next(model.parameters())
-        self.cost_weight, self.encoder_weight, self.cost_term = cost_weight, encoder_weight, cost_term
+        self.cost_weight, self.encoder_weight = cost_weight, encoder_weight
         self.groups: list[RecordedRollout] = [group.to(param) for group in calib.rollouts]
         self.encoder_reason = None
         if not through_encoder:
@@ -102,7 +103,7 @@ class RolloutReplay:
             self.frame_reference = None if self.frames is None else model.encode_obs(self.frames)
         self.centered_cost_scale = None
         if cost_term == "centered" and self.groups:
-            spreads = [plan_costs(ref, ref["visual"][:1, -1:]).var(unbiased=False) for ref in self.references]
+            spreads = [plan_costs(ref, ref).var(unbiased=False) for ref in self.references]
             self.centered_cost_scale = float(sum(spreads)) / len(spreads)
 
     @classmethod
