@@ -5,14 +5,16 @@
 #          of priority; the protocol part was measured in November and runs only when named)
 #   h1         GEMM peaks (FP32, TF32, BF16, INT8, FP8); DINO-WM scale num_hist 1: the original
 #              procedure, FP32/BF16/TF32 eager and compiled, BF16 compiled with CUDA graphs
-#   kernels_h1 real-kernel FP8 W8A8, INT8 W8A8 (eager and compiled) and W4A16 rollouts against
+#   kernels_h1 real-kernel FP8 W8A8, INT8 W8A8 (torch and fused Triton kernels, each eager and
+#              compiled) and W4A16 rollouts against
 #              FP32/BF16 at DINO-WM scale num_hist 1, at 300 samples and at 32, and their agreement
 #              with fake quantization
 #   kernels_h3 the same at num_hist 3 (the PushT setting)
 #   rest       CEM steps of the shipped Wall and PushT models and of DINO-WM scale num_hist 3
 #   protocol   the full Wall protocol on the shipped model, exact FP32, skipping on and off
 # First, where pytest is carried, the CUDA tests of the real kernels (tests/kernels, marker gpu; a
-# few seconds) into $OUT/kernels_pytest.txt.
+# few seconds) and the fused INT8 kernels' tests (compiled on the GPU; on the CPU they run in
+# Triton's interpreter) into $OUT/kernels_pytest.txt.
 # Writes $OUT/bench_<part>.json (each rewritten after every measurement, so a part cut short by
 # its time limit keeps what it measured) and $OUT/bench.log. Predictions: docs/benchmarks_gpu_plan.md.
 source scripts/gpu/setup.sh
@@ -36,6 +38,8 @@ if python3 -c "import pytest" 2>/dev/null; then
   log "pytest -m gpu tests/kernels"
   timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/kernels > $OUT/kernels_pytest.txt 2>&1
   log "kernel tests ended with status $?"; tail -3 $OUT/kernels_pytest.txt
+  timeout 180 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_fused_int8.py >> $OUT/kernels_pytest.txt 2>&1
+  log "fused INT8 kernel tests ended with status $?"; tail -3 $OUT/kernels_pytest.txt
 fi
 
 for part in $PARTS; do

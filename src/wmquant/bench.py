@@ -159,6 +159,7 @@ class Variant:
     compile: bool | str = False  # or a torch.compile mode ("reduce-overhead": with CUDA graphs)
     quant: str | None = None  # None | "w8a8" | "fp8_w8a8" | "w4a16" | "w4a16_dequant"
     peak: str = ""  # which GEMM peak its rate is a fraction of
+    int8_kernel: str = "torch"  # engine.int8_kernel for "w8a8": torch | triton (fused, wmquant.kernels.fused_int8)
 
     def __post_init__(self) -> None:
         if not self.peak:
@@ -265,14 +266,16 @@ def w8a8_schemes() -> dict[str, Any]:
 def quantize_for(variant: Variant, model: nn.Module) -> nn.Module:
     """A copy of `model` with its predictor blocks quantized as the variant says (RTN, no calibration:
     W8A8, INT8 or FP8, uses dynamic per-token activations) and converted to real kernels."""
-    from .kernels.real import to_real_backend_
+    from .kernels.real import set_int8_kernel_, to_real_backend_
     from .quant import QuantConfig, QuantScheme, quantize_
 
     if variant.quant is None:
         return model
     scheme = w8a8_schemes().get(variant.quant) or QuantScheme(w_bits=4, w_group_size=128)
     quantized = quantize_(copy.deepcopy(model), QuantConfig(predictor=scheme))
-    return to_real_backend_(quantized, int4_kernel="dequant" if variant.quant == "w4a16_dequant" else "auto")
+    real = to_real_backend_(quantized, int4_kernel="dequant" if variant.quant == "w4a16_dequant" else "auto")
+    set_int8_kernel_(real, variant.int8_kernel)
+    return real
 
 
 # --- measurements -----------------------------------------------------------------------------------
@@ -462,7 +465,10 @@ def _kernel_variants(settings: Settings) -> list[Variant]:
                 Variant("w4a16_real_dequant", precision=half, quant="w4a16_dequant", peak="bf16")]
     if settings.device.type == "cuda":
         variants[:0] = [Variant("fp8_w8a8_real_compiled", precision=half, quant="fp8_w8a8", compile=True),
-                        Variant("w8a8_real_compiled", precision=half, quant="w8a8", compile=True)]
+                        Variant("w8a8_real_compiled", precision=half, quant="w8a8", compile=True),
+                        Variant("w8a8_real_triton", precision=half, quant="w8a8", int8_kernel="triton"),
+                        Variant("w8a8_real_triton_compiled", precision=half, quant="w8a8", int8_kernel="triton",
+                                compile=True)]
     return variants
 
 
@@ -608,19 +614,26 @@ def _float_weight_bytes(model: nn.Module) -> dict[str, int]:
 def kernel_agreement(case: Case, settings: Settings) -> dict[str, Any]:
     """Relative L2 difference between fake-quant and real-kernel rollouts of the same quantized
     model on the same inputs (engine precision fp32), and of fake quant against the float model."""
-    from .kernels.real import to_real_backend_
+    from .kernels import fused_int8
+    from .kernels.real import set_int8_kernel_, to_real_backend_
     from .planning.engine import Engine
     from .planning.objective import Objective
     from .quant import QuantConfig, QuantScheme, quantize_
 
     device, batch = settings.device, 16
+    fused = device.type == "cuda" and fused_int8.available()  # the INT8 layers on the fused Triton kernels too
     out: dict[str, Any] = {}
     actions = torch.randn(batch, settings.horizon, case.action_width, generator=torch.Generator().manual_seed(11))
     for name, scheme in (*w8a8_schemes().items(), ("w4a16", QuantScheme(w_bits=4, w_group_size=128))):
         fake = quantize_(copy.deepcopy(case.model), QuantConfig(predictor=scheme))
         real = to_real_backend_(copy.deepcopy(fake))
+        models = [("float", case.model), ("fake", fake), ("real", real)]
+        if name == "w8a8" and fused:
+            real_triton = copy.deepcopy(real)
+            set_int8_kernel_(real_triton, "triton")
+            models.append(("real_triton", real_triton))
         results = {}
-        for label, model in (("float", case.model), ("fake", fake), ("real", real)):
+        for label, model in models:
             engine = Engine(model, case.normalization, case.img_size, Objective(), device=device)
             z0 = {k: v.expand(batch, *v.shape[1:]) for k, v in engine.encode(_random_obs(case, 1, 7)).items()}
             results[label] = engine.rollout(z0, actions)["visual"]
@@ -630,6 +643,8 @@ def kernel_agreement(case: Case, settings: Settings) -> dict[str, Any]:
 
         out[name] = {"real_vs_fake_rel_l2": rel(results["real"], results["fake"]),
                      "fake_vs_float_rel_l2": rel(results["fake"], results["float"])}
+        if "real_triton" in results:
+            out[name]["real_triton_vs_fake_rel_l2"] = rel(results["real_triton"], results["fake"])
     return out
 
 
@@ -861,7 +876,10 @@ def format_report(report: dict[str, Any]) -> str:
                          f"{wb['resident_bytes']} B resident; kernels {', '.join(wb['kernels'])}")
     if kernels.get("agreement") and "error" not in kernels["agreement"]:
         for name, a in kernels["agreement"].items():
-            lines.append(f"{name}: real vs fake rel. L2 {_fmt(a['real_vs_fake_rel_l2'])}, fake vs float {_fmt(a['fake_vs_float_rel_l2'])}")
+            fused = (f", fused Triton kernels vs fake {_fmt(a['real_triton_vs_fake_rel_l2'])}"
+                     if "real_triton_vs_fake_rel_l2" in a else "")
+            lines.append(f"{name}: real vs fake rel. L2 {_fmt(a['real_vs_fake_rel_l2'])}, fake vs float "
+                         f"{_fmt(a['fake_vs_float_rel_l2'])}{fused}")
     for env, p in (_get(report, "sections", "protocol") or {}).items():
         if not isinstance(p, dict) or "error" in p:
             lines.append(f"protocol {env}: failed: {p.get('error') if isinstance(p, dict) else p}")

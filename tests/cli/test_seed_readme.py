@@ -114,6 +114,7 @@ def test_w_group_size_key_beats_nothing_and_minus_one_is_per_channel(tmp_path, s
     (["quant", "calib_mode_a=channel_wise"], "calib_mode_a"),
     (["quant", "method=awq", "predictor_abit=8"], "weight-only"),
     (["quant", "method=smoothquant", "scale_tag=never_made"], "wmquant plan-act"),
+    (["quant", "engine.backend=real", "engine.int8_kernel=cutlass"], "unknown engine.int8_kernel 'cutlass'; valid: torch, triton"),
     (["plan", "seed=1"], "seed"),
     (["plan", "output_dir=/proc/wmq_out"], "output_dir=/proc/wmq_out cannot be created"),
     (["plan", "resume=maybe"], "resume='maybe' must be true or false"),

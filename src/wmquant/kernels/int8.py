@@ -154,12 +154,49 @@ class Int8Linear(DerivedKernelState):  # prepare() re-aliases qweight and kernel
         self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False) if bias else None
         for name in ("kernel_weight", "kernel_scale", "kernel_row_sum", "kernel_bias"):
             self.register_buffer(name, None, persistent=False)
+        # Engine-time choices, not stored state (see `wmquant.kernels.real.set_int8_kernel_`): the
+        # kernel that runs the layer, a LayerNorm moved in from before it, a GELU from after it.
+        self.kernel = "torch"
+        self.register_buffer("norm_weight", None, persistent=False)
+        self.register_buffer("norm_bias", None, persistent=False)
+        self.norm_eps = 0.0
+        self.output_gelu = False
         self.prepare()
 
     def extra_repr(self) -> str:
         kind = "sym" if self.a_symmetric else "asym"
+        fused = "".join((", LayerNorm fused in" if self.norm_weight is not None else "",
+                         ", GELU fused in" if self.output_gelu else ""))
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"W{self.w_bits}A{self.a_bits} (weights per-channel sym, activations {self.a_granularity} {kind})")
+                f"W{self.w_bits}A{self.a_bits} (weights per-channel sym, activations {self.a_granularity} {kind}), "
+                f"kernel={self.kernel}{fused}")
+
+    # -- fusion with the neighbouring ops ------------------------------------------------------------
+    def fuse_input_norm_(self, norm: nn.LayerNorm) -> None:
+        """Compute `norm` (the layer's only producer) on the layer's input, inside the quantization."""
+        if tuple(norm.normalized_shape) != (self.in_features,) or norm.weight is None or norm.bias is None:
+            raise QuantizationError(f"cannot fuse {norm} into a Linear of {self.in_features} inputs: "
+                                    "only an affine LayerNorm over exactly its inputs fuses")
+        self.norm_weight = norm.weight.detach().float().clone()
+        self.norm_bias = norm.bias.detach().float().clone()
+        self.norm_eps = float(norm.eps)
+
+    def fuse_output_gelu_(self) -> None:
+        """Apply the exact GELU (nn.GELU()) to the layer's output, inside the GEMM's epilogue."""
+        self.output_gelu = True
+
+    def _forward_triton(self, x2: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+        from . import fused_int8
+
+        norm = None
+        if self.norm_weight is not None:
+            norm = fused_int8.FusedNorm(self.norm_weight, self.norm_bias, self.norm_eps)
+        codes, act_scale, zero_point = fused_int8.rows_to_int8(
+            x2, self.a_bits, self.a_symmetric, self.kernel_weight.shape[1], self.input_scale, self.input_zero_point, norm
+        )
+        return fused_int8.int8_gemm(codes, act_scale, zero_point, self.kernel_weight, self.kernel_scale,
+                                    self.kernel_row_sum, self.kernel_bias, self.out_features, out_dtype,
+                                    asymmetric=not self.a_symmetric, gelu=self.output_gelu)
 
     # -- derived tensors ---------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -186,6 +223,10 @@ class Int8Linear(DerivedKernelState):  # prepare() re-aliases qweight and kernel
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out_dtype = output_dtype(x)
         lead = x.shape[:-1]
+        if self.kernel == "triton":
+            return self._forward_triton(x.reshape(-1, self.in_features), out_dtype).reshape(*lead, self.out_features)
+        if self.norm_weight is not None:  # what the LayerNorm module before the layer computed
+            x = F.layer_norm(x, (self.in_features,), self.norm_weight, self.norm_bias, self.norm_eps)
         x2 = x.reshape(-1, self.in_features).float()
         codes, act_scale, zero_point = quantize_rows(
             x2, self.a_bits, self.a_symmetric, self.input_scale, self.input_zero_point
@@ -199,7 +240,8 @@ class Int8Linear(DerivedKernelState):  # prepare() re-aliases qweight and kernel
         y = y * self.kernel_scale
         if self.kernel_bias is not None:
             y = y + self.kernel_bias
-        return y[:, : self.out_features].to(out_dtype).reshape(*lead, self.out_features)
+        y = y[:, : self.out_features].to(out_dtype).reshape(*lead, self.out_features)
+        return F.gelu(y) if self.output_gelu else y  # what the GELU module after the layer computed
 
     # -- accounting ----------------------------------------------------------------------------------
     def weight_bytes(self) -> int:

@@ -7,7 +7,7 @@ Which fake-quant layers map onto a kernel, and how closely:
 
 | fake-quant QuantLinear | real layer | agreement with fake quant |
 |---|---|---|
-| weights 2..8 bits, symmetric, per channel; activations 2..8 bits, per token (dynamic) or per tensor (calibrated, static), symmetric or not | `Int8Linear`: one INT8 GEMM (`torch._int_mm`) | codes identical, integer sums exact: fp32 rounding only |
+| weights 2..8 bits, symmetric, per channel; activations 2..8 bits, per token (dynamic) or per tensor (calibrated, static), symmetric or not | `Int8Linear`: one INT8 GEMM (`torch._int_mm`; with `set_int8_kernel_(model, "triton")`, two fused Triton kernels, `fused_int8.py`) | codes identical, integer sums exact: fp32 rounding only |
 | weights 2..4 bits, per channel or groups of 32/64/128/256, symmetric or not; activations not quantized | `Int4WeightOnlyLinear`: int4 packed matmul | CPU float32: fp32 rounding; CUDA: bf16 activations and bf16 scale/zero table |
 | weights and activations in FP8 E4M3 (`w_format = a_format = fp8_e4m3`), weights per channel; activations per token (dynamic) or per tensor (calibrated, static) | `Fp8Linear`: one scaled FP8 GEMM (`torch._scaled_mm`) | elements identical, products exact: fp32 rounding where the GEMM returns float32 (CPU), bf16 rounding of the output where it returns bfloat16 |
 
@@ -43,6 +43,10 @@ from .int4 import Int4WeightOnlyLinear, kernel_layout
 from .int8 import Int8Linear, enable_inductor_int8_fusion
 
 ENGINE_BACKENDS = ("fake", "real")
+#: `engine.int8_kernel`: how Int8Linear layers run. "torch": torch._int_mm and eager (or inductor-fused)
+#: pointwise ops. "triton": wmquant.kernels.fused_int8, with each block's LayerNorms and fc1's GELU
+#: moved into the quantized Linears next to them (CUDA).
+INT8_KERNELS = ("torch", "triton")
 KIND_INT8 = "int8_gemm"
 KIND_INT4 = "int4_weight_only"
 KIND_FP8 = "fp8_gemm"
@@ -305,8 +309,58 @@ def check_engine_backend(backend: str) -> str:
     return backend
 
 
-def apply_engine_backend_(model: nn.Module, backend: str) -> nn.Module:
-    """`engine.backend`: "fake" keeps fake quantization, "real" converts to real kernels (in place)."""
+def check_int8_kernel(kernel: str, device: torch.device | str | None = None) -> str:
+    """`engine.int8_kernel`, refused in one line if unknown, or if it cannot run on `device`."""
+    if kernel not in INT8_KERNELS:
+        raise ConfigError(f"unknown engine.int8_kernel {kernel!r}; valid: {', '.join(INT8_KERNELS)}")
+    if kernel == "triton" and device is not None:
+        from . import fused_int8
+
+        fused_int8.check_available(torch.device(device))
+    return kernel
+
+
+def fuse_int8_neighbours_(model: nn.Module) -> list[str]:
+    """Move, in every transformer Block, the LayerNorms into the Int8Linear layers that alone read
+    them (norm1 -> attn.qkv, norm2 -> mlp.fc1) and the MLP's exact GELU into fc1; the moved modules
+    become identities. The model computes the same function. Returns the fused sites' names."""
+    from ..models.blocks import Block
+
+    fused: list[str] = []
+    for name, block in model.named_modules():
+        if not isinstance(block, Block):
+            continue
+        prefix = f"{name}." if name else ""
+        for norm_name, linear in (("norm1", block.attn.qkv), ("norm2", block.mlp.fc1)):
+            norm = getattr(block, norm_name)
+            if isinstance(linear, Int8Linear) and isinstance(norm, nn.LayerNorm) and linear.norm_weight is None:
+                linear.fuse_input_norm_(norm)
+                setattr(block, norm_name, nn.Identity())
+                fused.append(prefix + norm_name)
+        act = block.mlp.act
+        if isinstance(block.mlp.fc1, Int8Linear) and isinstance(act, nn.GELU) and act.approximate == "none":
+            block.mlp.fc1.fuse_output_gelu_()
+            block.mlp.act = nn.Identity()
+            fused.append(prefix + "mlp.act")
+    return fused
+
+
+def set_int8_kernel_(model: nn.Module, kernel: str) -> list[str]:
+    """Run every Int8Linear of `model` with `kernel` (INT8_KERNELS); "triton" first fuses the
+    neighbouring LayerNorms and GELUs (`fuse_int8_neighbours_`). Returns the fused sites."""
+    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    check_int8_kernel(kernel, layers[0].qweight.device if layers and kernel == "triton" else None)
+    fused = fuse_int8_neighbours_(model) if kernel == "triton" else []
+    for layer in layers:
+        layer.kernel = kernel
+    return fused
+
+
+def apply_engine_backend_(model: nn.Module, backend: str, int8_kernel: str = "torch") -> nn.Module:
+    """`engine.backend`: "fake" keeps fake quantization, "real" converts to real kernels (in place),
+    whose INT8 layers then run with `int8_kernel` (`engine.int8_kernel`)."""
     if check_engine_backend(str(backend)) == "real":
+        check_int8_kernel(int8_kernel)  # before the model changes
         to_real_backend_(model)
+        set_int8_kernel_(model, int8_kernel)
     return model

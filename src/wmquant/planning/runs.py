@@ -223,7 +223,7 @@ def calibration_forecast(session: PlanningSession, episodes, quant_iter: int, bu
 
 
 def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession | None = None) -> tuple[dict, Path]:
-    from ..kernels.real import apply_engine_backend_, check_engine_backend, check_real_config
+    from ..kernels.real import apply_engine_backend_, check_engine_backend, check_int8_kernel, check_real_config
     from ..quant.calibration import calibrate_and_quantize, needs_act_stats
     from ..quant.stats import load_act_stats
 
@@ -237,11 +237,13 @@ def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession |
     act_stats = load_act_stats(act_stats_path(cfg)) if needs_act_stats(method, qconfig, options) else None
     backend = str(cfg.engine.backend)
     check_engine_backend(backend)
+    int8_kernel = check_int8_kernel(str(cfg.engine.get("int8_kernel", "torch")))
     mechanisms = _flag(cfg, "mechanisms")
 
     session = session or PlanningSession(cfg)
     if backend == "real":
         check_real_config(session.model, qconfig)  # refuse schemes the kernels cannot run, before calibrating
+        check_int8_kernel(int8_kernel, session.device)
     float_model = copy.deepcopy(session.model) if mechanisms else None  # the reference of the measurements
     run_dir = new_run_dir(cfg)
     start = time.perf_counter()
@@ -270,7 +272,7 @@ def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession |
         )
     finally:
         calib_env.close()
-    apply_engine_backend_(session.model, backend)  # engine.backend=real: swap in the int8 / int4 kernels
+    apply_engine_backend_(session.model, backend, int8_kernel)  # engine.backend=real: swap in the real kernels
     calib_seconds = time.perf_counter() - start
     measured = None
     if float_model is not None:
@@ -301,6 +303,7 @@ def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession |
         "calibration": {"episodes": len(calib_episodes), "mpc_iterations": int(cfg.quant_iter),
                         "seed_offset": session.calibration_replicate(), **budget},
         "backend": backend,
+        **({"int8_kernel": int8_kernel} if backend == "real" else {}),
     }
     if measured is not None:
         quant["mechanisms"] = measured

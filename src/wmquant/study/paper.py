@@ -180,7 +180,8 @@ def engine_variant(result: Mapping[str, Any] | None = None, overrides: Mapping[s
     if engine.get("precision", "fp32") != "fp32":
         parts.append(str(engine["precision"]))
     if engine.get("backend", "fake") != "fake":
-        parts.append(f"{engine['backend']} kernels")
+        int8_kernel = engine.get("int8_kernel", "torch")
+        parts.append(f"{engine['backend']} kernels" + (f" ({int8_kernel} INT8)" if int8_kernel != "torch" else ""))
     if engine.get("compile"):
         parts.append("compiled")
     return ", ".join(parts)
