@@ -165,7 +165,8 @@ def _int8_gemm_source(
         y = y + tl.load(bias_ptr + rn, mask=rn < N, other=0.0)[None, :]
     if GELU:
         y = y * 0.5 * (1.0 + tl.erf(y * GELU_SQRT1_2))  # nn.GELU(): x * 0.5 * (1 + erf(x / sqrt 2))
-    tl.store(out_ptr + rm[:, None] * out_stride + rn[None, :], y.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"),
+    # a downcast (to bfloat16 or float16) rounds to nearest even, as torch's .to() does
+    tl.store(out_ptr + rm[:, None] * out_stride + rn[None, :], y.to(out_ptr.dtype.element_ty),
              mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
