@@ -79,6 +79,11 @@ def test_quick_bench_writes_a_consistent_report(tmp_path, capsys):
     small = kernels["small_batch"]
     assert small["samples"] == 8 and small["variants"]["w4a16_real"]["samples"] == 8
     assert set(small["speedups"]) == {"fp8_w8a8_real", "w8a8_real", "w4a16_real", "w4a16_real_dequant"}
+    crossover = kernels["int4_crossover"]
+    assert [r["rows"] for r in crossover["rows"]] == [16, 64, 256]
+    assert all(r["int4pack_seconds"] > 0 and r["dequant_seconds"] > 0 for r in crossover["rows"])
+    faster = [r["rows"] for r in crossover["rows"] if r["dequant_seconds"] < r["int4pack_seconds"]]
+    assert crossover["dequant_faster_from_rows"] == (min(faster) if faster else None)
 
 
 def test_report_check_flags_impossible_numbers():

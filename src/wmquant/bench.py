@@ -160,6 +160,7 @@ class Variant:
     quant: str | None = None  # None | "w8a8" | "fp8_w8a8" | "w4a16" | "w4a16_dequant"
     peak: str = ""  # which GEMM peak its rate is a fraction of
     int8_kernel: str = "torch"  # engine.int8_kernel for "w8a8": torch | triton (fused, wmquant.kernels.fused_int8)
+    int4_kernel: str = "auto"  # for "w4a16": auto | int4pack | dequant (wmquant.kernels.int4.KERNELS)
 
     def __post_init__(self) -> None:
         if not self.peak:
@@ -273,7 +274,7 @@ def quantize_for(variant: Variant, model: nn.Module) -> nn.Module:
         return model
     scheme = w8a8_schemes().get(variant.quant) or QuantScheme(w_bits=4, w_group_size=128)
     quantized = quantize_(copy.deepcopy(model), QuantConfig(predictor=scheme))
-    real = to_real_backend_(quantized, int4_kernel="dequant" if variant.quant == "w4a16_dequant" else "auto")
+    real = to_real_backend_(quantized, int4_kernel=variant.int4_kernel)
     set_int8_kernel_(real, variant.int8_kernel)
     return real
 
@@ -461,8 +462,10 @@ def _kernel_variants(settings: Settings) -> list[Variant]:
     half = "bf16" if settings.device.type == "cuda" else "fp32"
     variants = [Variant("fp8_w8a8_real", precision=half, quant="fp8_w8a8"),
                 Variant("w8a8_real", precision=half, quant="w8a8"),
-                Variant("w4a16_real", precision=half, quant="w4a16", peak="bf16"),
-                Variant("w4a16_real_dequant", precision=half, quant="w4a16_dequant", peak="bf16")]
+                # on CUDA the packed kernel by name ("auto" would pick by the batch: kernels/int4.py)
+                Variant("w4a16_real", precision=half, quant="w4a16", peak="bf16",
+                        int4_kernel="int4pack" if settings.device.type == "cuda" else "auto"),
+                Variant("w4a16_real_dequant", precision=half, quant="w4a16_dequant", peak="bf16", int4_kernel="dequant")]
     if settings.device.type == "cuda":
         variants[:0] = [Variant("fp8_w8a8_real_compiled", precision=half, quant="fp8_w8a8", compile=True),
                         Variant("w8a8_real_compiled", precision=half, quant="w8a8", compile=True),
@@ -583,6 +586,8 @@ class Bench:
         small = dataclasses.replace(self.settings, samples=self.settings.small_batch)
         entry = out.setdefault("small_batch", {"samples": small.samples})
         self._kernel_rows(case, entry, small, f"kernels {key} at {small.samples} samples")
+        self.measure(out, "int4_crossover", f"kernels {key} W4A16 packed against dequantize, by rows",
+                     lambda: int4_crossover(case, self.settings))
 
     def _kernel_rows(self, case: Case, entry: dict[str, Any], settings: Settings, label: str) -> None:
         """The float baselines not yet in entry["variants"] (FP32, BF16, compiled BF16 on CUDA), then
@@ -646,6 +651,36 @@ def kernel_agreement(case: Case, settings: Settings) -> dict[str, Any]:
         if "real_triton" in results:
             out[name]["real_triton_vs_fake_rel_l2"] = rel(results["real_triton"], results["fake"])
     return out
+
+
+def int4_crossover(case: Case, settings: Settings) -> dict[str, Any]:
+    """One W4A16 G128 Linear of the case's MLP shape (fc1) at growing row counts: the packed kernel
+    against dequantize + GEMM (BF16 activations on CUDA, float32 on the CPU), and the fewest rows
+    at which dequantizing is faster: the measurement behind kernels/int4.py's AUTO_PACKED_MAX_ROWS."""
+    from .kernels.int4 import Int4WeightOnlyLinear
+
+    fc1 = case.model.predictor.blocks[0].mlp.fc1
+    device = settings.device
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    gen = torch.Generator().manual_seed(3)
+    layers = {}
+    for kernel in ("int4pack", "dequant"):
+        layer = Int4WeightOnlyLinear(fc1.in_features, fc1.out_features, True, 4, 128, True, kernel=kernel)
+        groups = layer.weight_scale.shape[1]
+        layer.set_codes(torch.randint(-8, 8, (fc1.out_features, fc1.in_features), generator=gen),
+                        torch.rand(fc1.out_features, groups, generator=gen) * 0.01 + 1e-3, None)
+        layers[kernel] = layer.to(device)
+    row_counts = (16, 64, 256) if settings.quick else (16, 64, 256, 1024, 4096, 16384, 65536)
+    rows_out = []
+    for rows in row_counts:
+        x = torch.randn(rows, fc1.in_features, generator=gen).to(device=device, dtype=dtype)
+        with torch.no_grad():
+            seconds = {kernel: time_calls(lambda i, m=layer: m(x), device, settings.warmup, max(settings.repeats, 5))
+                       ["median_seconds"] for kernel, layer in layers.items()}
+        rows_out.append({"rows": rows, "int4pack_seconds": seconds["int4pack"], "dequant_seconds": seconds["dequant"]})
+    faster = [r["rows"] for r in rows_out if r["dequant_seconds"] < r["int4pack_seconds"]]
+    return {"in_features": fc1.in_features, "out_features": fc1.out_features, "dtype": str(dtype).removeprefix("torch."),
+            "rows": rows_out, "dequant_faster_from_rows": min(faster) if faster else None}
 
 
 def kernel_speedups(variants: dict[str, Any]) -> dict[str, Any]:
@@ -880,6 +915,12 @@ def format_report(report: dict[str, Any]) -> str:
                      if "real_triton_vs_fake_rel_l2" in a else "")
             lines.append(f"{name}: real vs fake rel. L2 {_fmt(a['real_vs_fake_rel_l2'])}, fake vs float "
                          f"{_fmt(a['fake_vs_float_rel_l2'])}{fused}")
+    crossover = kernels.get("int4_crossover") or {}
+    if crossover.get("rows"):
+        cells = ", ".join(f"{r['rows']}: {_fmt(r['int4pack_seconds'] * 1e3)} / {_fmt(r['dequant_seconds'] * 1e3)}"
+                          for r in crossover["rows"])
+        lines.append(f"W4A16 {crossover['in_features']} -> {crossover['out_features']} ({crossover['dtype']}), ms packed / "
+                     f"dequantize by rows: {cells}; dequantize faster from {crossover['dequant_faster_from_rows']} rows")
     for env, p in (_get(report, "sections", "protocol") or {}).items():
         if not isinstance(p, dict) or "error" in p:
             lines.append(f"protocol {env}: failed: {p.get('error') if isinstance(p, dict) else p}")

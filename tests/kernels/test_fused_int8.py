@@ -17,8 +17,8 @@ from torch import nn
 from wmquant.errors import ConfigError
 from wmquant.kernels import fused_int8
 from wmquant.kernels.int8 import Int8Linear, int8_matmul, quantize_rows
-from wmquant.kernels.real import (apply_engine_backend_, check_int8_kernel, fuse_int8_neighbours_, set_int8_kernel_,
-                                  to_real_backend_)
+from wmquant.kernels.real import (apply_engine_backend_, check_int8_kernel, fuse_int8_neighbours_, real_weight_bytes,
+                                  set_int8_kernel_, to_real_backend_)
 from wmquant.models.checkpoint import load_world_model
 from wmquant.quant import QuantConfig, qmath, quantize_
 
@@ -199,6 +199,8 @@ def test_the_triton_kernel_plans_what_the_torch_kernel_plans(wall_w8a8_real):
     assert len(sites) == 30
     layers = [m for m in triton_model.modules() if isinstance(m, Int8Linear)]
     assert len(layers) == 40 and all(m.kernel == "triton" for m in layers)
+    assert real_weight_bytes(triton_model)["kernels"] == ["int8_gemm_triton"]
+    assert real_weight_bytes(wall_w8a8_real)["kernels"] == ["int8_gemm"]
     expected, got = _rollout(wall_w8a8_real), _rollout(triton_model)
     assert (got - expected).norm() / expected.norm() < 1e-2  # float32 rounding, through 5 steps
 

@@ -10,6 +10,7 @@ W4A16 on the CPU runs the same float32 weights (relative L2 < 1e-5).
 from __future__ import annotations
 
 import copy
+import types
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from torch import nn
 
 from wmquant.errors import CheckpointError, ConfigError, QuantizationError
 from wmquant.kernels.export import export_quantized, load_real_quantized
-from wmquant.kernels.int4 import Int4WeightOnlyLinear, kernel_layout, pack_nibbles, unpack_nibbles
+from wmquant.kernels.int4 import AUTO_PACKED_MAX_ROWS, Int4WeightOnlyLinear, kernel_layout, pack_nibbles, unpack_nibbles
 from wmquant.kernels.int8 import Int8Linear, int8_matmul, quantize_rows
 from wmquant.kernels.real import (apply_engine_backend_, check_real_config, real_linears, 
                                   real_weight_bytes, to_real_backend_)
@@ -132,6 +133,22 @@ def test_int4_layer_matches_fake_quant(scheme, in_features):
     bf16 = converted(x.bfloat16())  # the packed kernel with bf16 activations: bf16 accuracy
     assert bf16.dtype == torch.bfloat16
     assert (bf16.float() - layer(x)).norm() / layer(x).norm() < 2e-2
+
+
+def test_int4_auto_kernel_runs_the_packed_kernel_only_where_it_pays():
+    layer = _quantized_layer(QuantScheme(w_bits=4, w_group_size=128), in_features=256, out_features=36)
+    auto = to_real_backend_(_wrap(layer), int4_kernel="auto").layer
+    pinned = to_real_backend_(_wrap(layer), int4_kernel="int4pack").layer
+    dequant = to_real_backend_(_wrap(layer), int4_kernel="dequant").layer
+
+    def call(rows: int, device: str, dtype: torch.dtype = torch.bfloat16):
+        # the decision reads only the input's device, rows and dtype (no CUDA needed to check it)
+        return types.SimpleNamespace(device=torch.device(device), shape=(rows, 256), dtype=dtype)
+
+    limit = AUTO_PACKED_MAX_ROWS
+    assert auto._packed_pays(call(limit, "cuda")) and not auto._packed_pays(call(limit + 1, "cuda"))
+    assert pinned._packed_pays(call(100 * limit, "cuda")) and not dequant._packed_pays(call(1, "cuda"))
+    assert auto._packed_pays(call(10_000, "cpu")) and not auto._packed_pays(call(1, "cpu", torch.float32))
 
 
 def test_real_layers_survive_state_dict_round_trip_and_moves():

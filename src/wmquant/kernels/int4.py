@@ -38,9 +38,16 @@ KERNEL_GROUP_SIZES = (32, 64, 128, 256)
 ROW_ALIGN = 16
 #: The code the kernel reads as zero weight when zero = 0.
 CODE_OFFSET = 8
-#: "auto": the packed kernel, except float32 activations on the CPU, where torch's packed kernel is
-#: ~45x slower than dequantize + float32 GEMM (measured: 404 -> 3072, 392 rows, 2 cores: 0.57 s vs 13 ms).
+#: "auto" picks per call where each pays:
+#: - CPU: the packed kernel, except for float32 activations, where torch's packed kernel is ~45x
+#:   slower than dequantize + float32 GEMM (measured: 404 -> 3072, 392 rows, 2 cores: 0.57 s vs 13 ms).
+#: - CUDA: the packed kernel (tinygemm, built for few rows, where a weight-only GEMM is bound by
+#:   reading the weights) up to AUTO_PACKED_MAX_ROWS rows per call, dequantize + BF16 GEMM above.
+#:   At the CEM batch the packed kernel lost 4.4x (H100, DINO-WM scale, 300 samples: 0.611 s
+#:   against 0.140 s per episode-step, docs/benchmarks.md). Where the two cross is measured by
+#:   `wmquant bench --sections kernels` (`int4_crossover`); 256 rows is below every planning batch.
 KERNELS = ("auto", "int4pack", "dequant")
+AUTO_PACKED_MAX_ROWS = 256
 
 
 def kernel_layout(in_features: int, group_size: int | None) -> tuple[int, int]:
@@ -201,14 +208,22 @@ class Int4WeightOnlyLinear(DerivedKernelState):
             return torch.bfloat16
         return x.dtype if x.dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.float32
 
+    def _packed_pays(self, a: torch.Tensor) -> bool:
+        """Whether this call runs the packed kernel (see KERNELS), for the 2-D input `a`."""
+        if self.kernel_weight is None:  # "dequant", or the packed kernel is unavailable here
+            return False
+        if self.kernel == "int4pack":
+            return True
+        if a.device.type == "cuda":
+            return a.shape[0] <= AUTO_PACKED_MAX_ROWS
+        return a.dtype != torch.float32
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out_dtype = output_dtype(x)
         lead = x.shape[:-1]
         dtype = self._matmul_dtype(x)
         a = x.reshape(-1, self.in_features).to(dtype)
-        packed = self.kernel_weight is not None and (
-            self.kernel == "int4pack" or a.device.type == "cuda" or dtype != torch.float32)
-        if not packed:
+        if not self._packed_pays(a):
             y = F.linear(a, self.dequantized_weight(dtype))
         else:
             a = F.pad(a, (0, self.padded_in - self.in_features)).contiguous()

@@ -284,6 +284,12 @@ def real_linears(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, REAL_LINEAR_TYPES)]
 
 
+def _kernel_label(layer: nn.Module) -> str:
+    if isinstance(layer, Int8Linear):  # "int8_gemm" (torch._int_mm) or "int8_gemm_triton" (fused)
+        return KIND_INT8 if layer.kernel == "torch" else f"{KIND_INT8}_{layer.kernel}"
+    return getattr(layer, "kernel", "")
+
+
 def real_weight_bytes(model: nn.Module) -> dict[str, Any]:
     """Bytes of the real layers' weights: as stored, as resident on the device (with the kernels'
     copies), and what the same weights take in FP16, plus the stored / FP16 ratio."""
@@ -298,7 +304,7 @@ def real_weight_bytes(model: nn.Module) -> dict[str, Any]:
         "fp16_bytes": fp16,
         "stored_over_fp16": stored / fp16 if fp16 else None,
         "resident_over_fp16": resident / fp16 if fp16 else None,
-        "kernels": sorted({getattr(m, "kernel", KIND_INT8) for _, m in layers}),
+        "kernels": sorted({_kernel_label(m) for _, m in layers}),
         "notes": sorted({m.kernel_note for _, m in layers if getattr(m, "kernel_note", "")}),
     }
 
