@@ -180,15 +180,18 @@ def test_engine_variants_get_their_own_rows_and_paired_tests(tmp_path):
 
 
 def test_formats_are_compared_one_factor_at_a_time(tmp_path):
-    store, _ = _sweep_with_results(tmp_path / "formats", "formats_wall", 15)
+    store, _ = _sweep_with_results(tmp_path / "formats", "formats_wall", 16)
     report = build_report(store.root)
     pairs = {(c.setting, c.format_a, c.variant_a, c.format_b, c.variant_b) for c in report.comparisons}
-    assert len(report.comparisons) == len(pairs) == 15
+    assert len(report.comparisons) == len(pairs) == 17
     # W8A8: three formats with fake quantization, each backend against the other, and the two real kernels
     assert ("W8A8 per-channel per-token", "INT", "", "FP8-E4M3", "") in pairs
     assert ("W8A8 per-channel per-token", "", "", "", "real kernels") in pairs
     assert ("W8A8 per-channel per-token FP8-E4M3", "", "", "", "real kernels") in pairs
     assert ("W8A8 per-channel per-token", "INT", "real kernels", "FP8-E4M3", "real kernels") in pairs
+    # the fused Triton INT8 kernels against fake quantization and against torch's INT8 kernels
+    assert ("W8A8 per-channel per-token", "", "", "", "real kernels (triton INT8)") in pairs
+    assert ("W8A8 per-channel per-token", "", "real kernels", "", "real kernels (triton INT8)") in pairs
     # a format's blocks stand in for a group size: INT4 G32 against the microscaled floats
     assert ("W4A32", "INT G32", "", "MXFP4 blocks of 32", "") in pairs
     assert ("W4A4 per-token", "MXFP4 blocks of 32", "", "NVFP4 blocks of 16", "") in pairs
