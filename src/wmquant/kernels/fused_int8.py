@@ -34,7 +34,6 @@ them without a GPU. The engine uses them on CUDA only (`engine.int8_kernel=trito
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -182,18 +181,33 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
-def _kernels() -> tuple[Callable, Callable]:
-    """(rows_to_int8, int8_gemm), compiled for CUDA; under TRITON_INTERPRET=1, Triton's interpreter
-    runs them on CPU tensors (with one fixed GEMM tile: the autotuner needs a GPU)."""
-    if triton is None:
-        raise ConfigError("the fused INT8 kernels need Triton; pip install triton")
-    if interpreting():
-        return triton.jit(_rows_to_int8_source), triton.jit(_int8_gemm_source)
-    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
-               for m, n, k, w, s in GEMM_CONFIGS]
-    gemm = triton.autotune(configs=configs, key=["N", "K", "M_BUCKET"])(triton.jit(_int8_gemm_source))
-    return triton.jit(_rows_to_int8_source), gemm
+@dataclass(frozen=True)
+class _Kernels:
+    rows_to_int8: Callable
+    int8_gemm: Callable
+    interpreted: bool
+
+
+_KERNELS: _Kernels | None = None
+
+
+def _kernels() -> _Kernels:
+    """The two kernels, built once: compiled for CUDA (the GEMM autotuned), or, under
+    TRITON_INTERPRET=1, run by Triton's interpreter on CPU tensors with one fixed GEMM tile (the
+    autotuner needs a GPU). A module global rather than a cache decorator, so that torch.compile
+    traces through it."""
+    global _KERNELS
+    if _KERNELS is None:
+        if triton is None:
+            raise ConfigError("the fused INT8 kernels need Triton; pip install triton")
+        gemm = triton.jit(_int8_gemm_source)
+        interpreted = interpreting()
+        if not interpreted:
+            configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
+                       for m, n, k, w, s in GEMM_CONFIGS]
+            gemm = triton.autotune(configs=configs, key=["N", "K", "M_BUCKET"])(gemm)
+        _KERNELS = _Kernels(triton.jit(_rows_to_int8_source), gemm, interpreted)
+    return _KERNELS
 
 
 def _check_device(device: torch.device) -> None:
@@ -246,8 +260,7 @@ def rows_to_int8(
     block_cols = triton.next_power_of_2(max(cols, padded_cols))
     block_rows = max(1, min(16, 4096 // block_cols))
     _check_device(device)
-    rows_kernel, _ = _kernels()
-    rows_kernel[(triton.cdiv(rows, block_rows),)](
+    _kernels().rows_to_int8[(triton.cdiv(rows, block_rows),)](
         x, codes, scale, zero_point,
         norm.weight if norm else placeholder, norm.bias if norm else placeholder,
         placeholder if per_token else static_scale.reshape(1).float(),
@@ -285,20 +298,20 @@ def int8_gemm(
     if rows == 0:
         return out
     _check_device(device)
-    _, gemm_kernel = _kernels()
+    kernels = _kernels()
     args = (codes, weight, out, act_scale, act_zero_point, weight_scale, weight_row_sum,
             bias if bias is not None else weight_scale, rows, out_features, width,
             codes.stride(0), weight.stride(0), out.stride(0), triton.next_power_of_2(rows))
     flags = dict(ASYMMETRIC=asymmetric, HAS_BIAS=bias is not None, GELU=gelu, GELU_SQRT1_2=GELU_SQRT1_2, GROUP_M=GROUP_M)
-    if not interpreting():
+    if not kernels.interpreted:
         # M_BUCKET: the autotuner's cache key for the row count, to a power of two (CEM's batch
         # shrinks as episodes succeed; retuning for every row count would cost more than it wins)
         def grid(meta):
             return (triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(out_features, meta["BLOCK_N"]),)
 
-        gemm_kernel[grid](*args, **flags, **_launch_options(device))
+        kernels.int8_gemm[grid](*args, **flags, **_launch_options(device))
     else:
         block_m, block_n, block_k = 128, 128, 128  # the interpreter: fewer, larger programs run faster in numpy
         grid = (triton.cdiv(rows, block_m) * triton.cdiv(out_features, block_n),)
-        gemm_kernel[grid](*args, **flags, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+        kernels.int8_gemm[grid](*args, **flags, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
     return out
