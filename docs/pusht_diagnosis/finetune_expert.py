@@ -5,9 +5,10 @@ The encoder stays frozen and the decoder is left out of training (it is kept as 
 forcing as in the recipe, at a CPU-sized budget; the model directory written is the shipped one
 with new predictor and embedding weights, so `wmquant plan`, `wmquant diagnose` and
 `block_motion.py` take it as `model_name=OUT/model`.
-Usage: python docs/pusht_diagnosis/finetune_expert.py DATA OUT [EPISODES=300] [STEPS=900] [BATCH=64] [LR=1e-4] [START=pusht] [ROLLOUT=0]
+Usage: python docs/pusht_diagnosis/finetune_expert.py DATA OUT [EPISODES=300] [STEPS=900] [BATCH=64] [LR=1e-4] [START=pusht] [ROLLOUT=0] [FINAL_NORM=1]
 (START: the model to fine-tune, a shipped name or a model directory such as an earlier OUT/model;
 ROLLOUT: K > 0 adds the recipe's K-step rollout loss, `training.rollout_steps`, to teacher forcing;
+FINAL_NORM=0 drops the predictor's final LayerNorm before fine-tuning (`model.predictor.final_norm`);
 DATA: `wmquant data --env pusht --out DATA --episodes 2000 --seed 0 --render-size 64 --video pth`,
 whose validation split holds the shipped goals; only its training split is read)."""
 import json
@@ -17,7 +18,9 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors.torch import save_file
+from torch import nn
 
 from wmquant.data import load_dataset
 from wmquant.models.checkpoint import load_world_model, model_directory
@@ -45,6 +48,7 @@ def main():
                                   int(sys.argv[5]) if len(sys.argv) > 5 else 64, float(sys.argv[6]) if len(sys.argv) > 6 else 1e-4)
     start_model = sys.argv[7] if len(sys.argv) > 7 else "pusht"
     rollout_steps = int(sys.argv[8]) if len(sys.argv) > 8 else 0
+    final_norm = (int(sys.argv[9]) if len(sys.argv) > 9 else 1) != 0
     torch.manual_seed(0)
     model, config = load_world_model(start_model)
     dataset = load_dataset("pusht", data, split="train")
@@ -55,6 +59,8 @@ def main():
     start = time.perf_counter()
     train = EpisodeTensors.from_dataset(FirstEpisodes(dataset, episodes))
     decoder, model.decoder = model.decoder, None  # not trained here: no frames are read after encoding
+    if not final_norm:
+        model.predictor.norm = nn.Identity()
     for p in model.encoder.parameters():
         p.requires_grad_(False)
     cfg = WorldModelTrainConfig(steps=steps, batch_size=batch, predictor_lr=lr, action_encoder_lr=lr, decoder_lr=lr,
@@ -65,7 +71,12 @@ def main():
     model.decoder = decoder
     shutil.copytree(model_directory(start_model), out / "model", dirs_exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model" / "model.safetensors"))
-    summary = {"start": str(start_model), "rollout_steps": rollout_steps, "episodes": len(train.lengths), "frames": int(train.lengths.sum()), "steps": steps, "batch_size": batch,
+    if not final_norm:
+        config_path = out / "model" / "config.yaml"
+        saved = yaml.safe_load(config_path.read_text())
+        saved["model"]["predictor"]["final_norm"] = False
+        config_path.write_text(yaml.safe_dump(saved, sort_keys=False))
+    summary = {"start": str(start_model), "rollout_steps": rollout_steps, "final_norm": final_norm, "episodes": len(train.lengths), "frames": int(train.lengths.sum()), "steps": steps, "batch_size": batch,
                "lr": lr, "seconds": round(time.perf_counter() - start, 1), "log": log}
     (out / "finetune.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({k: v for k, v in summary.items() if k != "log"}), "first / last z loss:",

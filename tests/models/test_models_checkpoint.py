@@ -50,6 +50,18 @@ def test_train_save_load_gives_bit_identical_outputs(tmp_path, tiny):
         assert torch.equal(model.decode_visual(z[..., :16]), loaded.decode_visual(z[..., :16]))
 
 
+def test_a_predictor_without_its_final_norm_saves_and_loads(tmp_path, tiny):
+    torch.manual_seed(0)
+    base = tiny.config()
+    cfg = tiny.config(predictor={**base["predictor"], "final_norm": False})
+    model = build_world_model(cfg).eval()
+    assert isinstance(model.predictor.norm, torch.nn.Identity)
+    loaded, document = load_world_model(save_world_model(model, cfg, tmp_path / "bare"))
+    assert document["model"]["predictor"]["final_norm"] is False
+    assert isinstance(loaded.predictor.norm, torch.nn.Identity) and "predictor.norm.weight" not in loaded.state_dict()
+    assert torch.equal(_rollout(model, tiny, cfg), _rollout(loaded, tiny, cfg))
+
+
 def _first_obs_and_actions(tiny, cfg):
     obs, _ = tiny.batch(1, 1, cfg, seed=13)
     return obs, tiny.batch(1, 2, cfg, seed=14)[1]

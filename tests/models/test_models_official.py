@@ -144,7 +144,7 @@ def test_official_run_loads_and_reproduces_upstream(tmp_path, upstream, dinov2_f
     assert (model.num_hist, model.frameskip, model.encoder_img_size) == (NUM_HIST, FRAMESKIP, 56)
     assert (cfg["img_size"], cfg["frameskip"], cfg["env"]["name"]) == (IMG_SIZE, FRAMESKIP, "pusht")  # hydra.yaml
     assert cfg["wmquant"]["epoch"] == 7 and cfg["wmquant"]["model"]["action_dim"] == ACTION_DIM
-    assert cfg["wmquant"]["model"]["predictor"] == {**PREDICTOR, "dropout": 0.1, "emb_dropout": 0.0}
+    assert cfg["wmquant"]["model"]["predictor"] == {**PREDICTOR, "dropout": 0.1, "emb_dropout": 0.0, "final_norm": True}
 
     g = torch.Generator().manual_seed(3)
     tokens = torch.randn(2, 2 * 16, 404, generator=g)

@@ -54,6 +54,21 @@ def test_outputs_of_a_frame_do_not_depend_on_later_frames(frames_given):
             assert (out_changed[:, keep:] - out[:, keep:]).abs().max() > 1e-2
 
 
+def test_without_the_final_norm_the_output_is_the_residual_stream():
+    torch.manual_seed(0)
+    kwargs = dict(num_patches=4, num_frames=2, dim=16, depth=2, heads=2, dim_head=8, mlp_dim=32)
+    normed = ViTPredictor(**kwargs).eval()
+    bare = ViTPredictor(**kwargs, final_norm=False).eval()
+    assert set(normed.state_dict()) - set(bare.state_dict()) == {"norm.weight", "norm.bias"}
+    bare.load_state_dict({k: v for k, v in normed.state_dict().items() if not k.startswith("norm.")})
+    x = torch.randn(3, 8, 16)
+    with torch.no_grad():
+        out = bare(x)
+        assert torch.allclose(normed.norm(out), normed(x), atol=1e-6)  # the same stream, not normalised
+    # token norms vary freely: a LayerNorm's output (unit gain, zero shift) has norm sqrt(dim) always
+    assert out.norm(dim=-1).std() > 0.1 and torch.allclose(normed(x).norm(dim=-1), torch.full((3, 8), 4.0), atol=1e-3)
+
+
 def test_input_lengths_are_checked():
     predictor = ViTPredictor(num_patches=4, num_frames=2, dim=16, depth=1, heads=2, dim_head=8, mlp_dim=32)
     with pytest.raises(ConfigError, match="12 tokens"):

@@ -153,7 +153,8 @@ def test_encode_obs_resizes_with_antialiased_bilinear(tiny):
 def test_dinov2_config_resolves_dino_wm_encoder_size():
     cfg = resolve_model_config({"proprio_dim": 4, "action_dim": 2})
     assert cfg["encoder"]["preset"] == "dinov2_vits14" and cfg["encoder_img_size"] == 196
-    assert cfg["predictor"] == {"depth": 6, "heads": 16, "dim_head": 64, "mlp_dim": 2048, "dropout": 0.1, "emb_dropout": 0.0}
+    assert cfg["predictor"] == {"depth": 6, "heads": 16, "dim_head": 64, "mlp_dim": 2048, "dropout": 0.1, "emb_dropout": 0.0,
+                                "final_norm": True}
     assert cfg["decoder"]["channel"] == 384 and cfg["decoder"]["n_res_block"] == 4 and cfg["decoder"]["n_res_channel"] == 128
 
 

@@ -26,7 +26,7 @@ Model config (every key optional except `proprio_dim` and `action_dim`; defaults
       backend: dinov2          # backend vit: patch_size, dim, depth, heads, mlp_ratio, out_dim, cls_token,
       preset: dinov2_vits14    #   num_register_tokens, layerscale_init, img_size (null: encoder_img_size),
       weights: null            #   weights (an encoder state dict in .safetensors)
-    predictor: {depth: 6, heads: 16, dim_head: 64, mlp_dim: 2048, dropout: 0.1, emb_dropout: 0.0}
+    predictor: {depth: 6, heads: 16, dim_head: 64, mlp_dim: 2048, dropout: 0.1, emb_dropout: 0.0, final_norm: true}
     decoder:                   # null: no decoder
       {channel: 384, n_res_block: 4, n_res_channel: 128, n_embed: 2048, upsample_stride: 4, decode_stride: 4}
 """
@@ -76,7 +76,8 @@ _ENCODER_DEFAULTS: dict[str, dict[str, Any]] = {
         "weights": None,
     },
 }
-_PREDICTOR_DEFAULTS = {"depth": 6, "heads": 16, "dim_head": 64, "mlp_dim": 2048, "dropout": 0.1, "emb_dropout": 0.0}
+_PREDICTOR_DEFAULTS = {"depth": 6, "heads": 16, "dim_head": 64, "mlp_dim": 2048, "dropout": 0.1, "emb_dropout": 0.0,
+                       "final_norm": True}
 _DECODER_DEFAULTS = {
     "channel": 384,
     "n_res_block": 4,

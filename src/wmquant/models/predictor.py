@@ -29,6 +29,12 @@ class ViTPredictor(nn.Module):
 
     Pre-norm blocks without qkv bias, LayerNorm eps 1e-5, a learned position embedding
     (1, num_frames*num_patches, dim) initialised N(0, 1), and a final LayerNorm (spec 3.6).
+
+    `final_norm=False` leaves the final LayerNorm out (wmquant's option, not DINO-WM's). A final
+    LayerNorm can only output tokens whose normalised features fit its gain: DINOv2's patch tokens
+    leave DINOv2 through a LayerNorm and fit, but an encoder without an output norm has tokens
+    of widely varying norm. On the first PushT model the largest ones, around the block, did not
+    fit (docs/pusht_diagnosis/final_norm.py).
     """
 
     def __init__(
@@ -42,6 +48,7 @@ class ViTPredictor(nn.Module):
         mlp_dim: int = 2048,
         dropout: float = 0.1,
         emb_dropout: float = 0.0,
+        final_norm: bool = True,
     ) -> None:
         super().__init__()
         for label, value in (("num_patches", num_patches), ("num_frames", num_frames), ("dim", dim),
@@ -57,7 +64,7 @@ class ViTPredictor(nn.Module):
             Block(dim, heads, mlp_dim, dim_head=dim_head, qkv_bias=False, dropout=dropout, norm_eps=1e-5)
             for _ in range(depth)
         )
-        self.norm = nn.LayerNorm(dim, eps=1e-5)
+        self.norm = nn.LayerNorm(dim, eps=1e-5) if final_norm else nn.Identity()
         # Derived from the constructor arguments, so it is not saved with the weights.
         self.register_buffer("mask", frame_causal_mask(num_patches, num_frames), persistent=False)
 
