@@ -38,11 +38,11 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 
 from ..errors import ConfigError
 from ..quant import qmath
+from ..quant.fused_fake_quant import fp32_reciprocal
 
 try:  # Triton comes with CUDA builds of torch; on the CPU it is optional (tests use its interpreter)
     import triton
@@ -65,18 +65,14 @@ def available() -> bool:
 
 
 def check_available(device: torch.device) -> None:
-    """Refuse, in one line, a device or install the fused kernels cannot serve."""
+    """Refuse, in one line, a device or install the fused kernels cannot serve (checked by the
+    engine before calibrating, and by every kernel call)."""
     if triton is None:
         raise ConfigError("engine.int8_kernel=triton needs Triton (it ships with CUDA builds of torch; "
                           "or pip install triton); valid without it: torch")
     if device.type != "cuda" and not interpreting():
         raise ConfigError(f"engine.int8_kernel=triton runs on CUDA, not on {device.type!r} (on the CPU only in "
                           "Triton's slow interpreter, TRITON_INTERPRET=1); valid there: torch")
-
-
-def _fp32_reciprocal(value: int) -> float:
-    """1 / value rounded to fp32, as torch's CUDA division by a Python number computes it."""
-    return float(np.float32(1.0) / np.float32(value))
 
 
 def _rows_to_int8_source(
@@ -197,9 +193,7 @@ def _kernels() -> _Kernels:
     autotuner needs a GPU). A module global rather than a cache decorator, so that torch.compile
     traces through it."""
     global _KERNELS
-    if _KERNELS is None:
-        if triton is None:
-            raise ConfigError("the fused INT8 kernels need Triton; pip install triton")
+    if _KERNELS is None:  # callers have run check_available: Triton is installed
         gemm = triton.jit(_int8_gemm_source)
         interpreted = interpreting()
         if not interpreted:
@@ -208,12 +202,6 @@ def _kernels() -> _Kernels:
             gemm = triton.autotune(configs=configs, key=["N", "K", "M_BUCKET"])(gemm)
         _KERNELS = _Kernels(triton.jit(_rows_to_int8_source), gemm, interpreted)
     return _KERNELS
-
-
-def _check_device(device: torch.device) -> None:
-    if device.type != "cuda" and not interpreting():
-        raise ConfigError(f"the fused INT8 kernels run on CUDA, not on {device.type!r} (or on the CPU in "
-                          "Triton's interpreter: TRITON_INTERPRET=1); use engine.int8_kernel=torch")
 
 
 def _launch_options(device: torch.device) -> dict:
@@ -259,14 +247,14 @@ def rows_to_int8(
     placeholder = scale  # pointer arguments a branch does not read
     block_cols = triton.next_power_of_2(max(cols, padded_cols))
     block_rows = max(1, min(16, 4096 // block_cols))
-    _check_device(device)
+    check_available(device)
     _kernels().rows_to_int8[(triton.cdiv(rows, block_rows),)](
         x, codes, scale, zero_point,
         norm.weight if norm else placeholder, norm.bias if norm else placeholder,
         placeholder if per_token else static_scale.reshape(1).float(),
         placeholder if per_token else static_zero_point.reshape(1).float(),
         rows, cols, x.stride(0), padded_cols, float(norm.eps) if norm else 0.0,
-        QMIN=float(qmin), QMAX=float(qmax), INV_QMAX=_fp32_reciprocal(qmax),
+        QMIN=float(qmin), QMAX=float(qmax), INV_QMAX=fp32_reciprocal(qmax),
         SHIFT=0.0 if symmetric else float(2 ** (bits - 1)), SCALE_EPS=qmath.SCALE_EPS, SYMMETRIC=symmetric,
         PER_TOKEN=per_token, NORM=norm is not None, ROUND_LIMIT=ROUND_LIMIT, ROUND_MAGIC=ROUND_MAGIC,
         BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, **_launch_options(device),
@@ -297,7 +285,7 @@ def int8_gemm(
     out = torch.empty(rows, out_features, dtype=out_dtype, device=device)
     if rows == 0:
         return out
-    _check_device(device)
+    check_available(device)
     kernels = _kernels()
     args = (codes, weight, out, act_scale, act_zero_point, weight_scale, weight_row_sum,
             bias if bias is not None else weight_scale, rows, out_features, width,

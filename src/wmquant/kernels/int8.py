@@ -28,6 +28,7 @@ from torch import nn
 
 from ..errors import QuantizationError
 from ..quant import qmath
+from . import fused_int8
 from ._shared import DerivedKernelState, output_dtype, pad_2d, round_up, tensor_bytes
 
 #: torch._int_mm on CUDA: K and N must be multiples of this, and M larger than INT_MM_MIN_ROWS - 1.
@@ -186,8 +187,6 @@ class Int8Linear(DerivedKernelState):  # prepare() re-aliases qweight and kernel
         self.output_gelu = True
 
     def _forward_triton(self, x2: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-        from . import fused_int8
-
         norm = None
         if self.norm_weight is not None:
             norm = fused_int8.FusedNorm(self.norm_weight, self.norm_bias, self.norm_eps)

@@ -145,7 +145,7 @@ def fake_quantize_per_tensor(
     return out
 
 
-def _fp32_reciprocal(value: int) -> float:
+def fp32_reciprocal(value: int) -> float:
     """1 / value rounded to fp32, as torch's CUDA division by a Python number computes it."""
     return float(np.float32(1.0) / np.float32(value))
 
@@ -169,7 +169,7 @@ def fake_quantize_per_token(x: torch.Tensor, bits: int, symmetric: bool) -> torc
         cols,
         QMIN=float(qmin),
         QMAX=float(qmax),
-        INV_QMAX=_fp32_reciprocal(qmax),
+        INV_QMAX=fp32_reciprocal(qmax),
         SCALE_EPS=qmath.SCALE_EPS,
         SYMMETRIC=symmetric,
         BLOCK_ROWS=block_rows,
