@@ -11,6 +11,32 @@ from typing import Sequence
 from .errors import ConfigError
 
 
+#: DINO-WM's planner config group (its conf/planner/*.yaml, chosen with `planner=NAME`) -> our
+#: (planner.name, planner.sub_planner.name). Our planner is one node, so that study specs and the
+#: seed README's `planner.max_iter` / `planner.sub_planner.opt_steps` overrides apply whichever
+#: planner runs; the group name only picks the two names and leaves every budget key as it is.
+PLANNER_GROUPS = {"mpc_cem": ("mpc", "cem"), "mpc_gd": ("mpc", "gd"), "cem": ("cem", "cem"), "gd": ("gd", "gd")}
+
+
+def expand_planner_group(overrides: Sequence[str]) -> list[str]:
+    """`planner=mpc_gd` (DINO-WM's group choice) -> `planner.name=mpc planner.sub_planner.name=gd`;
+    every other override is kept as it is."""
+    expanded: list[str] = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or key.lstrip("+~") != "planner":
+            expanded.append(item)
+            continue
+        if value not in PLANNER_GROUPS:
+            raise ConfigError(
+                f"unknown planner {value!r}; valid: {', '.join(PLANNER_GROUPS)} "
+                "(DINO-WM's planner groups), or set planner.name and planner.sub_planner.name"
+            )
+        outer, sub = PLANNER_GROUPS[value]
+        expanded += [f"planner.name={outer}", f"planner.sub_planner.name={sub}"]
+    return expanded
+
+
 def compose_config(config_name: str, overrides: Sequence[str]):
     """Compose `wmquant/conf/<config_name>.yaml` with Hydra and the given overrides."""
     from hydra import compose, initialize_config_module
@@ -18,6 +44,8 @@ def compose_config(config_name: str, overrides: Sequence[str]):
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    if config_name.startswith("plan"):
+        overrides = expand_planner_group(overrides)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module="wmquant.conf", version_base=None):

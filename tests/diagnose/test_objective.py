@@ -129,3 +129,12 @@ def test_diagnose_landscape_refuses_planning_overrides(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert "--set" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967"])
+def test_diagnose_landscape_refuses_a_seed_outside_32_bits_naming_it(seed, tmp_path, capsys):
+    code = main(["diagnose", "landscape", "--model", "wall", "--out", str(tmp_path / "out"), "--seed", seed])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--seed must be an integer in [0, 4294967) for landscape, got {seed}" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()

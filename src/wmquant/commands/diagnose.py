@@ -12,7 +12,7 @@ from ..errors import ConfigError
 
 
 def diagnose_main(argv: Sequence[str]) -> int:
-    from ..diagnose.landscape import encoder_fn, pusht_landscape, wall_landscape
+    from ..diagnose.landscape import LANDSCAPE_SEEDS, encoder_fn, pusht_landscape, wall_landscape
     from ..models.checkpoint import load_world_model
     from ..planning.engine import resolve_device
     from . import flag_parser
@@ -37,6 +37,8 @@ def diagnose_main(argv: Sequence[str]) -> int:
     if args.what == "objective":
         return _objective(args)
     args.seed = 0 if args.seed is None else args.seed
+    if not 0 <= args.seed < LANDSCAPE_SEEDS:
+        raise ConfigError(f"--seed must be an integer in [0, {LANDSCAPE_SEEDS}) for landscape, got {args.seed}")
     model, cfg = load_world_model(args.model)
     meta = cfg.get("planning") or {}
     env = meta.get("env")

@@ -29,6 +29,10 @@ from scipy.sparse.csgraph import dijkstra
 
 Encode = Callable[[np.ndarray], torch.Tensor]  # uint8 frames (P, H, W, 3) -> latents (P, N, E)
 
+#: Wall goal g of landscape seed s is drawn with env seed s * GOAL_SEED_STRIDE + g (a 32-bit seed)
+GOAL_SEED_STRIDE = 1000
+LANDSCAPE_SEEDS = 2**32 // GOAL_SEED_STRIDE
+
 
 @dataclass
 class LandscapeReport:
@@ -144,7 +148,7 @@ def wall_landscape(
     from ..envs.wall import render_frames, sample_init_goal, wall_masks
 
     points = wall_free_positions(wall_x, door_y, step)
-    goals = np.stack([sample_init_goal(seed * 1000 + g, wall_x)[1] for g in range(n_goals)])
+    goals = np.stack([sample_init_goal(seed * GOAL_SEED_STRIDE + g, wall_x)[1] for g in range(n_goals)])
     mask = wall_masks(np.array([wall_x]), np.array([door_y]))
     frames = render_frames(points, np.repeat(mask, len(points), 0))
     goal_frames = render_frames(goals, np.repeat(mask, len(goals), 0))

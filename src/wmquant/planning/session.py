@@ -78,12 +78,25 @@ def validate_planning_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"unknown sub-planner {cfg.planner.sub_planner.name!r}; valid: {', '.join(SUB_PLANNERS)}"
         )
+    if cfg.planner.name != "mpc" and cfg.planner.name != cfg.planner.sub_planner.name:
+        # one open-loop plan runs the planner that planner.sub_planner configures, so the two names
+        # must agree; otherwise planner.name=gd would silently plan with CEM
+        raise ConfigError(
+            f"planner.name={cfg.planner.name} plans once with planner.sub_planner's settings, but "
+            f"planner.sub_planner.name={cfg.planner.sub_planner.name}; set both, or use planner={cfg.planner.name}"
+        )
     if cfg.goal_source not in GOAL_SOURCES:
         raise ConfigError(f"unknown goal_source {cfg.goal_source!r}; valid: {', '.join(GOAL_SOURCES)}")
-    for key in ("resume", "planner.skip_succeeded"):
+    for key in ("resume", "planner.skip_succeeded", "quant", "quant_encoder", "sta_scale", "mechanisms",
+                "save_plots", "save_video", "engine.compile"):
         value = OmegaConf.select(cfg, key)
         if value is not None and not isinstance(value, bool):
             raise ConfigError(f"{key}={value!r} must be true or false")
+    if cfg.get("engine") is not None:
+        from ..kernels.real import check_engine_backend, check_int8_kernel
+
+        check_engine_backend(str(cfg.engine.get("backend", "fake")))
+        check_int8_kernel(str(cfg.engine.get("int8_kernel", "torch")))
     check_seed(cfg.seed)
     if cfg.get("n_calib") is not None:
         _positive_int(cfg, "n_calib")
