@@ -10,7 +10,9 @@ Every failure a user can cause ends as one line on stderr and exit code 2.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from typing import Callable, Sequence
 
 from .errors import ConfigError, WmquantError
@@ -71,7 +73,26 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+class Terminated(BaseException):
+    """SIGTERM (`kill`, `timeout`, a batch scheduler), raised in the main thread so that a command
+    unwinds as for Ctrl-C: temporary files are removed, envs closed, a sweep's workers stopped."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+    try:
+        return _main(argv)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -101,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"wmquant {command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"wmquant {command}: terminated", file=sys.stderr)
+        return 143
     except BrokenPipeError:  # the reader went away (`wmquant runs list ... | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 141

@@ -6,7 +6,9 @@ is written through `wmquant.io`, so a killed run never leaves a truncated result
 
 from __future__ import annotations
 
+import contextvars
 import datetime as _dt
+import functools
 import json
 import re
 from pathlib import Path
@@ -25,6 +27,35 @@ from .plots import plot_curve, plot_rollout_grid, to_uint8_images
 RESULT_SCHEMA = "wmquant.result/1"
 
 
+#: the run directories that `new_run_dir` created inside the innermost `discards_empty_run_dir` call
+_CREATED_RUN_DIRS: contextvars.ContextVar[list[Path] | None] = contextvars.ContextVar("created_run_dirs", default=None)
+
+
+def discards_empty_run_dir(run):
+    """Wrap a run function so that, if it stops (error, Ctrl-C, SIGTERM through the CLI) before
+    writing anything into the run directory it created, that directory is removed again. A directory
+    holding anything (a resumable checkpoint, progress, logs) is kept, as is one that existed before;
+    parents created for it (plan_outputs/) go too while they are empty."""
+
+    @functools.wraps(run)
+    def wrapper(*args, **kwargs):
+        created: list[Path] = []
+        token = _CREATED_RUN_DIRS.set(created)
+        try:
+            return run(*args, **kwargs)
+        except BaseException:
+            for path in created:  # the run directory first, then the parents it needed
+                try:
+                    path.rmdir()  # refuses a directory that is not empty
+                except OSError:
+                    break
+            raise
+        finally:
+            _CREATED_RUN_DIRS.reset(token)
+
+    return wrapper
+
+
 def new_run_dir(cfg: DictConfig) -> Path:
     """`output_dir` if given, else plan_outputs/<time>_<model>_gH<goal_H>_<tag> (upstream's naming)."""
     if cfg.get("output_dir"):
@@ -38,7 +69,12 @@ def new_run_dir(cfg: DictConfig) -> Path:
         while path.exists():
             suffix += 1
             path = path.with_name(f"{stamp}_{model}_gH{cfg.goal_H}_{tag}_{suffix}")
-    return wio.make_output_dir(path)
+    missing = [d for d in (path, *path.parents) if not d.exists()]  # deepest first
+    wio.make_output_dir(path)
+    created = _CREATED_RUN_DIRS.get()
+    if created is not None:
+        created.extend(missing)
+    return path
 
 
 def build_result(

@@ -23,8 +23,8 @@ from ..configs import compose_config, env_from_overrides
 from ..errors import ConfigError
 from ..hardware import describe_device
 from ..quant import fused_fake_quant
-from .results import (build_result, new_run_dir, progress_writer, write_figures, write_logs, write_open_loop,
-                      write_result)
+from .results import (build_result, discards_empty_run_dir, new_run_dir, progress_writer, write_figures, write_logs,
+                      write_open_loop, write_result)
 from .checkpoint import CHECKPOINT_FILE, fingerprint
 from .session import PlanningSession
 
@@ -94,6 +94,7 @@ def evaluate_and_write(cfg: DictConfig, session: PlanningSession, run_dir: Path,
     return result
 
 
+@discards_empty_run_dir
 def run_plan(cfg: DictConfig, progress: bool = True, session: PlanningSession | None = None) -> tuple[dict, Path]:
     session = session or PlanningSession(cfg)
     run_dir = new_run_dir(cfg)
@@ -222,6 +223,7 @@ def calibration_forecast(session: PlanningSession, episodes, quant_iter: int, bu
     return f"calibration: {len(passes)} planning pass(es) ({', '.join(passes)}){expected}"
 
 
+@discards_empty_run_dir
 def run_quant(cfg: DictConfig, progress: bool = True, session: PlanningSession | None = None) -> tuple[dict, Path]:
     from ..kernels.real import apply_engine_backend_, check_engine_backend, check_int8_kernel, check_real_config
     from ..quant.calibration import calibrate_and_quantize, needs_act_stats
@@ -319,6 +321,7 @@ def run_from_config(cfg: DictConfig, progress: bool = False) -> tuple[dict[str, 
 
 
 # --- ceiling ----------------------------------------------------------------------------------------
+@discards_empty_run_dir
 def run_ceiling_plan(cfg: DictConfig, progress: bool = True, session: PlanningSession | None = None) -> tuple[dict, Path]:
     """MPC-CEM with the true env dynamics and a Euclidean state cost, on the evaluation episodes."""
     from .cem import CEMConfig
