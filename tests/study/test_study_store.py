@@ -158,6 +158,9 @@ def test_list_runs_filters(table2_store):
         store.list_runs({"mthod": "rtn"})
     with pytest.raises(StudyError, match="does not exist"):
         ResultStore(store.root / "nowhere").list_runs()
+    (store.root / "elsewhere").mkdir()
+    with pytest.raises(StudyError, match="is not a sweep directory: it has neither sweep.json nor runs/"):
+        ResultStore(store.root / "elsewhere").list_runs()
     text = format_runs(rows)
     assert runs[0].run_id in text.splitlines()[1] and "failed" in text
 

@@ -326,6 +326,9 @@ class ResultStore:
         """
         if not self.root.is_dir():
             raise StudyError(f"sweep directory {self.root} does not exist")
+        if self.read_sweep() is None and not self.runs_dir.is_dir():
+            raise StudyError(f"{self.root} is not a sweep directory: it has neither {SWEEP_FILE} nor runs/ "
+                             "(`wmquant sweep study=... sweep_dir=DIR` makes one)")
         results, corrupt = self.load_results()
         by_id = {r["run_id"]: r for r in results}
         corrupt_ids = {c.path.parent.name: c.reason for c in corrupt}
