@@ -120,10 +120,10 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"wmquant {command}: error: {err.one_line()}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print(f"wmquant {command}: interrupted", file=sys.stderr)
+        print(f"\nwmquant {command}: interrupted", file=sys.stderr)  # below a progress bar, not on its line
         return 130
     except Terminated:
-        print(f"wmquant {command}: terminated", file=sys.stderr)
+        print(f"\nwmquant {command}: terminated", file=sys.stderr)
         return 143
     except BrokenPipeError:  # the reader went away (`wmquant runs list ... | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
