@@ -4,7 +4,7 @@
 # few MPC iterations, then the best one run through the whole protocol (30 iterations, resumable).
 # Small models leave an H100 mostly idle, so the variants share it.
 #
-# Usage (device tool): [VARIANTS=FILE] [SCREEN_ITERS=3] [JOBS=4] bash scripts/gpu/pusht_screen.sh [BUDGET_SECONDS]
+# Usage (device tool): [VARIANTS=FILE] [SCREEN_ITERS=3] [JOBS=5] bash scripts/gpu/pusht_screen.sh [BUDGET_SECONDS]
 #   EPISODES  episodes of training data (default 2000); TRAIN_EXTRA, PLAN_EXTRA: more overrides of
 #             every `wmquant train` / `wmquant plan` (a local smoke run: WMQ_LOCAL=1 with tiny values)
 #   VARIANTS  a file of lines "NAME RES ROLLOUT STEPS ENCODER [OVERRIDE ...]" (default: the list below);
@@ -16,7 +16,7 @@
 # $OUT/pusht_best_model.tgz (the best variant's model directory); unpack both in the repo root.
 source scripts/gpu/setup.sh
 set +e
-BUDGET=${1:-1700}; SCREEN_ITERS=${SCREEN_ITERS:-3}; JOBS=${JOBS:-4}; EPISODES=${EPISODES:-2000}
+BUDGET=${1:-1700}; SCREEN_ITERS=${SCREEN_ITERS:-3}; JOBS=${JOBS:-5}; EPISODES=${EPISODES:-2000}
 S=pusht_screen; W=/tmp/wmq; mkdir -p $S $W/data
 GOALS=$PWD/src/wmquant/assets/models/pusht/goals.safetensors  # the goals the ceiling was measured on
 LOG_FILE=$S/screen_log.txt
@@ -35,13 +35,17 @@ if [ -z "${VARIANTS:-}" ]; then
   # in 3000 steps. A 4x latent needs about 4x the gain, and at a gain of 4 still 39 % of the tokens
   # could not be output. So the s4 variants drop the final LayerNorm (n: model.predictor.final_norm=
   # false), except s4_k5, the control. The rest target the predictor: k5, the K-step rollout loss
-  # over the planning horizon (trained on its own predictions); wide, 6 heads and a 2x MLP. The base
-  # recipe on such data is known (0.34 after 3 iterations, shared/notes).
+  # over the planning horizon (trained on its own predictions); wide, 6 heads and a 2x MLP; enc, the
+  # encoder trained with the world model (model.train_encoder, held to its pretrained geometry and
+  # position by the anchor), so that its tokens may move towards what the predictor can predict; at
+  # encoder_lr 1e-4 a CPU fine-tune kept its latent loss at the frozen control's (docs/pusht_diagnosis). The base recipe on
+  # such data is known (0.34 after 3 iterations, shared/notes).
   [ -f $VARIANTS ] || cat > $VARIANTS <<'EOF'
 s4n 64 0 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false
 s4n_k5 64 5 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false
 s4_k5 64 5 3000 base encoder_output_scale=4.0
 s4n_k5_wide 64 5 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false model.predictor.heads=6 model.predictor.mlp_dim=672
+s4n_enc 64 0 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false model.train_encoder=true training.encoder_lr=1e-4
 EOF
 fi
 cp $VARIANTS $S/variants_used.txt

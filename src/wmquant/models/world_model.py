@@ -213,8 +213,9 @@ class WorldModel(nn.Module):
         """Training losses (spec 3.9) for windows of num_hist + 1 frames.
 
         obs visual (b, num_hist+1, 3, H, W), proprio (b, num_hist+1, P); act (b, num_hist+1, A*f).
-        Optionally obs["visual_latent"] (b, num_hist+1, N, E): the frozen encoder's latents of those
-        frames, computed beforehand (a trainer caches them), used instead of running the encoder.
+        Optionally obs["visual_latent"] (b, num_hist+1, N, E): the encoder's latents of those frames,
+        computed beforehand and used instead of running the encoder (a trainer caches a frozen
+        encoder's; one that trains the encoder passes them with their graph).
         `z_loss` is the MSE of predicted vs (detached) next-frame latents over visual and proprio
         features (action features excluded); `decoder_recon_loss` decodes the detached latents of
         all frames and compares them with the input images; `loss` is their sum.
@@ -222,7 +223,7 @@ class WorldModel(nn.Module):
         frames = (obs["visual_latent"] if "visual_latent" in obs else obs["visual"]).shape[1]
         if frames != self.num_hist + self.num_pred:
             raise ConfigError(f"training windows need num_hist + 1 = {self.num_hist + self.num_pred} frames, got {frames}")
-        if "visual_latent" in obs and not self.train_encoder:
+        if "visual_latent" in obs:
             z = self.assemble(obs["visual_latent"], self.proprio_encoder(obs["proprio"]), self.encode_act(act))
         else:
             z = self.encode(obs, act)

@@ -116,8 +116,7 @@ def run_world_model_stage(cfg: DictConfig, out: Path, encoder: torch.nn.Module, 
     model_cfg["encoder"]["weights"] = None
     model = build_world_model(model_cfg, load_encoder_weights=False)
     model.encoder.load_state_dict(encoder.state_dict())
-    for p in model.encoder.parameters():
-        p.requires_grad_(False)
+    model.encoder.requires_grad_(model.train_encoder)  # model.train_encoder: trained with the world model
     model.to(train.device)
     tcfg = WorldModelTrainConfig(**OmegaConf.to_container(cfg.training, resolve=True))
     ckpt_dir = out / "checkpoints" / "world_model"
@@ -136,7 +135,8 @@ def run_world_model_stage(cfg: DictConfig, out: Path, encoder: torch.nn.Module, 
                               "rng": rng_state()})
 
     train_world_model(model, train, val, int(cfg.model.img_size), tcfg, log=log, progress=progress, start_step=start,
-                      optimizers=optimizers, checkpoint=checkpoint, checkpoint_every=int(cfg.checkpoint_every))
+                      optimizers=optimizers, checkpoint=checkpoint, checkpoint_every=int(cfg.checkpoint_every),
+                      reference_encoder=encoder if model.train_encoder else None)
     planning = {
         "env": str(cfg.env),
         "img_size": int(cfg.model.img_size),
@@ -145,7 +145,12 @@ def run_world_model_stage(cfg: DictConfig, out: Path, encoder: torch.nn.Module, 
         "render_size": cfg.render_size,
         "normalization": normalization.as_dict(),
     }
+    # the encoder is frozen from here on, whether or not it was trained with the world model
+    trained_encoder = bool(model_cfg.get("train_encoder", False))
+    model_cfg["train_encoder"] = False
+    model.train_encoder = False
     save_world_model(model.cpu(), model_cfg, out / "model", extra={"planning": planning, "training": {
+        "encoder_trained_with_world_model": trained_encoder,
         "dataset_path": str(cfg.dataset_path), "seed": int(cfg.seed),
         "command": "wmquant train " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
     }})
@@ -163,6 +168,9 @@ def run_training(cfg: DictConfig, progress: bool = True) -> dict[str, Any]:
     output_scale = cfg.get("encoder_output_scale", 1.0)
     if isinstance(output_scale, bool) or not isinstance(output_scale, (int, float)) or not output_scale > 0:
         raise ConfigError(f"encoder_output_scale={output_scale!r} must be a positive number")
+    # both stages' settings are checked before anything is read or written
+    MetricPretrainConfig(**OmegaConf.to_container(cfg.encoder_pretrain, resolve=True))
+    WorldModelTrainConfig(**OmegaConf.to_container(cfg.training, resolve=True))
     device = _device(str(cfg.device))
     torch.manual_seed(int(cfg.seed))
     out = Path(str(cfg.output_dir))

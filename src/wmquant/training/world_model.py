@@ -7,12 +7,22 @@ each predicted frame is compared with the encoded truth, gradients flowing throu
 chain. Teacher forcing alone never shows the predictor its own errors, so a model can score well one
 step ahead and still drift over the planning horizon.
 
-The encoder is frozen, so its latents of every frame are computed once and kept on the device
+A frozen encoder's latents of every frame are computed once and kept on the device
 (`cache_latents`); each step then costs only the predictor, the embeddings and the decoder.
+
+With `model.train_encoder` (DINO-WM's key; its own PushT and Wall configs keep it false) the encoder
+is trained with the world model at `encoder_lr`, as upstream does: Adam, the prediction targets
+detached, the latents computed every step. DINO-WM's DINOv2 hardly moves at its 1e-6; wmquant's small
+encoders were shaped for planning by the temporal-metric pretraining (wmquant.training.encoder), and
+a prediction loss alone would reshape the goal-cost landscape that the planner descends. So an
+anchor (`encoder_anchor_weight`, not in DINO-WM) holds the distances between frames to those of the
+pretrained encoder, and the tokens' common position to theirs, while the tokens may still move
+relative to one another, towards what the predictor can predict.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,6 +32,7 @@ from tqdm.auto import tqdm
 from ..data.transforms import to_model_input
 from ..errors import ConfigError
 from .batches import EpisodeTensors, WindowSampler
+from .encoder import latent_distance
 from .state import cosine_lr
 
 
@@ -42,6 +53,8 @@ class WorldModelTrainConfig:
     val_batches: int = 4
     rollout_steps: int = 0  # K > 0 adds the K-step rollout loss (0: teacher forcing only, as DINO-WM)
     rollout_loss_weight: float = 1.0
+    encoder_lr: float = 1e-6  # used with model.train_encoder only (DINO-WM's default)
+    encoder_anchor_weight: float = 1.0  # with model.train_encoder: weight of the geometry anchor
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -50,6 +63,10 @@ class WorldModelTrainConfig:
             raise ConfigError(f"training.rollout_steps must be an integer >= 0, got {self.rollout_steps!r}")
         if self.rollout_loss_weight < 0:
             raise ConfigError(f"training.rollout_loss_weight must be >= 0, got {self.rollout_loss_weight}")
+        for key in ("encoder_lr", "encoder_anchor_weight"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ConfigError(f"training.{key} must be a number >= 0, got {value!r}")
 
 
 @torch.no_grad()
@@ -66,7 +83,9 @@ def encode_all_frames(model, episodes: EpisodeTensors, img_size: int, batch: int
 
 
 def make_optimizers(model, cfg: WorldModelTrainConfig) -> list[torch.optim.Optimizer]:
-    """Upstream's split: AdamW for the predictor and for the action+proprio encoders, Adam for the decoder."""
+    """Upstream's split: AdamW for the predictor and for the action+proprio encoders, Adam for the
+    decoder and, with `model.train_encoder`, Adam for the encoder (last, so that checkpoints of a
+    frozen-encoder run keep their order)."""
     optimizers = [
         torch.optim.AdamW(model.predictor.parameters(), lr=cfg.predictor_lr, weight_decay=cfg.weight_decay),
         torch.optim.AdamW(
@@ -76,6 +95,8 @@ def make_optimizers(model, cfg: WorldModelTrainConfig) -> list[torch.optim.Optim
     ]
     if model.decoder is not None:
         optimizers.append(torch.optim.Adam(model.decoder.parameters(), lr=cfg.decoder_lr))
+    if model.train_encoder:
+        optimizers.append(torch.optim.Adam(model.encoder.parameters(), lr=cfg.encoder_lr))
     for opt in optimizers:
         for group in opt.param_groups:
             group.setdefault("base_lr", group["lr"])
@@ -99,6 +120,41 @@ class LatentWindows:
             frame_t = start[:, None] + f * torch.arange(self.sampler.num_frames, device=start.device)[None]
             data["visual_latent"] = self.latents[episode[:, None], frame_t]
         return data
+
+
+def encode_window_frames(encoder: torch.nn.Module, model, visual: torch.Tensor) -> torch.Tensor:
+    """Window frames (b, T, 3, H, W), model input -> latents (b, T, N, E), with autograd as the
+    caller's context has it."""
+    b, t = visual.shape[:2]
+    tokens = encoder(model.resize_for_encoder(visual.flatten(0, 1)))
+    return tokens.view(b, t, *tokens.shape[1:])
+
+
+def encoder_anchor_loss(latents: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """How far a trained encoder's geometry has moved from the pretrained encoder's, on one batch
+    of windows: latents (b, T, N, E) and the pretrained encoder's latents of the same frames.
+
+    Two terms, in the units of a squared planning distance (`latent_distance`, the planning cost's
+    square root). The distances between every two frames of a window, and between the first frames
+    of neighbouring windows (mostly of other episodes), are compared with the pretrained encoder's
+    (squared error). The distances alone cannot see all tokens sliding together: on PushT, 300 steps
+    at learning rate 1e-4 moved the tokens by 14x their variance over frames (mean square), 88 % of
+    it a shift common to all frames, and the predictor's loss rose 18x chasing it. So the batch's
+    mean shift from the pretrained tokens counts too. Both are divided by
+    the pretrained distances' mean square, so the weight means the same at any latent scale."""
+    t = latents.shape[1]
+    first, second = torch.triu_indices(t, t, offset=1, device=latents.device)
+
+    def distances(z: torch.Tensor) -> torch.Tensor:
+        within = latent_distance(z[:, first].flatten(0, 1), z[:, second].flatten(0, 1))
+        across = latent_distance(z[:, 0], z[:, 0].roll(1, dims=0))
+        return torch.cat([within, across])
+
+    latents, reference = latents.float(), reference.float().detach()
+    target = distances(reference)
+    scale = target.pow(2).mean().clamp_min(1e-12)
+    mean_shift = (latents - reference).mean(dim=(0, 1))  # (N, E): what every frame's tokens moved by in common
+    return ((distances(latents) - target).pow(2).mean() + mean_shift.pow(2).sum(-1).mean()) / scale
 
 
 def losses_for_batch(model, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -134,34 +190,47 @@ def train_world_model(
     optimizers: list[torch.optim.Optimizer] | None = None,
     checkpoint: Callable[[int, list], None] | None = None,
     checkpoint_every: int = 0,
+    reference_encoder: torch.nn.Module | None = None,
 ) -> list[torch.optim.Optimizer]:
+    """`reference_encoder`: with `model.train_encoder`, the pretrained encoder that the geometry
+    anchor holds the trained one to (default: a copy of `model.encoder` as it is at step 0; a run
+    resumed later must pass it, since its model's encoder has moved)."""
     device = train.device
     model.to(device)
     num_frames = model.num_hist + model.num_pred
+    joint = bool(model.train_encoder)  # the encoder trains with the world model: no latent is cached
+    if joint:
+        if reference_encoder is None:
+            if start_step:
+                raise ConfigError("resuming a run that trains the encoder needs the pretrained encoder as reference_encoder")
+            reference_encoder = copy.deepcopy(model.encoder)
+        reference_encoder = reference_encoder.to(device).eval().requires_grad_(False)
+    cache = cfg.cache_latents and not joint
     # with cached latents, frames are read only to train the decoder
-    frames = model.decoder is not None or not cfg.cache_latents
+    frames = model.decoder is not None or not cache
     train_windows = LatentWindows(
         WindowSampler(train, num_frames, model.frameskip, seed=cfg.seed + start_step),
-        encode_all_frames(model, train, img_size) if cfg.cache_latents else None, img_size, frames=frames,
+        encode_all_frames(model, train, img_size) if cache else None, img_size, frames=frames,
     )
     val_windows = None
     if val is not None and len(val.lengths):
         val_windows = LatentWindows(
             WindowSampler(val, num_frames, model.frameskip, seed=cfg.seed + 1),
-            encode_all_frames(model, val, img_size) if cfg.cache_latents else None, img_size, frames=frames,
+            encode_all_frames(model, val, img_size) if cache else None, img_size, frames=frames,
         )
     rollout_windows = None
     if cfg.rollout_steps:
-        if train_windows.latents is None:
+        if train_windows.latents is None and not joint:
             raise ConfigError("training.rollout_steps needs training.cache_latents=true (the rollout loss reads cached latents)")
         rollout_windows = LatentWindows(
             WindowSampler(train, model.num_hist + cfg.rollout_steps, model.frameskip, seed=cfg.seed + 7 + start_step),
-            train_windows.latents, img_size, frames=False,
+            train_windows.latents, img_size, frames=joint,
         )
     optimizers = optimizers or make_optimizers(model, cfg)
     warmup = int(cfg.warmup_fraction * cfg.steps)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp_bf16 and device.type == "cuda")
-    trainable = [p for p in model.parameters() if p.requires_grad and not any(p is q for q in model.encoder.parameters())]
+    trainable = [p for p in model.parameters()
+                 if p.requires_grad and (joint or not any(p is q for q in model.encoder.parameters()))]
     bar = tqdm(range(start_step, cfg.steps), desc="world model", disable=not progress, dynamic_ncols=True,
                initial=start_step, total=cfg.steps)
     model.train()
@@ -171,9 +240,19 @@ def train_world_model(
                 group["lr"] = cosine_lr(step, cfg.steps, warmup, group["base_lr"])
         data = train_windows.batch(cfg.batch_size)
         with autocast:
+            if joint:
+                data["visual_latent"] = encode_window_frames(model.encoder, model, data["visual"])
+                with torch.no_grad():
+                    reference = encode_window_frames(reference_encoder, model, data["visual"])
             losses = losses_for_batch(model, data)
+            if joint:
+                losses["encoder_anchor_loss"] = encoder_anchor_loss(data["visual_latent"], reference)
+                losses["loss"] = losses["loss"] + cfg.encoder_anchor_weight * losses["encoder_anchor_loss"]
             if rollout_windows is not None:
-                losses.update(rollout_losses(model, rollout_windows.batch(cfg.batch_size), cfg.rollout_steps))
+                rollout_data = rollout_windows.batch(cfg.batch_size)
+                if joint:
+                    rollout_data["visual_latent"] = encode_window_frames(model.encoder, model, rollout_data.pop("visual"))
+                losses.update(rollout_losses(model, rollout_data, cfg.rollout_steps))
                 losses["loss"] = losses["loss"] + cfg.rollout_loss_weight * losses["rollout_loss"]
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
