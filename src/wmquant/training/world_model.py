@@ -140,8 +140,8 @@ def encoder_anchor_loss(latents: torch.Tensor, reference: torch.Tensor) -> torch
     (squared error). The distances alone cannot see all tokens sliding together: on PushT, 300 steps
     at learning rate 1e-4 moved the tokens by 14x their variance over frames (mean square), 88 % of
     it a shift common to all frames, and the predictor's loss rose 18x chasing it. So the batch's
-    mean shift from the pretrained tokens counts too. Both are divided by
-    the pretrained distances' mean square, so the weight means the same at any latent scale."""
+    mean shift from the pretrained tokens counts too. Both are divided by the pretrained distances'
+    mean square, so the weight means the same at any latent scale."""
     t = latents.shape[1]
     first, second = torch.triu_indices(t, t, offset=1, device=latents.device)
 
