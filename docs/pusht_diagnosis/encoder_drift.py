@@ -63,7 +63,6 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=400)
     parser.add_argument("--every", type=int, default=8)
     args = parser.parse_args()
-    torch.manual_seed(0)
     frames = sample_frames(args.data, args.frames, args.every)
     start = encode(args.start, frames)
     report = {"data": args.data, "start": args.start, "frames": len(frames), "every": args.every,

@@ -38,8 +38,8 @@ if [ -z "${VARIANTS:-}" ]; then
   # over the planning horizon (trained on its own predictions); wide, 6 heads and a 2x MLP; enc, the
   # encoder trained with the world model (model.train_encoder, held to its pretrained geometry and
   # position by the anchor), so that its tokens may move towards what the predictor can predict; at
-  # encoder_lr 1e-4 a CPU fine-tune kept its latent loss at the frozen control's (docs/pusht_diagnosis). The base recipe on
-  # such data is known (0.34 after 3 iterations, shared/notes).
+  # encoder_lr 1e-4 a CPU fine-tune kept its latent loss at the frozen control's (docs/pusht_diagnosis).
+  # The base recipe on such data is known (0.34 after 3 iterations, shared/notes).
   [ -f $VARIANTS ] || cat > $VARIANTS <<'EOF'
 s4n 64 0 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false
 s4n_k5 64 5 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false

@@ -231,6 +231,21 @@ def test_train_encoder_with_the_rollout_loss_and_resumed(wall_data, tmp_path):
     assert resumed[-1]["train/encoder_anchor_loss"] > 0
 
 
+def test_the_cached_reference_latents_train_as_the_reference_encoder_does(wall_data, tmp_path):
+    logs = {}
+    for cache in ("true", "false"):
+        out = tmp_path / cache
+        assert _train_with(wall_data, out, "model.train_encoder=true", "training.encoder_lr=3e-3", "training.steps=4",
+                           "training.log_every=1", f"training.cache_latents={cache}") == 0
+        logs[cache] = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()
+                       if "train/encoder_anchor_loss" in line]
+    assert len(logs["true"]) == len(logs["false"]) == 4
+    assert logs["true"][-1]["train/encoder_anchor_loss"] > 0  # the encoder moved, and the anchor saw it
+    for cached, encoded in zip(logs["true"], logs["false"]):
+        for key in ("train/encoder_anchor_loss", "train/z_loss", "val/z_loss"):
+            assert cached[key] == pytest.approx(encoded[key], rel=1e-4, abs=1e-7), (key, cached, encoded)
+
+
 def test_encoder_settings_are_checked(wall_data, tmp_path, capsys):
     with pytest.raises(ConfigError, match="encoder_lr"):
         WorldModelTrainConfig(encoder_lr=-1e-4)

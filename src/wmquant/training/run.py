@@ -146,7 +146,7 @@ def run_world_model_stage(cfg: DictConfig, out: Path, encoder: torch.nn.Module, 
         "normalization": normalization.as_dict(),
     }
     # the encoder is frozen from here on, whether or not it was trained with the world model
-    trained_encoder = bool(model_cfg.get("train_encoder", False))
+    trained_encoder = bool(model.train_encoder)
     model_cfg["train_encoder"] = False
     model.train_encoder = False
     save_world_model(model.cpu(), model_cfg, out / "model", extra={"planning": planning, "training": {

@@ -17,7 +17,8 @@ encoders were shaped for planning by the temporal-metric pretraining (wmquant.tr
 a prediction loss alone would reshape the goal-cost landscape that the planner descends. So an
 anchor (`encoder_anchor_weight`, not in DINO-WM) holds the distances between frames to those of the
 pretrained encoder, and the tokens' common position to theirs, while the tokens may still move
-relative to one another, towards what the predictor can predict.
+relative to one another, towards what the predictor can predict. The pretrained encoder's latents,
+the anchor's reference, are the ones cached then.
 """
 
 from __future__ import annotations
@@ -70,14 +71,17 @@ class WorldModelTrainConfig:
 
 
 @torch.no_grad()
-def encode_all_frames(model, episodes: EpisodeTensors, img_size: int, batch: int = 1024) -> torch.Tensor:
-    """Frozen-encoder latents of every frame: (E, T, N, D) float32 on the episodes' device."""
+def encode_all_frames(model, episodes: EpisodeTensors, img_size: int, batch: int = 1024,
+                      encoder: torch.nn.Module | None = None) -> torch.Tensor:
+    """A frozen encoder's latents of every frame (default: the model's): (E, T, N, D) float32 on the
+    episodes' device."""
+    encoder = model.encoder if encoder is None else encoder
     e, t = episodes.visual.shape[:2]
     flat = episodes.visual.flatten(0, 1)
     out = []
     for i in range(0, flat.shape[0], batch):
         frames = to_model_input(flat[i : i + batch], img_size)
-        out.append(model.encoder(model.resize_for_encoder(frames)).float())
+        out.append(encoder(model.resize_for_encoder(frames)).float())
     z = torch.cat(out)
     return z.view(e, t, *z.shape[1:])
 
@@ -198,25 +202,26 @@ def train_world_model(
     device = train.device
     model.to(device)
     num_frames = model.num_hist + model.num_pred
-    joint = bool(model.train_encoder)  # the encoder trains with the world model: no latent is cached
+    joint = bool(model.train_encoder)  # the encoder trains with the world model
     if joint:
         if reference_encoder is None:
             if start_step:
                 raise ConfigError("resuming a run that trains the encoder needs the pretrained encoder as reference_encoder")
             reference_encoder = copy.deepcopy(model.encoder)
         reference_encoder = reference_encoder.to(device).eval().requires_grad_(False)
-    cache = cfg.cache_latents and not joint
-    # with cached latents, frames are read only to train the decoder
-    frames = model.decoder is not None or not cache
+    # Cached latents are a frozen encoder's: the model's, or, when the encoder trains, the pretrained
+    # one's, as the anchor's reference (the trained encoder then reads the frames every step).
+    frames = model.decoder is not None or not cfg.cache_latents or joint
     train_windows = LatentWindows(
         WindowSampler(train, num_frames, model.frameskip, seed=cfg.seed + start_step),
-        encode_all_frames(model, train, img_size) if cache else None, img_size, frames=frames,
+        encode_all_frames(model, train, img_size, encoder=reference_encoder) if cfg.cache_latents else None,
+        img_size, frames=frames,
     )
     val_windows = None
     if val is not None and len(val.lengths):
         val_windows = LatentWindows(
             WindowSampler(val, num_frames, model.frameskip, seed=cfg.seed + 1),
-            encode_all_frames(model, val, img_size) if cache else None, img_size, frames=frames,
+            encode_all_frames(model, val, img_size) if cfg.cache_latents and not joint else None, img_size, frames=frames,
         )
     rollout_windows = None
     if cfg.rollout_steps:
@@ -241,9 +246,11 @@ def train_world_model(
         data = train_windows.batch(cfg.batch_size)
         with autocast:
             if joint:
+                reference = data.pop("visual_latent", None)  # the pretrained encoder's, if cached
                 data["visual_latent"] = encode_window_frames(model.encoder, model, data["visual"])
-                with torch.no_grad():
-                    reference = encode_window_frames(reference_encoder, model, data["visual"])
+                if reference is None:
+                    with torch.no_grad():
+                        reference = encode_window_frames(reference_encoder, model, data["visual"])
             losses = losses_for_batch(model, data)
             if joint:
                 losses["encoder_anchor_loss"] = encoder_anchor_loss(data["visual_latent"], reference)
