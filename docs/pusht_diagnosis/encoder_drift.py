@@ -6,7 +6,10 @@ change relative to the start's token variance over frames; the same after removi
 common to all frames (one shift per token position and channel); and how the frame-to-frame
 planning distances (`latent_distance`, between consecutive frames of the sample) compare, as the
 median ratio and the correlation. The first number large and the second small means the tokens slid
-together, which distances alone cannot see.
+together, which distances alone cannot see. For an encoder trained end to end (SIGReg) two more: its
+latents' variance over frames relative to the start's (near 0: collapse), and the SIGReg distance of
+its frames from an isotropic Gaussian (at scale 1, as trained), next to the start's
+(`encoder_drift.json` was written before these two were added).
 Usage: python docs/pusht_diagnosis/encoder_drift.py DATA START MODEL [MODEL ...] [--frames 400] [--every 8]
 (DATA: a `wmquant data --env pusht` directory; START, MODEL: shipped names or model directories;
 prints a JSON report)"""
@@ -19,6 +22,7 @@ from wmquant.data import load_dataset
 from wmquant.data.transforms import to_model_input
 from wmquant.models.checkpoint import load_world_model
 from wmquant.training.encoder import latent_distance
+from wmquant.training.sigreg import sigreg_loss
 
 
 def sample_frames(data: str, count: int, every: int) -> torch.Tensor:
@@ -41,6 +45,11 @@ def encode(name: str, frames: torch.Tensor) -> torch.Tensor:
     return model.encoder(model.resize_for_encoder(to_model_input(frames, int(config["model"]["img_size"]))))
 
 
+def frame_sigreg(latents: torch.Tensor) -> float:
+    """SIGReg of frames (n, N, E), each flattened, with fixed directions."""
+    return sigreg_loss(latents.flatten(1), generator=torch.Generator().manual_seed(0)).item()
+
+
 def drift(start: torch.Tensor, moved: torch.Tensor) -> dict[str, float]:
     spread = (start - start.mean(0)).pow(2).mean()
     change = moved - start
@@ -52,6 +61,9 @@ def drift(start: torch.Tensor, moved: torch.Tensor) -> dict[str, float]:
         "token_change_over_variance_without_common_shift": ((change - common).pow(2).mean() / spread).item(),
         "distance_ratio_median": (d_moved / d_start).median().item(),
         "distance_correlation": torch.corrcoef(torch.stack([d_start, d_moved]))[0, 1].item(),
+        "variance_over_frames_over_start": ((moved - moved.mean(0)).pow(2).mean() / spread).item(),
+        "sigreg": frame_sigreg(moved),
+        "sigreg_of_start": frame_sigreg(start),
     }
 
 

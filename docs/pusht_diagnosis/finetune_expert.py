@@ -6,12 +6,14 @@ kept as shipped). Teacher forcing as in the recipe, at a CPU-sized budget; the m
 written is the shipped one with new predictor and embedding weights (and encoder weights, if
 trained), so `wmquant plan`, `wmquant diagnose` and `block_motion.py` take it as
 `model_name=OUT/model`.
-Usage: python docs/pusht_diagnosis/finetune_expert.py DATA OUT [EPISODES=300] [STEPS=900] [BATCH=64] [LR=1e-4] [START=pusht] [ROLLOUT=0] [FINAL_NORM=1] [ENCODER_LR=0] [ANCHOR=1]
+Usage: python docs/pusht_diagnosis/finetune_expert.py DATA OUT [EPISODES=300] [STEPS=900] [BATCH=64] [LR=1e-4] [START=pusht] [ROLLOUT=0] [FINAL_NORM=1] [ENCODER_LR=0] [ANCHOR=1] [REGULARIZER=anchor]
 (START: the model to fine-tune, a shipped name or a model directory such as an earlier OUT/model;
 ROLLOUT: K > 0 adds the recipe's K-step rollout loss, `training.rollout_steps`, to teacher forcing;
 FINAL_NORM=0 drops the predictor's final LayerNorm before fine-tuning (`model.predictor.final_norm`);
 ENCODER_LR > 0 trains the encoder too (`model.train_encoder`, `training.encoder_lr`), held to the
-start model's geometry and position by the anchor of weight ANCHOR (`training.encoder_anchor_weight`);
+start model's geometry and position by the anchor of weight ANCHOR (`training.encoder_anchor_weight`),
+or, with REGULARIZER=sigreg, end to end with SIGReg of weight ANCHOR instead (`training.encoder_regularizer`,
+`training.sigreg_weight`);
 DATA: `wmquant data --env pusht --out DATA --episodes 2000 --seed 0 --render-size 64 --video pth`,
 whose validation split holds the shipped goals; only its training split is read)."""
 import json
@@ -54,6 +56,7 @@ def main():
     final_norm = (int(sys.argv[9]) if len(sys.argv) > 9 else 1) != 0
     encoder_lr = float(sys.argv[10]) if len(sys.argv) > 10 else 0.0
     anchor = float(sys.argv[11]) if len(sys.argv) > 11 else 1.0
+    regularizer = sys.argv[12] if len(sys.argv) > 12 else "anchor"
     torch.manual_seed(0)
     model, config = load_world_model(start_model)
     dataset = load_dataset("pusht", data, split="train")
@@ -70,7 +73,8 @@ def main():
     model.encoder.requires_grad_(model.train_encoder)
     cfg = WorldModelTrainConfig(steps=steps, batch_size=batch, predictor_lr=lr, action_encoder_lr=lr, decoder_lr=lr,
                                 warmup_fraction=0.05, amp_bf16=False, log_every=max(1, steps // 10), seed=0,
-                                rollout_steps=rollout_steps, encoder_lr=encoder_lr, encoder_anchor_weight=anchor)
+                                rollout_steps=rollout_steps, encoder_lr=encoder_lr, encoder_regularizer=regularizer,
+                                encoder_anchor_weight=anchor, sigreg_weight=anchor)
     log = []
     train_world_model(model, train, None, int(config["model"]["img_size"]), cfg, log=log.append, progress=False)
     model.decoder = decoder
@@ -83,7 +87,7 @@ def main():
         saved["model"]["predictor"]["final_norm"] = False
         config_path.write_text(yaml.safe_dump(saved, sort_keys=False))
     summary = {"start": str(start_model), "rollout_steps": rollout_steps, "final_norm": final_norm,
-               "encoder_lr": encoder_lr, "encoder_anchor_weight": anchor, "episodes": len(train.lengths), "frames": int(train.lengths.sum()), "steps": steps, "batch_size": batch,
+               "encoder_lr": encoder_lr, "encoder_regularizer": regularizer, "regularizer_weight": anchor, "episodes": len(train.lengths), "frames": int(train.lengths.sum()), "steps": steps, "batch_size": batch,
                "lr": lr, "seconds": round(time.perf_counter() - start, 1), "log": log}
     (out / "finetune.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({k: v for k, v in summary.items() if k != "log"}), "first / last z loss:",

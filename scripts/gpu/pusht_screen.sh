@@ -39,6 +39,11 @@ if [ -z "${VARIANTS:-}" ]; then
   # encoder trained with the world model (model.train_encoder, held to its pretrained geometry and
   # position by the anchor), so that its tokens may move towards what the predictor can predict; at
   # encoder_lr 1e-4 a CPU fine-tune kept its latent loss at the frozen control's (docs/pusht_diagnosis).
+  # Not in the list: the encoder trained end to end (training.encoder_regularizer=sigreg). In a 150-step
+  # CPU fine-tune it kept the latents' spread and lowered the relative one-step error, yet its first plan
+  # fell from the frozen control's 0.48 to 0.34 on the same episodes (McNemar p = 0.016), so the screen's
+  # GPU time goes elsewhere; a VARIANTS file can add it:
+  #   s4n_e2e 64 0 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false model.train_encoder=true training.encoder_lr=1e-4 training.encoder_regularizer=sigreg
   # The base recipe on such data is known (0.34 after 3 iterations, shared/notes).
   [ -f $VARIANTS ] || cat > $VARIANTS <<'EOF'
 s4n 64 0 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false

@@ -29,14 +29,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def wall_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "wall"
-    assert main(["data", "--env", "wall", "--out", str(out), "--episodes", "10", "--steps", "25", "--seed", "3",
-                 "--workers", "1", "--quiet"]) == 0
-    return out
-
-
 def _train(data, out, steps):
     return main(["train", "--config-name", "train_wall.yaml", f"dataset_path={data}", f"output_dir={out}",
                  f"encoder_pretrain.steps={steps}", f"training.steps={steps}", "checkpoint_every=2", *TINY])

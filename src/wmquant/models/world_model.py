@@ -209,7 +209,8 @@ class WorldModel(nn.Module):
 
     # --- training -------------------------------------------------------------------------------
 
-    def forward(self, obs: dict[str, torch.Tensor], act: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, obs: dict[str, torch.Tensor], act: torch.Tensor,
+                visual_target_gradient: bool = False) -> dict[str, torch.Tensor]:
         """Training losses (spec 3.9) for windows of num_hist + 1 frames.
 
         obs visual (b, num_hist+1, 3, H, W), proprio (b, num_hist+1, P); act (b, num_hist+1, A*f).
@@ -219,6 +220,8 @@ class WorldModel(nn.Module):
         `z_loss` is the MSE of predicted vs (detached) next-frame latents over visual and proprio
         features (action features excluded); `decoder_recon_loss` decodes the detached latents of
         all frames and compares them with the input images; `loss` is their sum.
+        `visual_target_gradient`: the visual targets keep their graph, so an encoder trained end to
+        end learns from both sides of the prediction (the proprio targets stay detached).
         """
         frames = (obs["visual_latent"] if "visual_latent" in obs else obs["visual"]).shape[1]
         if frames != self.num_hist + self.num_pred:
@@ -228,7 +231,7 @@ class WorldModel(nn.Module):
         else:
             z = self.encode(obs, act)
         z_pred = self.predict(z[:, : self.num_hist])
-        z_target = z[:, self.num_pred :].detach()
+        z_target = self.prediction_target(z[:, self.num_pred :], visual_target_gradient)
         visual_end, obs_end = self.visual_dim, self.visual_dim + self.proprio_dim
         losses = {
             "z_loss": F.mse_loss(z_pred[..., :obs_end], z_target[..., :obs_end]),
@@ -242,6 +245,13 @@ class WorldModel(nn.Module):
             losses["decoder_recon_loss"] = torch.zeros((), device=z.device, dtype=z.dtype)
         losses["loss"] = losses["z_loss"] + losses["decoder_recon_loss"]
         return losses
+
+    def prediction_target(self, z: torch.Tensor, visual_target_gradient: bool = False) -> torch.Tensor:
+        """z (..., D) as a prediction target: detached (DINO-WM), or with `visual_target_gradient` its
+        visual features keeping their graph (an encoder trained end to end) and the rest detached."""
+        if not visual_target_gradient:
+            return z.detach()
+        return torch.cat([z[..., : self.visual_dim], z[..., self.visual_dim :].detach()], dim=-1)
 
     # --- decoding -------------------------------------------------------------------------------
 

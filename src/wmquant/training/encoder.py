@@ -60,8 +60,9 @@ class MetricPretrainConfig:
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ConfigError(f"unknown encoder pretraining target {self.target!r}; valid: {', '.join(TARGETS)}")
-        if self.max_gap < 1 or self.steps < 1 or self.batch_size < 2:
-            raise ConfigError("encoder pretraining needs steps >= 1, batch_size >= 2 and max_gap >= 1")
+        if self.max_gap < 1 or self.steps < 0 or self.batch_size < 2:
+            raise ConfigError(f"encoder pretraining needs steps >= 0 (0: none), batch_size >= 2 and max_gap >= 1, "
+                              f"got {self.steps}, {self.batch_size} and {self.max_gap}")
 
 
 def latent_distance(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:

@@ -81,6 +81,11 @@ def run_encoder_stage(cfg: DictConfig, out: Path, train: EpisodeTensors, log: Js
     if cfg.encoder_checkpoint:
         encoder.load_state_dict(load_file(str(cfg.encoder_checkpoint)))
         encoder = encoder.to(train.device).eval()
+    elif int(cfg.encoder_pretrain.steps) == 0:
+        # no pretraining: the encoder as initialised (a baseline, or for a world model that trains it
+        # end to end); no unit-variance scale is folded in, since its latents hardly vary over frames
+        encoder = encoder.to(train.device).eval()
+        log({"step": 0, "pretrained": False})
     else:
         pre = MetricPretrainConfig(**OmegaConf.to_container(cfg.encoder_pretrain, resolve=True))
         ckpt_dir = out / "checkpoints" / "encoder"
@@ -109,7 +114,8 @@ def run_encoder_stage(cfg: DictConfig, out: Path, train: EpisodeTensors, log: Js
 
 
 def run_world_model_stage(cfg: DictConfig, out: Path, encoder: torch.nn.Module, train: EpisodeTensors,
-                          val: EpisodeTensors | None, normalization, log: JsonlLog, progress: bool):
+                          val: EpisodeTensors | None, normalization, log: JsonlLog, progress: bool,
+                          latent_scale: float = 1.0):
     from ..models.checkpoint import build_world_model, save_world_model
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
@@ -136,7 +142,7 @@ def run_world_model_stage(cfg: DictConfig, out: Path, encoder: torch.nn.Module, 
 
     train_world_model(model, train, val, int(cfg.model.img_size), tcfg, log=log, progress=progress, start_step=start,
                       optimizers=optimizers, checkpoint=checkpoint, checkpoint_every=int(cfg.checkpoint_every),
-                      reference_encoder=encoder if model.train_encoder else None)
+                      reference_encoder=encoder if model.train_encoder else None, latent_scale=latent_scale)
     planning = {
         "env": str(cfg.env),
         "img_size": int(cfg.model.img_size),
@@ -151,6 +157,7 @@ def run_world_model_stage(cfg: DictConfig, out: Path, encoder: torch.nn.Module, 
     model.train_encoder = False
     save_world_model(model.cpu(), model_cfg, out / "model", extra={"planning": planning, "training": {
         "encoder_trained_with_world_model": trained_encoder,
+        "encoder_regularizer": tcfg.encoder_regularizer if trained_encoder else None,
         "dataset_path": str(cfg.dataset_path), "seed": int(cfg.seed),
         "command": "wmquant train " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
     }})
@@ -170,7 +177,10 @@ def run_training(cfg: DictConfig, progress: bool = True) -> dict[str, Any]:
         raise ConfigError(f"encoder_output_scale={output_scale!r} must be a positive number")
     # both stages' settings are checked before anything is read or written
     MetricPretrainConfig(**OmegaConf.to_container(cfg.encoder_pretrain, resolve=True))
-    WorldModelTrainConfig(**OmegaConf.to_container(cfg.training, resolve=True))
+    world_model_config = WorldModelTrainConfig(**OmegaConf.to_container(cfg.training, resolve=True))
+    if world_model_config.encoder_regularizer == "sigreg" and not cfg.model.get("train_encoder", False):
+        raise ConfigError("training.encoder_regularizer=sigreg regularises an encoder trained end to end; "
+                          "it needs model.train_encoder=true")
     device = _device(str(cfg.device))
     torch.manual_seed(int(cfg.seed))
     out = Path(str(cfg.output_dir))
@@ -197,7 +207,8 @@ def run_training(cfg: DictConfig, progress: bool = True) -> dict[str, Any]:
             # (visual MSE + alpha * proprio MSE) weighs them; encoder.safetensors keeps unit variance
             encoder = copy.deepcopy(encoder)
             _fold_scale(encoder, float(output_scale))
-        run_world_model_stage(cfg, out, encoder, train, val, train_ds.normalization, JsonlLog(log_path, "world_model"), progress)
+        run_world_model_stage(cfg, out, encoder, train, val, train_ds.normalization, JsonlLog(log_path, "world_model"), progress,
+                              latent_scale=float(output_scale))
     timings["world_model_seconds"] = time.perf_counter() - t0
     last: dict[str, Any] = {}
     if log_path.exists():

@@ -19,6 +19,15 @@ anchor (`encoder_anchor_weight`, not in DINO-WM) holds the distances between fra
 pretrained encoder, and the tokens' common position to theirs, while the tokens may still move
 relative to one another, towards what the predictor can predict. The pretrained encoder's latents,
 the anchor's reference, are the ones cached then.
+
+With `encoder_regularizer="sigreg"` (not in DINO-WM) the encoder is instead trained end to end, as
+JEPA-style world models such as LeWM are (shared/notes/anchors-pusht.md): the visual prediction
+targets keep their graph, and nothing holds the encoder to the pretrained one it starts from
+(`encoder_pretrain.steps=0` starts it untrained, but an untrained encoder's latents hardly vary
+between frames, and SIGReg cannot lift such a near-collapse: docs/differences.md). What keeps the latents from collapsing onto a constant, which
+would make every prediction exact, is SIGReg (wmquant.training.sigreg): each frame's latent,
+flattened and divided by the scale folded into the encoder (`encoder_output_scale`), is held to an
+isotropic standard Gaussian, at weight `sigreg_weight`.
 """
 
 from __future__ import annotations
@@ -34,7 +43,11 @@ from ..data.transforms import to_model_input
 from ..errors import ConfigError
 from .batches import EpisodeTensors, WindowSampler
 from .encoder import latent_distance
+from .sigreg import sigreg_loss
 from .state import cosine_lr
+
+
+ENCODER_REGULARIZERS = ("anchor", "sigreg")
 
 
 @dataclass
@@ -56,6 +69,8 @@ class WorldModelTrainConfig:
     rollout_loss_weight: float = 1.0
     encoder_lr: float = 1e-6  # used with model.train_encoder only (DINO-WM's default)
     encoder_anchor_weight: float = 1.0  # with model.train_encoder: weight of the geometry anchor
+    encoder_regularizer: str = "anchor"  # with model.train_encoder: "anchor" (held to the pretrained encoder) or "sigreg" (end to end)
+    sigreg_weight: float = 0.1  # with encoder_regularizer="sigreg": weight of SIGReg
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -64,7 +79,10 @@ class WorldModelTrainConfig:
             raise ConfigError(f"training.rollout_steps must be an integer >= 0, got {self.rollout_steps!r}")
         if self.rollout_loss_weight < 0:
             raise ConfigError(f"training.rollout_loss_weight must be >= 0, got {self.rollout_loss_weight}")
-        for key in ("encoder_lr", "encoder_anchor_weight"):
+        if self.encoder_regularizer not in ENCODER_REGULARIZERS:
+            raise ConfigError(f"training.encoder_regularizer={self.encoder_regularizer!r} is unknown; "
+                              f"valid: {', '.join(ENCODER_REGULARIZERS)}")
+        for key in ("encoder_lr", "encoder_anchor_weight", "sigreg_weight"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ConfigError(f"training.{key} must be a number >= 0, got {value!r}")
@@ -161,15 +179,24 @@ def encoder_anchor_loss(latents: torch.Tensor, reference: torch.Tensor) -> torch
     return ((distances(latents) - target).pow(2).mean() + mean_shift.pow(2).sum(-1).mean()) / scale
 
 
-def losses_for_batch(model, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def frame_sigreg_loss(latents: torch.Tensor, latent_scale: float = 1.0) -> torch.Tensor:
+    """SIGReg of a batch of window latents (b, T, N, E): every frame's tokens flattened into one
+    embedding, divided by the scale folded into the encoder. Whole frames, not single tokens, are
+    the samples: tokens that depend on their position alone could look Gaussian across positions
+    while saying nothing about the frame."""
+    return sigreg_loss(latents.flatten(0, 1).flatten(1) / latent_scale)
+
+
+def losses_for_batch(model, data: dict[str, torch.Tensor], visual_target_gradient: bool = False) -> dict[str, torch.Tensor]:
     obs = {key: data[key] for key in ("visual", "visual_latent", "proprio") if key in data}
-    return model(obs, data["actions"])
+    return model(obs, data["actions"], visual_target_gradient=visual_target_gradient)
 
 
-def rollout_losses(model, data: dict[str, torch.Tensor], steps: int) -> dict[str, torch.Tensor]:
+def rollout_losses(model, data: dict[str, torch.Tensor], steps: int, visual_target_gradient: bool = False) -> dict[str, torch.Tensor]:
     """The K-step rollout loss on windows of num_hist + K frames (`data` as `LatentWindows.batch`
     gives, with "visual_latent"): MSE between the predictor's own rollout and the encoded frames,
-    over visual and proprio features of all K predicted frames."""
+    over visual and proprio features of all K predicted frames (the visual ones keeping their graph
+    with `visual_target_gradient`, as in `WorldModel.forward`)."""
     n = model.num_hist
     if data["visual_latent"].shape[1] != n + steps:
         raise ConfigError(f"rollout windows need num_hist + rollout_steps = {n + steps} frames, got {data['visual_latent'].shape[1]}")
@@ -179,7 +206,8 @@ def rollout_losses(model, data: dict[str, torch.Tensor], steps: int) -> dict[str
     z = model.rollout_z({"visual": data["visual_latent"][:, :n], "proprio": proprio[:, :n]}, data["actions"][:, : n + steps - 1])
     obs_end = model.visual_dim + model.proprio_dim
     predicted = z[:, n:, :, :obs_end]
-    return {"rollout_loss": torch.nn.functional.mse_loss(predicted, target[:, n:, :, :obs_end].detach())}
+    target = model.prediction_target(target[:, n:, :, :obs_end], visual_target_gradient)
+    return {"rollout_loss": torch.nn.functional.mse_loss(predicted, target)}
 
 
 def train_world_model(
@@ -195,26 +223,31 @@ def train_world_model(
     checkpoint: Callable[[int, list], None] | None = None,
     checkpoint_every: int = 0,
     reference_encoder: torch.nn.Module | None = None,
+    latent_scale: float = 1.0,
 ) -> list[torch.optim.Optimizer]:
-    """`reference_encoder`: with `model.train_encoder`, the pretrained encoder that the geometry
-    anchor holds the trained one to (default: a copy of `model.encoder` as it is at step 0; a run
-    resumed later must pass it, since its model's encoder has moved)."""
+    """`reference_encoder`: with `model.train_encoder` and the anchor, the pretrained encoder that
+    the anchor holds the trained one to (default: a copy of `model.encoder` as it is at step 0; a run
+    resumed later must pass it, since its model's encoder has moved). `latent_scale`: the factor
+    folded into the encoder's output (`encoder_output_scale`), which SIGReg divides out."""
     device = train.device
     model.to(device)
     num_frames = model.num_hist + model.num_pred
     joint = bool(model.train_encoder)  # the encoder trains with the world model
-    if joint:
+    end_to_end = joint and cfg.encoder_regularizer == "sigreg"
+    anchored = joint and not end_to_end
+    if anchored:
         if reference_encoder is None:
             if start_step:
                 raise ConfigError("resuming a run that trains the encoder needs the pretrained encoder as reference_encoder")
             reference_encoder = copy.deepcopy(model.encoder)
         reference_encoder = reference_encoder.to(device).eval().requires_grad_(False)
     # Cached latents are a frozen encoder's: the model's, or, when the encoder trains, the pretrained
-    # one's, as the anchor's reference (the trained encoder then reads the frames every step).
+    # one's, as the anchor's reference (the trained encoder then reads the frames every step); an
+    # encoder trained end to end has no use for them.
     frames = model.decoder is not None or not cfg.cache_latents or joint
     train_windows = LatentWindows(
         WindowSampler(train, num_frames, model.frameskip, seed=cfg.seed + start_step),
-        encode_all_frames(model, train, img_size, encoder=reference_encoder) if cfg.cache_latents else None,
+        encode_all_frames(model, train, img_size, encoder=reference_encoder) if cfg.cache_latents and not end_to_end else None,
         img_size, frames=frames,
     )
     val_windows = None
@@ -248,18 +281,21 @@ def train_world_model(
             if joint:
                 reference = data.pop("visual_latent", None)  # the pretrained encoder's, if cached
                 data["visual_latent"] = encode_window_frames(model.encoder, model, data["visual"])
-                if reference is None:
+                if anchored and reference is None:
                     with torch.no_grad():
                         reference = encode_window_frames(reference_encoder, model, data["visual"])
-            losses = losses_for_batch(model, data)
-            if joint:
+            losses = losses_for_batch(model, data, visual_target_gradient=end_to_end)
+            if anchored:
                 losses["encoder_anchor_loss"] = encoder_anchor_loss(data["visual_latent"], reference)
                 losses["loss"] = losses["loss"] + cfg.encoder_anchor_weight * losses["encoder_anchor_loss"]
+            if end_to_end:
+                losses["sigreg_loss"] = frame_sigreg_loss(data["visual_latent"], latent_scale)
+                losses["loss"] = losses["loss"] + cfg.sigreg_weight * losses["sigreg_loss"]
             if rollout_windows is not None:
                 rollout_data = rollout_windows.batch(cfg.batch_size)
                 if joint:
                     rollout_data["visual_latent"] = encode_window_frames(model.encoder, model, rollout_data.pop("visual"))
-                losses.update(rollout_losses(model, rollout_data, cfg.rollout_steps))
+                losses.update(rollout_losses(model, rollout_data, cfg.rollout_steps, visual_target_gradient=end_to_end))
                 losses["loss"] = losses["loss"] + cfg.rollout_loss_weight * losses["rollout_loss"]
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
