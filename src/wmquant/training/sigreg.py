@@ -36,10 +36,7 @@ def epps_pulley(projections: torch.Tensor, t_max: float = T_MAX, knots: int = KN
     real = torch.cos(x).mean(0) - torch.exp(-t.pow(2) / 2)  # the normal's characteristic function is real
     imaginary = torch.sin(x).mean(0)
     integrand = (real.pow(2) + imaginary.pow(2)) * torch.exp(-t.pow(2) / 2)  # (m, k)
-    step = t_max / (knots - 1)
-    trapezoid = torch.full((knots,), step, device=t.device)
-    trapezoid[0] = trapezoid[-1] = step / 2
-    return 2 * integrand @ trapezoid
+    return 2 * torch.trapezoid(integrand, t, dim=-1)
 
 
 def epps_pulley_closed_form(sample: torch.Tensor) -> torch.Tensor:

@@ -24,10 +24,11 @@ With `encoder_regularizer="sigreg"` (not in DINO-WM) the encoder is instead trai
 JEPA-style world models such as LeWM are (shared/notes/anchors-pusht.md): the visual prediction
 targets keep their graph, and nothing holds the encoder to the pretrained one it starts from
 (`encoder_pretrain.steps=0` starts it untrained, but an untrained encoder's latents hardly vary
-between frames, and SIGReg cannot lift such a near-collapse: docs/differences.md). What keeps the latents from collapsing onto a constant, which
-would make every prediction exact, is SIGReg (wmquant.training.sigreg): each frame's latent,
-flattened and divided by the scale folded into the encoder (`encoder_output_scale`), is held to an
-isotropic standard Gaussian, at weight `sigreg_weight`.
+between frames, and SIGReg cannot lift such a near-collapse: docs/differences.md). What keeps the
+latents from collapsing onto a constant, which would make every prediction exact, is SIGReg
+(wmquant.training.sigreg): each frame's latent, flattened and divided by the scale folded into the
+encoder (`encoder_output_scale`), is held to an isotropic standard Gaussian, at weight
+`sigreg_weight`.
 """
 
 from __future__ import annotations
