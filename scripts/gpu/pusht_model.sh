@@ -3,8 +3,10 @@
 # paper's protocol (50 episodes, 30 MPC iterations, CEM 300/30/30, FP32) and the planning ceiling on
 # the same goals, with the open-loop error. Everything resumes across device calls: carry
 # pusht_model/ back in (training checkpoints, mpc_state.npz of the plan and the ceiling).
-# Usage (device tool): [RES=64|128] [ROLLOUT=K] [STEPS=N] [NAME=...] bash scripts/gpu/pusht_model.sh [BUDGET_SECONDS]
-#   RES      render and model resolution; 8 px patches at 64, 16 px at 128 (64 tokens either way)
+# Usage (device tool): [RES=64|112|128] [ROLLOUT=K] [STEPS=N] [NAME=...] bash scripts/gpu/pusht_model.sh [BUDGET_SECONDS]
+#   RES      render and model resolution; 8 px patches at 64, 16 px at 128 (64 tokens either way), 8 px
+#            at 112 (DINO-WM's 14 x 14 grid, 196 tokens; add EXTRA=training.cache_latents=false on a card
+#            without room for 27 GiB of cached latents)
 #   ROLLOUT  K-step rollout loss (training.rollout_steps; 0 = teacher forcing only, as DINO-WM)
 #   STEPS    world-model training steps (default 3000); EXTRA: more `wmquant train` overrides
 # Brings back $OUT/pusht_model.tgz (unpack in the repo root).

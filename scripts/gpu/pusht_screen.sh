@@ -21,6 +21,8 @@ S=pusht_screen; W=/tmp/wmq; mkdir -p $S $W/data
 GOALS=$PWD/src/wmquant/assets/models/pusht/goals.safetensors  # the goals the ceiling was measured on
 LOG_FILE=$S/screen_log.txt
 left() { local s=$((BUDGET - SECONDS - ${1:-0})); echo $((s > 1 ? s : 1)); }
+# a variant's overrides without ACTIVATION_GIB=N, the screen's own (see 2.), which `wmquant train` does not take
+without_estimate() { local item; for item in "$@"; do [[ $item == ACTIVATION_GIB=* ]] || printf '%s\n' "$item"; done; }
 if [ -z "${VARIANTS:-}" ]; then
   VARIANTS=$S/variants.txt
   # `wmquant diagnose objective` (model card) found the shipped model's planning failures to be in its
@@ -44,12 +46,23 @@ if [ -z "${VARIANTS:-}" ]; then
   # fell from the frozen control's 0.48 to 0.34 on the same episodes (McNemar p = 0.016), so the screen's
   # GPU time goes elsewhere; a VARIANTS file can add it:
   #   s4n_e2e 64 0 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false model.train_encoder=true training.encoder_lr=1e-4 training.encoder_regularizer=sigreg
+  # t196 (since 2026-12-07) changes what the latent can hold: DINO-WM's 14 x 14 patch grid (196 tokens,
+  # 112 px frames, 8 px patches) instead of 8 x 8 (64 tokens). Every variant tried so far, the 128 px one
+  # of shared/notes included (16 px patches), kept 64 tokens of 64 dims: 4096 numbers per frame against
+  # DINO-WM's 196 x 384, and at 64 px the agent is a 4 px disc inside one patch, so whether a push makes
+  # contact is a sub-patch detail; CPU fine-tunes of the 64-token design stopped at 0.46-0.50 first plans.
+  # Its latents are not cached (training.cache_latents=false: the frozen encoder encodes each batch):
+  # cached, 1800 padded episodes of 300 frames x 196 tokens x 64 dims are 27 GiB in float32.
+  # On 2 CPU cores its predictor is 5x slower in planning (300 samples x 3 frames: 6.1 s against
+  # 1.2 s) and 24x slower in training than the 64-token one. The wider predictor (6 heads, MLP 672)
+  # made room for it; a VARIANTS file can bring it back:
+  #   s4n_k5_wide 64 5 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false model.predictor.heads=6 model.predictor.mlp_dim=672
   # The base recipe on such data is known (0.34 after 3 iterations, shared/notes).
   [ -f $VARIANTS ] || cat > $VARIANTS <<'EOF'
 s4n 64 0 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false
 s4n_k5 64 5 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false
 s4_k5 64 5 3000 base encoder_output_scale=4.0
-s4n_k5_wide 64 5 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false model.predictor.heads=6 model.predictor.mlp_dim=672
+s4n_t196 112 0 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false training.cache_latents=false
 s4n_enc 64 0 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false model.train_encoder=true training.encoder_lr=1e-4
 EOF
 fi
@@ -90,29 +103,73 @@ while read -r name res rollout steps encoder overrides; do
     ENCODER_OF[$key]=$S/encoder_$key/run/encoder/encoder.safetensors
     if [ ! -f ${ENCODER_OF[$key]} ]; then
       mkdir -p $S/encoder_$key; log "encoder $key"
-      (train encoder_$key $res - 1 "" $overrides) &
+      (train encoder_$key $res - 1 "" $(without_estimate $overrides)) &
     fi
   fi
 done < $VARIANTS
 wait
 
-# 2. the world models, JOBS at a time
-while read -r name res rollout steps encoder overrides; do
-  [ -z "$name" ] && continue
-  [ -f $S/$name/run/model/model.safetensors ] && continue
-  while [ $(jobs -rp | wc -l) -ge $JOBS ]; do sleep 5; done
-  log "train $name"
-  (train $name $res $rollout $steps ${ENCODER_OF[${encoder}_$res]} $overrides
-   [ -f $S/$name/run/model/model.safetensors ] && cp $GOALS $S/$name/run/model/goals.safetensors && python3 - $S/$name/run/model/config.yaml <<'EOF'
+# 2. the world models, JOBS at a time, and no more than the card holds. The frames stay in host memory;
+# on the card a run holds its cached latents (float32, every padded episode: 8.8 GiB for 1800 episodes
+# of up to 300 frames at 64 tokens, val 1 GiB) and its activations. So a run starts only once the run
+# started before it has logged its first step (its memory is then taken) and the card has the new
+# run's latents plus an estimate of its activations free (8 GiB, 16 with the rollout loss; a variant's
+# override ACTIVATION_GIB=N sets it; every run's train_summary.json records its peak,
+# peak_device_memory_gib). A run that fails anyway (out of memory) is trained again alone afterwards,
+# from its checkpoints.
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
+free_gib() { nvidia-smi --query-gpu=memory.free --format=csv,noheader,nounits 2>/dev/null | head -1 | awk '{print int($1 / 1024)}'; }
+need_gib() {  # RES ROLLOUT OVERRIDES...: the cached latents' GiB plus the activations' estimate
+  python3 - $W/data/pusht_expert_$1 "$@" <<'EOF'
+import json, sys
+data, res, rollout, overrides = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+options = dict(item.split("=", 1) for item in overrides if "=" in item)
+stats = json.load(open(f"{data}/wmquant_dataset.json"))["stats"]
+patch = int(options.get("model.encoder.patch_size", 16 if res == 128 else 8))
+frames = stats["episodes"] * stats["episode_length"]["max"]
+cached = options.get("training.cache_latents", "true") != "false"
+latents = frames * (res // patch) ** 2 * 64 * 4 / 2**30 if cached else 0.0
+print(int(latents + 1 + float(options.get("ACTIVATION_GIB", 16 if rollout not in ("0", "-") else 8))))
+EOF
+}
+launched=""; launched_pid=""
+room_for() {  # NAME RES ROLLOUT OVERRIDES...: wait until the card has room for this run
+  [ -n "${WMQ_LOCAL:-}" ] && return 0
+  local need=$(need_gib $2 $3 "${@:4}")
+  while [ -n "$launched_pid" ] && kill -0 $launched_pid 2>/dev/null \
+        && ! grep -q '"world_model"' $S/$launched/run/train_log.jsonl 2>/dev/null; do sleep 5; done
+  while [ $(jobs -rp | wc -l) -gt 0 ] && [ $(free_gib) -lt $need ]; do sleep 10; done
+  log "train $1: needs about $need GiB, $(free_gib) GiB free"
+}
+train_world_model() {  # NAME RES ROLLOUT STEPS ENCODER_FILE OVERRIDES...
+  local name=$1
+  train "$@"
+  [ -f $S/$name/run/model/model.safetensors ] && cp $GOALS $S/$name/run/model/goals.safetensors && python3 - $S/$name/run/model/config.yaml <<'EOF'
 import sys, yaml
 path = sys.argv[1]
 document = yaml.safe_load(open(path))
 document["planning"]["goals_file"] = "goals.safetensors"
 open(path, "w").write(yaml.safe_dump(document, sort_keys=False))
 EOF
-  ) &
+}
+while read -r name res rollout steps encoder overrides; do
+  [ -z "$name" ] && continue
+  [ -f $S/$name/run/model/model.safetensors ] && continue
+  while [ $(jobs -rp | wc -l) -ge $JOBS ]; do sleep 5; done
+  room_for $name $res $rollout $overrides
+  log "train $name"
+  train_world_model $name $res $rollout $steps ${ENCODER_OF[${encoder}_$res]} $(without_estimate $overrides) &
+  launched=$name; launched_pid=$!
 done < $VARIANTS
 wait
+while read -r name res rollout steps encoder overrides; do  # the runs that failed side by side, alone
+  [ -z "$name" ] || [ -f $S/$name/run/model/model.safetensors ] || [ $(left) -lt 600 ] && continue
+  log "train $name again, alone: $(tail -1 $S/$name/train.txt 2>/dev/null | cut -c1-160)"
+  train_world_model $name $res $rollout $steps ${ENCODER_OF[${encoder}_$res]} $(without_estimate $overrides) < /dev/null
+done < $VARIANTS
+for summary in $S/*/run/train_summary.json; do
+  [ -f $summary ] && log "$summary: $(python3 -c "import json, sys; s = json.load(open(sys.argv[1])); print(s.get('peak_device_memory_gib'), 'GiB peak,', s['total_seconds'], 's')" $summary)"
+done
 
 # 3. the screen: the paper's CEM on the shipped goals for SCREEN_ITERS MPC iterations, side by side
 plan() {  # NAME ITERS DIR

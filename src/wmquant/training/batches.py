@@ -1,8 +1,11 @@
-"""Training batches cut from a whole dataset held on the training device.
+"""Training batches cut from a whole dataset held in memory.
 
-Small-model datasets fit in GPU memory as uint8 frames (2000 Wall episodes at 65x65 are 1.3 GB), so
-the trainer keeps every episode there and cuts windows by indexing: no DataLoader workers, no host
-to device copies per step. Windows follow DINO-WM's slicing (spec 3.8): `num_frames` frames
+Small-model datasets fit in memory as uint8 frames, so the trainer keeps every episode and cuts
+windows by indexing: no DataLoader workers. States, proprio and actions live on the training device.
+The frames stay in host memory and only a batch's frames are copied to the device: 2000 PushT expert
+episodes (up to 300 steps) are 7.4 GB of 64 px frames and 22 GB at 112 px, which would leave no room
+on the GPU for several trainings side by side, while a step's frames are tens of MB. Windows follow
+DINO-WM's slicing (spec 3.8): `num_frames` frames
 `frameskip` apart; the action attached to frame k is the concatenation of the `frameskip` raw
 actions executed after it.
 """
@@ -20,9 +23,9 @@ from ..errors import DatasetError
 
 @dataclass
 class EpisodeTensors:
-    """All episodes of a split, padded to the longest; frames stay uint8."""
+    """All episodes of a split, padded to the longest; frames stay uint8, in host memory."""
 
-    visual: torch.Tensor  # uint8 (E, T, 3, H, W)
+    visual: torch.Tensor  # uint8 (E, T, 3, H, W), on the host: read them with `frames`
     proprio: torch.Tensor  # float32 (E, T, P), normalised
     actions: torch.Tensor  # float32 (E, T, A), normalised
     states: torch.Tensor  # float32 (E, T, S), raw
@@ -54,11 +57,17 @@ class EpisodeTensors:
         proprio = torch.stack([pad(norm.normalize_proprio(ep.proprio[: len(ep)].float())) for ep in episodes])
         actions = torch.stack([pad(norm.normalize_actions(ep.actions[: len(ep)].float())) for ep in episodes])
         states = torch.stack([pad(ep.states[: len(ep)].float()) for ep in episodes])
-        return cls(visual.to(device), proprio.to(device), actions.to(device), states.to(device), lengths.to(device))
+        return cls(visual, proprio.to(device), actions.to(device), states.to(device), lengths.to(device))
 
     @property
     def device(self) -> torch.device:
-        return self.visual.device
+        """The training device (where everything but the frames lives)."""
+        return self.proprio.device
+
+    def frames(self, episode: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+        """uint8 frames at index tensors `episode` and `time` (broadcast together), on the training device."""
+        host = self.visual.device
+        return self.visual[episode.to(host), time.to(host)].to(self.device)
 
 
 class WindowSampler:
@@ -100,7 +109,7 @@ class WindowSampler:
             "states": ep.states[episode[:, None], frame_t],
         }
         if visual:
-            data["visual"] = to_model_input(ep.visual[episode[:, None], frame_t], img_size)  # from uint8 (B, F, 3, H, W)
+            data["visual"] = to_model_input(ep.frames(episode[:, None], frame_t), img_size)  # from uint8 (B, F, 3, H, W)
         return data
 
     def sample(self, batch_size: int, img_size: int) -> dict[str, torch.Tensor]:

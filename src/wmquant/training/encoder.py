@@ -122,7 +122,7 @@ def pretrain_metric_encoder(
             group["lr"] = lr
         e, t, k = sample_pairs(episodes, config.batch_size, config.max_gap, generator)
         e, t, k = e.to(device), t.to(device), k.to(device)
-        frames = torch.cat([episodes.visual[e, t], episodes.visual[e, t + k]])
+        frames = torch.cat([episodes.frames(e, t), episodes.frames(e, t + k)])
         with autocast:
             z = encoder(to_model_input(frames, img_size)).float()
         z1, z2 = z.chunk(2)
@@ -166,7 +166,7 @@ def unit_variance_scale(encoder: nn.Module, episodes: EpisodeTensors, img_size: 
     zs = []
     for chunk in range(0, frames, 512):
         sl = slice(chunk, chunk + 512)
-        batch = episodes.visual[e[sl].to(episodes.device), t[sl].to(episodes.device)]
+        batch = episodes.frames(e[sl], t[sl])
         zs.append(encoder(to_model_input(batch, img_size)).float())
     z = torch.cat(zs)
     variance = z.var(dim=0).mean().item()

@@ -224,5 +224,8 @@ def run_training(cfg: DictConfig, progress: bool = True) -> dict[str, Any]:
         "train_episodes": len(train_ds),
         "val_episodes": len(val_ds),
     }
+    if device.type == "cuda":
+        # what a run needs on the card, to plan how many trainings can share one (scripts/gpu/pusht_screen.sh)
+        summary["peak_device_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     wio.write_json(out / "train_summary.json", summary)
     return summary

@@ -99,7 +99,7 @@ def encode_all_frames(model, episodes: EpisodeTensors, img_size: int, batch: int
     flat = episodes.visual.flatten(0, 1)
     out = []
     for i in range(0, flat.shape[0], batch):
-        frames = to_model_input(flat[i : i + batch], img_size)
+        frames = to_model_input(flat[i : i + batch].to(episodes.device), img_size)
         out.append(encoder(model.resize_for_encoder(frames)).float())
     z = torch.cat(out)
     return z.view(e, t, *z.shape[1:])
