@@ -6,7 +6,7 @@
 # Usage (device tool): [RES=64|112|128] [ROLLOUT=K] [STEPS=N] [NAME=...] bash scripts/gpu/pusht_model.sh [BUDGET_SECONDS]
 #   RES      render and model resolution; 8 px patches at 64, 16 px at 128 (64 tokens either way), 8 px
 #            at 112 (DINO-WM's 14 x 14 grid, 196 tokens; add EXTRA=training.cache_latents=false on a card
-#            without room for 27 GiB of cached latents)
+#            without room for 28 GiB of cached latents)
 #   ROLLOUT  K-step rollout loss (training.rollout_steps; 0 = teacher forcing only, as DINO-WM)
 #   STEPS    world-model training steps (default 3000); EXTRA: more `wmquant train` overrides
 # Brings back $OUT/pusht_model.tgz (unpack in the repo root).

@@ -51,18 +51,19 @@ if [ -z "${VARIANTS:-}" ]; then
   # of shared/notes included (16 px patches), kept 64 tokens of 64 dims: 4096 numbers per frame against
   # DINO-WM's 196 x 384, and at 64 px the agent is a 4 px disc inside one patch, so whether a push makes
   # contact is a sub-patch detail; CPU fine-tunes of the 64-token design stopped at 0.46-0.50 first plans.
-  # Its latents are not cached (training.cache_latents=false: the frozen encoder encodes each batch):
-  # cached, 1800 padded episodes of 300 frames x 196 tokens x 64 dims are 27 GiB in float32.
+  # Its latents are not cached (training.cache_latents=false: the frozen encoder encodes each batch,
+  # under the bf16 autocast, where cached latents are float32): cached, 2000 padded episodes of 300
+  # frames x 196 tokens x 64 dims are 28 GiB in float32. It is the slowest, so it comes first.
   # On 2 CPU cores its predictor is 5x slower in planning (300 samples x 3 frames: 6.1 s against
   # 1.2 s) and 24x slower in training than the 64-token one. The wider predictor (6 heads, MLP 672)
   # made room for it; a VARIANTS file can bring it back:
   #   s4n_k5_wide 64 5 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false model.predictor.heads=6 model.predictor.mlp_dim=672
   # The base recipe on such data is known (0.34 after 3 iterations, shared/notes).
   [ -f $VARIANTS ] || cat > $VARIANTS <<'EOF'
+s4n_t196 112 0 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false training.cache_latents=false
 s4n 64 0 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false
 s4n_k5 64 5 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false
 s4_k5 64 5 3000 base encoder_output_scale=4.0
-s4n_t196 112 0 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false training.cache_latents=false
 s4n_enc 64 0 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false model.train_encoder=true training.encoder_lr=1e-4
 EOF
 fi
