@@ -36,8 +36,9 @@ if [ -z "${VARIANTS:-}" ]; then
   # tokens (31 % of those near the block), 46 % of its one-step error. Its gain grew from 1 to 1.73
   # in 3000 steps. A 4x latent needs about 4x the gain, and at a gain of 4 still 39 % of the tokens
   # could not be output. So the s4 variants drop the final LayerNorm (n: model.predictor.final_norm=
-  # false), except s4_k5, the control. The rest target the predictor: k5, the K-step rollout loss
-  # over the planning horizon (trained on its own predictions); wide, 6 heads and a 2x MLP; enc, the
+  # false), except s4_k5, the control. k5 targets the predictor: the K-step rollout loss over the
+  # planning horizon (trained on its own predictions). Two more were in the list until 2026-12-07 (see
+  # below for why they left it): wide, 6 heads and a 2x MLP; enc, the
   # encoder trained with the world model (model.train_encoder, held to its pretrained geometry and
   # position by the anchor), so that its tokens may move towards what the predictor can predict; at
   # encoder_lr 1e-4 a CPU fine-tune kept its latent loss at the frozen control's (docs/pusht_diagnosis).
@@ -49,22 +50,34 @@ if [ -z "${VARIANTS:-}" ]; then
   # t196 (since 2026-12-07) changes what the latent can hold: DINO-WM's 14 x 14 patch grid (196 tokens,
   # 112 px frames, 8 px patches) instead of 8 x 8 (64 tokens). Every variant tried so far, the 128 px one
   # of shared/notes included (16 px patches), kept 64 tokens of 64 dims: 4096 numbers per frame against
-  # DINO-WM's 196 x 384, and at 64 px the agent is a 4 px disc inside one patch, so whether a push makes
-  # contact is a sub-patch detail; CPU fine-tunes of the 64-token design stopped at 0.46-0.50 first plans.
-  # Its latents are not cached (training.cache_latents=false: the frozen encoder encodes each batch,
+  # DINO-WM's 196 x 384. docs/pusht_diagnosis/state_probe.py measured what they hold: probes read the
+  # agent from the shipped latent (its encoder pretrained on the roaming pusher's data) to 3 px
+  # (median over expert validation frames, 512 px units) but the block only to 13-14 px and its
+  # angle to 10-11 degrees, where an MLP probe on the 64 px frames themselves reaches 4.3 px and 2.5
+  # degrees; CPU fine-tunes of the 64-token design stopped at first plans of 0.46-0.50.
+  # t196's latents are not cached (training.cache_latents=false: the frozen encoder encodes each batch,
   # under the bf16 autocast, where cached latents are float32): cached, 2000 padded episodes of 300
   # frames x 196 tokens x 64 dims are 28 GiB in float32. It is the slowest, so it comes first.
   # On 2 CPU cores its predictor is 5x slower in planning (300 samples x 3 frames: 6.1 s against
   # 1.2 s) and 24x slower in training than the 64-token one. The wider predictor (6 heads, MLP 672)
   # made room for it; a VARIANTS file can bring it back:
   #   s4n_k5_wide 64 5 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false model.predictor.heads=6 model.predictor.mlp_dim=672
+  # blk3 weighs the block 3x in the encoder's temporal-metric target (encoder_pretrain.state_weights),
+  # whose distances the agent dominates (in a 25-step segment of such data it moves 97 px, the block
+  # 25 px: medians of shared/notes). In 1000-step CPU pretrainings on expert data (batch 128) the
+  # block-weighted encoder's latent gave the MLP probe the block to 9.0 px and 5.9 degrees against
+  # 10.6 px and 7.5 degrees for the same budget unweighted, and the agent to 23 px against 16: one
+  # seed at a tenth of the recipe's budget, so weak evidence; it replaces the
+  # encoder trained with the world model under the anchor (s4n_enc), which planned like its control
+  # in a CPU fine-tune (0.48 against 0.50); a VARIANTS file can bring that back:
+  #   s4n_enc 64 0 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false model.train_encoder=true training.encoder_lr=1e-4
   # The base recipe on such data is known (0.34 after 3 iterations, shared/notes).
   [ -f $VARIANTS ] || cat > $VARIANTS <<'EOF'
 s4n_t196 112 0 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false training.cache_latents=false
 s4n 64 0 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false
 s4n_k5 64 5 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false
 s4_k5 64 5 3000 base encoder_output_scale=4.0
-s4n_enc 64 0 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false model.train_encoder=true training.encoder_lr=1e-4
+s4n_blk3 64 0 3000 blk3 encoder_output_scale=4.0 model.predictor.final_norm=false encoder_pretrain.state_weights=[1.0,1.0,3.0,3.0,171.9]
 EOF
 fi
 cp $VARIANTS $S/variants_used.txt

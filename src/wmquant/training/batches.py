@@ -1,13 +1,12 @@
 """Training batches cut from a whole dataset held in memory.
 
 Small-model datasets fit in memory as uint8 frames, so the trainer keeps every episode and cuts
-windows by indexing: no DataLoader workers. States, proprio and actions live on the training device.
-The frames stay in host memory and only a batch's frames are copied to the device: 2000 PushT expert
-episodes (up to 300 steps) are 7.4 GB of 64 px frames and 22 GB at 112 px, which would leave no room
-on the GPU for several trainings side by side, while a step's frames are tens of MB. Windows follow
-DINO-WM's slicing (spec 3.8): `num_frames` frames
-`frameskip` apart; the action attached to frame k is the concatenation of the `frameskip` raw
-actions executed after it.
+windows by indexing, with no DataLoader workers. States, proprio and actions live on the training
+device; the frames stay in host memory, and only a batch's frames are copied to the device. 2000
+PushT expert episodes padded to 300 steps are 7.4 GB of 64 px frames and 22.6 GB at 112 px, which
+would leave no room on one GPU for several trainings side by side, while a step's frames are tens
+of MB. Windows follow DINO-WM's slicing (spec 3.8): `num_frames` frames `frameskip` apart; the
+action attached to frame k is the concatenation of the `frameskip` raw actions executed after it.
 """
 
 from __future__ import annotations
