@@ -21,8 +21,6 @@ S=pusht_screen; W=/tmp/wmq; mkdir -p $S $W/data
 GOALS=$PWD/src/wmquant/assets/models/pusht/goals.safetensors  # the goals the ceiling was measured on
 LOG_FILE=$S/screen_log.txt
 left() { local s=$((BUDGET - SECONDS - ${1:-0})); echo $((s > 1 ? s : 1)); }
-# a variant's overrides without ACTIVATION_GIB=N, the screen's own (see 2.), which `wmquant train` does not take
-without_estimate() { local item; for item in "$@"; do [[ $item == ACTIVATION_GIB=* ]] || printf '%s\n' "$item"; done; }
 if [ -z "${VARIANTS:-}" ]; then
   VARIANTS=$S/variants.txt
   # `wmquant diagnose objective` (model card) found the shipped model's planning failures to be in its
@@ -117,20 +115,19 @@ while read -r name res rollout steps encoder overrides; do
     ENCODER_OF[$key]=$S/encoder_$key/run/encoder/encoder.safetensors
     if [ ! -f ${ENCODER_OF[$key]} ]; then
       mkdir -p $S/encoder_$key; log "encoder $key"
-      (train encoder_$key $res - 1 "" $(without_estimate $overrides)) &
+      (train encoder_$key $res - 1 "" $overrides) &
     fi
   fi
 done < $VARIANTS
 wait
 
 # 2. the world models, JOBS at a time, and no more than the card holds. The frames stay in host memory;
-# on the card a run holds its cached latents (float32, every padded episode: 8.8 GiB for 1800 episodes
-# of up to 300 frames at 64 tokens, val 1 GiB) and its activations. So a run starts only once the run
+# on the card a run holds its cached latents (float32, every padded episode: 8.2 GiB for 1800 episodes
+# of up to 300 frames at 64 tokens, val 0.9 GiB) and its activations. So a run starts only once the run
 # started before it has logged its first step (its memory is then taken) and the card has the new
-# run's latents plus an estimate of its activations free (8 GiB, 16 with the rollout loss; a variant's
-# override ACTIVATION_GIB=N sets it; every run's train_summary.json records its peak,
-# peak_device_memory_gib). A run that fails anyway (out of memory) is trained again alone afterwards,
-# from its checkpoints.
+# run's latents plus an estimate of its activations free (8 GiB, 16 with the rollout loss; every
+# run's train_summary.json records its peak, peak_device_memory_gib). A run that fails anyway (out
+# of memory) is trained again alone afterwards, from its checkpoints.
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 free_gib() { nvidia-smi --query-gpu=memory.free --format=csv,noheader,nounits 2>/dev/null | head -1 | awk '{print int($1 / 1024)}'; }
 need_gib() {  # RES ROLLOUT OVERRIDES...: the cached latents' GiB plus the activations' estimate
@@ -143,7 +140,7 @@ patch = int(options.get("model.encoder.patch_size", 16 if res == 128 else 8))
 frames = stats["episodes"] * stats["episode_length"]["max"]
 cached = options.get("training.cache_latents", "true") != "false"
 latents = frames * (res // patch) ** 2 * 64 * 4 / 2**30 if cached else 0.0
-print(int(latents + 1 + float(options.get("ACTIVATION_GIB", 16 if rollout not in ("0", "-") else 8))))
+print(int(latents + 1 + (16 if rollout not in ("0", "-") else 8)))
 EOF
 }
 launched=""; launched_pid=""
@@ -172,14 +169,14 @@ while read -r name res rollout steps encoder overrides; do
   while [ $(jobs -rp | wc -l) -ge $JOBS ]; do sleep 5; done
   room_for $name $res $rollout $overrides
   log "train $name"
-  train_world_model $name $res $rollout $steps ${ENCODER_OF[${encoder}_$res]} $(without_estimate $overrides) &
+  train_world_model $name $res $rollout $steps ${ENCODER_OF[${encoder}_$res]} $overrides &
   launched=$name; launched_pid=$!
 done < $VARIANTS
 wait
 while read -r name res rollout steps encoder overrides; do  # the runs that failed side by side, alone
   [ -z "$name" ] || [ -f $S/$name/run/model/model.safetensors ] || [ $(left) -lt 600 ] && continue
   log "train $name again, alone: $(tail -1 $S/$name/train.txt 2>/dev/null | cut -c1-160)"
-  train_world_model $name $res $rollout $steps ${ENCODER_OF[${encoder}_$res]} $(without_estimate $overrides) < /dev/null
+  train_world_model $name $res $rollout $steps ${ENCODER_OF[${encoder}_$res]} $overrides < /dev/null
 done < $VARIANTS
 for summary in $S/*/run/train_summary.json; do
   [ -f $summary ] && log "$summary: $(python3 -c "import json, sys; s = json.load(open(sys.argv[1])); print(s.get('peak_device_memory_gib'), 'GiB peak,', s['total_seconds'], 's')" $summary)"
