@@ -60,14 +60,21 @@ if [ -z "${VARIANTS:-}" ]; then
   # 1.2 s) and 24x slower in training than the 64-token one. The wider predictor (6 heads, MLP 672)
   # made room for it; a VARIANTS file can bring it back:
   #   s4n_k5_wide 64 5 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false model.predictor.heads=6 model.predictor.mlp_dim=672
-  # blk3 weighs the block 3x in the encoder's temporal-metric target (encoder_pretrain.state_weights),
-  # whose distances the agent dominates (in a 25-step segment of such data it moves 97 px, the block
-  # 25 px: medians of shared/notes). In 1000-step CPU pretrainings on expert data (batch 128) the
-  # block-weighted encoder's latent gave the MLP probe the block to 9.0 px and 5.9 degrees against
-  # 10.6 px and 7.5 degrees for the same budget unweighted, and the agent to 23 px against 16: one
-  # seed at a tenth of the recipe's budget, so weak evidence; it replaces the
-  # encoder trained with the world model under the anchor (s4n_enc), which planned like its control
-  # in a CPU fine-tune (0.48 against 0.50); a VARIANTS file can bring that back:
+  # ro1 (since 2026-12-07) pretrains its encoder with a linear readout of the state from the tokens
+  # (encoder_pretrain.state_readout_weight=1): the temporal-metric target's distances are dominated by
+  # the agent (in a 25-step segment of such data it moves 97 px, the block 25 px: medians of
+  # shared/notes), so the latent may satisfy them while blurring the block. In 1000-step CPU
+  # pretrainings on expert data (batch 128, one seed, a tenth of the recipe's budget) its latent gave
+  # the MLP probe the block to 5.4 px and 3.2 degrees, against 10.6 px and 7.5 degrees without the
+  # readout (the 64 px frames themselves: 4.3 px, 2.5 degrees), and the agent to 10.8 px against 15.8,
+  # while its cost ranked the states around each goal by the success test's margin as well as the
+  # control's (docs/pusht_diagnosis/latent_geometry.py: Spearman 0.81 against 0.80).
+  # It replaces blk3, the block weighted 3x in the metric target (encoder_pretrain.state_weights),
+  # which at the same budget did worse on every one of those measures (block 9.0 px, 5.9 degrees,
+  # agent 23.4 px, Spearman 0.74); that one had replaced the encoder trained with the world model
+  # under the anchor (s4n_enc), which planned like its control in a CPU fine-tune (0.48 against
+  # 0.50). A VARIANTS file can bring either back:
+  #   s4n_blk3 64 0 3000 blk3 encoder_output_scale=4.0 model.predictor.final_norm=false encoder_pretrain.state_weights=[1.0,1.0,3.0,3.0,171.9]
   #   s4n_enc 64 0 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false model.train_encoder=true training.encoder_lr=1e-4
   # The base recipe on such data is known (0.34 after 3 iterations, shared/notes).
   [ -f $VARIANTS ] || cat > $VARIANTS <<'EOF'
@@ -75,7 +82,7 @@ s4n_t196 112 0 3000 base encoder_output_scale=4.0 model.predictor.final_norm=fal
 s4n 64 0 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false
 s4n_k5 64 5 3000 base encoder_output_scale=4.0 model.predictor.final_norm=false
 s4_k5 64 5 3000 base encoder_output_scale=4.0
-s4n_blk3 64 0 3000 blk3 encoder_output_scale=4.0 model.predictor.final_norm=false encoder_pretrain.state_weights=[1.0,1.0,3.0,3.0,171.9]
+s4n_ro1 64 0 3000 ro1 encoder_output_scale=4.0 model.predictor.final_norm=false encoder_pretrain.state_readout_weight=1.0
 EOF
 fi
 cp $VARIANTS $S/variants_used.txt

@@ -17,6 +17,13 @@ The objective, for pairs (t, t+k) of one episode, k uniform in 1..max_gap:
 with w annealed from push_weight[0] to push_weight[1]. State differences use the dataset's recorded
 states (angles wrapped); this is the only place wmquant uses states, and the world model and planner
 never see them. After training, one global scale sets the latents' per-element variance to 1.
+
+Optionally (`state_readout_weight` > 0) a linear readout from the flattened tokens to the normalised
+state (each angle as its cosine and sine) is trained with the encoder, and its mean squared error is
+added to the loss with that weight. Why: the metric target is one scalar per pair, dominated by
+whatever moves most (PushT's agent moves about 4x as far as its block), so the latent can satisfy it
+while blurring the slower block; the readout asks that every state coordinate be linearly present in
+the tokens. The readout is dropped after pretraining.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ class MetricPretrainConfig:
     angle_dims: Sequence[int] = ()
     push_margin: float = 8.0
     push_weight: tuple[float, float] = (0.2, 0.02)
+    state_readout_weight: float = 0.0
     seed: int = 0
     amp_bf16: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -63,6 +71,9 @@ class MetricPretrainConfig:
         if self.max_gap < 1 or self.steps < 0 or self.batch_size < 2:
             raise ConfigError(f"encoder pretraining needs steps >= 0 (0: none), batch_size >= 2 and max_gap >= 1, "
                               f"got {self.steps}, {self.batch_size} and {self.max_gap}")
+        if not self.state_readout_weight >= 0:
+            raise ConfigError(f"encoder_pretrain.state_readout_weight must be >= 0 (0: no readout), "
+                              f"got {self.state_readout_weight}")
 
 
 def latent_distance(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
@@ -75,6 +86,35 @@ def state_displacement(s1: torch.Tensor, s2: torch.Tensor, weights: torch.Tensor
     for dim in angle_dims:
         diff[:, dim] = torch.remainder(diff[:, dim] + math.pi, 2 * math.pi) - math.pi
     return (diff * weights).norm(dim=-1)
+
+
+def state_features(states: torch.Tensor, angle_dims: Sequence[int]) -> torch.Tensor:
+    """(..., S) -> (..., S + len(angle_dims)): the non-angle dims as they are, then each angle's cos and sin."""
+    angles = sorted(set(int(d) % states.shape[-1] for d in angle_dims))
+    keep = [d for d in range(states.shape[-1]) if d not in angles]
+    parts = [states[..., keep]]
+    for dim in angles:
+        parts += [states[..., dim:dim + 1].cos(), states[..., dim:dim + 1].sin()]
+    return torch.cat(parts, dim=-1)
+
+
+class StateReadout(nn.Module):
+    """A linear map from an encoder's flattened tokens to the state features, normalised by their mean
+    and std over the training episodes' steps (kept as buffers, so a checkpoint restores them)."""
+
+    def __init__(self, latent_numel: int, episodes: EpisodeTensors, angle_dims: Sequence[int]) -> None:
+        super().__init__()
+        self.angle_dims = tuple(int(d) for d in angle_dims)
+        valid = torch.arange(episodes.states.shape[1], device=episodes.states.device)[None] < episodes.lengths[:, None]
+        features = state_features(episodes.states[valid].float(), self.angle_dims)
+        self.register_buffer("mean", features.mean(0))
+        self.register_buffer("std", features.std(0).clamp(min=1e-6))
+        self.linear = nn.Linear(latent_numel, features.shape[-1])
+
+    def loss(self, latents: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """Mean squared error of the readout of (B, N, D) latents against (B, S) states, in std units."""
+        target = (state_features(states, self.angle_dims) - self.mean) / self.std
+        return (self.linear(latents.flatten(1)) - target).pow(2).mean()
 
 
 def sample_pairs(episodes: EpisodeTensors, batch: int, max_gap: int, generator: torch.Generator):
@@ -99,7 +139,12 @@ def pretrain_metric_encoder(
     optimizer: torch.optim.Optimizer | None = None,
     checkpoint: Callable[[int, torch.optim.Optimizer], None] | None = None,
     checkpoint_every: int = 0,
+    readout: StateReadout | None = None,
 ) -> torch.optim.Optimizer:
+    """Train `encoder` in place. With `config.state_readout_weight` > 0, `readout` (built by the caller,
+    so that a checkpoint can hold it) is trained with it; `optimizer`, if given, must cover both."""
+    if config.state_readout_weight > 0 and readout is None:
+        raise ConfigError("encoder_pretrain.state_readout_weight > 0 needs a StateReadout")
     device = episodes.device
     encoder.to(device).train()
     generator = torch.Generator().manual_seed(config.seed + start_step)
@@ -109,9 +154,8 @@ def pretrain_metric_encoder(
             f"state_weights has {weights.numel()} entries but states have {episodes.states.shape[-1]} dims"
         )
     weights = torch.nn.functional.pad(weights, (0, episodes.states.shape[-1] - weights.numel()))
-    optimizer = optimizer or torch.optim.AdamW(
-        encoder.parameters(), lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay
-    )
+    readout = readout.to(device).train() if config.state_readout_weight > 0 else None
+    optimizer = optimizer or pretrain_optimizer(encoder, readout, config)
     warmup = int(config.warmup_fraction * config.steps)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp_bf16 and device.type == "cuda")
     bar = tqdm(range(start_step, config.steps), desc="encoder", disable=not progress, dynamic_ncols=True,
@@ -140,20 +184,36 @@ def pretrain_metric_encoder(
         frac = step / max(1, config.steps - 1)
         push_weight = config.push_weight[0] + (config.push_weight[1] - config.push_weight[0]) * frac
         loss = pull + push_weight * push
+        record = {}
+        if readout is not None:
+            pair_states = torch.cat([episodes.states[e, t], episodes.states[e, t + k]])
+            readout_loss = readout.loss(z, pair_states)
+            loss = loss + config.state_readout_weight * readout_loss
+            record["readout"] = readout_loss.item()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(encoder.parameters(), config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(_trained_parameters(encoder, readout), config.grad_clip)
         optimizer.step()
         if log is not None and (step % 50 == 0 or step == config.steps - 1):
             log({"step": step, "loss": loss.item(), "pull": pull.item(), "push": push.item(), "lr": lr,
-                 "mean_d": d.mean().item(), "mean_delta": delta.mean().item()})
+                 "mean_d": d.mean().item(), "mean_delta": delta.mean().item(), **record})
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < config.steps:
             checkpoint(step + 1, optimizer)
     encoder.eval()
     return optimizer
+
+
+def _trained_parameters(encoder: nn.Module, readout: StateReadout | None) -> list[nn.Parameter]:
+    return list(encoder.parameters()) + (list(readout.parameters()) if readout is not None else [])
+
+
+def pretrain_optimizer(encoder: nn.Module, readout: StateReadout | None, config: MetricPretrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the encoder and, if given, the readout (the optimizer a checkpoint restores)."""
+    return torch.optim.AdamW(_trained_parameters(encoder, readout), lr=config.lr, betas=tuple(config.betas),
+                             weight_decay=config.weight_decay)
 
 
 @torch.no_grad()

@@ -27,10 +27,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .. import io as wio
+from ..data.transforms import to_model_input
 from ..errors import ConfigError
 from ..hardware import describe_device
 from .batches import EpisodeTensors
-from .encoder import MetricPretrainConfig, pretrain_metric_encoder, unit_variance_scale
+from .encoder import (MetricPretrainConfig, StateReadout, pretrain_metric_encoder, pretrain_optimizer,
+                      unit_variance_scale)
 from .state import load_state, rng_state, save_state, set_rng_state
 from .world_model import WorldModelTrainConfig, make_optimizers, train_world_model
 
@@ -70,6 +72,20 @@ def _fold_scale(encoder: torch.nn.Module, scale: float) -> None:
             last.bias.mul_(scale)
 
 
+def _state_readout(encoder: torch.nn.Module, train: EpisodeTensors, img_size: int,
+                   pre: MetricPretrainConfig) -> StateReadout | None:
+    """The auxiliary state readout of the encoder's pretraining, if its weight asks for one."""
+    if pre.state_readout_weight <= 0:
+        return None
+    with torch.no_grad():
+        first = train.frames(torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+        latent_numel = encoder(to_model_input(first, img_size))[0].numel()
+    # seeded apart from the encoder's initialisation, so that adding a readout leaves that unchanged
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(pre.seed)
+        return StateReadout(latent_numel, train, pre.angle_dims)
+
+
 def run_encoder_stage(cfg: DictConfig, out: Path, train: EpisodeTensors, log: JsonlLog, progress: bool) -> torch.nn.Module:
     from safetensors.torch import load_file, save_file
 
@@ -91,20 +107,25 @@ def run_encoder_stage(cfg: DictConfig, out: Path, train: EpisodeTensors, log: Js
         ckpt_dir = out / "checkpoints" / "encoder"
         start, optimizer = 0, None
         encoder.to(train.device)
+        readout = _state_readout(encoder, train, int(cfg.model.img_size), pre)
         if cfg.resume and (ckpt_dir / "trainer_state.json").exists():
             state = load_state(ckpt_dir)
             encoder.load_state_dict(state["encoder"])
-            optimizer = torch.optim.AdamW(encoder.parameters(), lr=pre.lr, betas=tuple(pre.betas), weight_decay=pre.weight_decay)
+            if readout is not None:
+                readout.load_state_dict(state["readout"])
+            optimizer = pretrain_optimizer(encoder, readout, pre)
             optimizer.load_state_dict(state["optimizer"])
             set_rng_state(state["rng"])
             start = int(state["step"])
 
         def checkpoint(step: int, opt: torch.optim.Optimizer) -> None:
-            save_state(ckpt_dir, {"step": step, "encoder": encoder.state_dict(), "optimizer": opt.state_dict(), "rng": rng_state()})
+            extra = {"readout": readout.state_dict()} if readout is not None else {}
+            save_state(ckpt_dir, {"step": step, "encoder": encoder.state_dict(), "optimizer": opt.state_dict(),
+                                  "rng": rng_state(), **extra})
 
         pretrain_metric_encoder(encoder, train, int(cfg.model.img_size), pre, log=log, progress=progress,
                                 start_step=start, optimizer=optimizer, checkpoint=checkpoint,
-                                checkpoint_every=int(cfg.checkpoint_every))
+                                checkpoint_every=int(cfg.checkpoint_every), readout=readout)
         scale = unit_variance_scale(encoder, train, int(cfg.model.img_size))
         _fold_scale(encoder, scale)
         log({"step": pre.steps, "unit_variance_scale": scale})
