@@ -80,7 +80,8 @@ def _state_readout(encoder: torch.nn.Module, train: EpisodeTensors, img_size: in
     with torch.no_grad():
         first = train.frames(torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
         latent_numel = encoder(to_model_input(first, img_size))[0].numel()
-    # seeded apart from the encoder's initialisation, so that adding a readout leaves that unchanged
+    # initialised from its own seed, so that the global random stream, and every stage after this one, stays as it
+    # is without a readout
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(pre.seed)
         return StateReadout(latent_numel, train, pre.angle_dims)
