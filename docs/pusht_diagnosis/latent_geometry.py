@@ -16,6 +16,8 @@ the other frames of the episode in [t, t + window). For every encoder (the shipp
   d^2 ~ a |d agent|^2 + b |d block|^2 + c (d angle in degrees)^2, reported as b / a and c / a: how
   many px of agent movement one px of block movement, or one degree of turn, is worth to the cost.
   The success test weighs all three alike (1 and 1; 20 degrees count as 20 px).
+Each measure is also given on the goals that need pushing (the block 5 px or more from where the
+segment starts, as shared/notes splits the protocol's episodes), under `pushing`.
 The latent distance is the mean over tokens of the squared distance, as the planning cost's; each
 measure ignores the encoder's overall scale. `--pixels` adds the frames' own pixel distance as a
 reference.
@@ -40,6 +42,7 @@ from wmquant.data import load_dataset  # noqa: E402
 from wmquant.envs.pusht import SUCCESS_ANGLE_THRESHOLD, SUCCESS_POSITION_THRESHOLD, wrapped_angle_difference  # noqa: E402
 
 GOAL_OFFSET = 25
+PUSHING_PX = 5.0  # a goal needs pushing when the block lies this far or more from its start
 
 
 def episodes(data: str) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -110,7 +113,10 @@ def main() -> None:
     segments = pairs([len(states) for _, states in data], args.window, args.goal_every)
     sources = {"shipped": "pusht", **dict(item.split("=", 1) for item in args.encoder)}
     states = [s for _, s in data]
+    pushing = [(index, goal, candidates) for index, goal, candidates in segments
+               if np.linalg.norm(states[index][goal, 2:4] - states[index][goal - GOAL_OFFSET, 2:4]) >= PUSHING_PX]
     report = {"data": args.data, "encoders": sources, "episodes": len(data), "goals": len(segments),
+              "pushing_goals": len(pushing),
               "window": args.window, "goal_every": args.goal_every, "geometry": {}}
     features = {name: (lambda frames, path=path: latents(frames, path)) for name, path in sources.items()}
     if args.pixels:
@@ -119,6 +125,7 @@ def main() -> None:
         flat = encode(np.concatenate([frames for frames, _ in data]))
         latent = np.split(flat, np.cumsum([len(s) for s in states])[:-1])
         report["geometry"][name] = geometry(latent, states, segments)
+        report["geometry"][name]["pushing"] = geometry(latent, states, pushing)
         print(name, report["geometry"][name], flush=True)
     report["seconds"] = round(time.perf_counter() - started, 1)
     tmp = args.out + ".tmp"
