@@ -184,20 +184,21 @@ def pretrain_metric_encoder(
         frac = step / max(1, config.steps - 1)
         push_weight = config.push_weight[0] + (config.push_weight[1] - config.push_weight[0]) * frac
         loss = pull + push_weight * push
-        record = {}
+        readout_loss = None
         if readout is not None:
             pair_states = torch.cat([episodes.states[e, t], episodes.states[e, t + k]])
             readout_loss = readout.loss(z, pair_states)
             loss = loss + config.state_readout_weight * readout_loss
-            record["readout"] = readout_loss.item()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:
             torch.nn.utils.clip_grad_norm_(_trained_parameters(encoder, readout), config.grad_clip)
         optimizer.step()
         if log is not None and (step % 50 == 0 or step == config.steps - 1):
+            # read back only when logged: a .item() every step would wait for the device every step
+            extra = {"readout": readout_loss.item()} if readout_loss is not None else {}
             log({"step": step, "loss": loss.item(), "pull": pull.item(), "push": push.item(), "lr": lr,
-                 "mean_d": d.mean().item(), "mean_delta": delta.mean().item(), **record})
+                 "mean_d": d.mean().item(), "mean_delta": delta.mean().item(), **extra})
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < config.steps:
