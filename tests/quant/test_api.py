@@ -326,6 +326,8 @@ def test_pipeline_fails_loudly_when_calibration_makes_no_forward():
         ("smoothquant", QuantConfig.uniform(w_bits=8, a_bits=8), {}, {"encoder.blocks.0.attn.qkv": torch.ones(32)},
          "encoder.blocks.0.mlp.fc1.*wmquant plan-act"),
         ("smoothquant", QuantConfig.uniform(w_bits=8, a_bits=8), {}, {"x": torch.tensor([1.0, float("nan")])}, "NaN"),
+        ("omniquant", QuantConfig.uniform(w_bits=4, a_bits=8), {"epochs": 0}, {"encoder.blocks.0.attn.qkv": torch.ones(32)},
+         "encoder.blocks.0.mlp.fc1.*wmquant plan-act"),
         ("omse", QuantConfig.uniform(w_bits=4), {"objectiv": "output"}, None, "objectiv"),
         ("omse", QuantConfig.uniform(w_bits=4), {"objective": "kl"}, None, "objective"),
         ("awq", QuantConfig.uniform(w_bits=4), {"n_grid": 0}, None, "n_grid"),

@@ -99,10 +99,10 @@ def test_activation_quantizers_in_fp8_per_token_and_static():
     static = ActQuantizer(8, granularity="per_tensor", number_format="fp8_e4m3")
     static.set_mode("observe")
     static(x)
-    static(2 * x)
+    static(3 * x)  # not a power of 2: the format's rounding does not commute with the scale
     static.freeze()
     static.set_mode("quant")
-    scale = (2 * x).abs().amax() / 448  # the calibrated range's absmax
+    scale = (3 * x).abs().amax() / 448  # the calibrated range's absmax
     torch.testing.assert_close(static(x), (x / scale).to(torch.float8_e4m3fn).double() * scale)
 
 
@@ -114,3 +114,66 @@ def test_rtn_runs_formats_and_grid_searching_methods_refuse_them():
     with pytest.raises(QuantizationError, match="method 'awq' searches integer grids"):
         calibrate_and_quantize(make_model(dtype=D), "awq", QuantConfig.uniform(w_bits=4, w_format="mxfp4"),
                                calibration_runner(model))
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+def test_microscaled_blocks_lie_within_each_row_of_a_batched_tensor(fmt):
+    # (batch, tokens, channels) activations with 40 channels: blocks never cross a row, and the last
+    # block of each row is short (8 of 32, or 8 of 16)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 40, generator=gen, dtype=D) * torch.tensor([1.0, 30.0, 0.01], dtype=D)[None, :, None]
+    if fmt == "mxfp4":
+        out = qmath.mxfp4_fake_quantize(x)
+        rows = [qmath.mxfp4_fake_quantize(row[None])[0] for row in x.reshape(-1, 40)]
+    else:
+        tensor_absmax = x.abs().amax()
+        out = qmath.nvfp4_fake_quantize(x)
+        rows = [qmath.nvfp4_fake_quantize(row[None], tensor_absmax)[0] for row in x.reshape(-1, 40)]
+    assert out.shape == x.shape
+    assert torch.equal(out.reshape(-1, 40), torch.stack(rows))
+    # each row's own scale: the small rows are not flushed to zero by the large ones
+    assert (out[:, 2] != 0).any()
+
+
+def test_float_format_storage_bits_count_each_block():
+    # 6 rows of 40 inputs: FP8 one 16-bit scale per row; MXFP4 2 blocks of 32 per row, an 8-bit E8M0
+    # each; NVFP4 3 blocks of 16 per row, an 8-bit E4M3 each, plus one 32-bit tensor scale
+    assert qmath.format_storage_bits(6, 40, "fp8_e4m3") == 8 * 240 + 16 * 6
+    assert qmath.format_storage_bits(6, 40, "mxfp4") == 4 * 240 + 8 * 6 * 2
+    assert qmath.format_storage_bits(6, 40, "nvfp4") == 4 * 240 + 8 * 6 * 3 + 32
+
+
+def test_format_dispatch_runs_the_named_format():
+    gen = torch.Generator().manual_seed(4)
+    w = torch.randn(4, 48, generator=gen, dtype=D) * torch.logspace(-2, 1, 48, dtype=D)
+    results = {name: qmath.format_fake_quantize_weight(w, name) for name in ("fp8_e4m3", "fp8_e5m2", "mxfp4", "nvfp4")}
+    assert torch.equal(results["mxfp4"], qmath.mxfp4_fake_quantize(w))
+    assert torch.equal(results["nvfp4"], qmath.nvfp4_fake_quantize(w))
+    assert torch.equal(results["fp8_e5m2"], qmath.fp8_fake_quantize(w, "fp8_e5m2", w.abs().amax(dim=1, keepdim=True)))
+    names = list(results)
+    assert all(not torch.equal(results[a], results[b]) for i, a in enumerate(names) for b in names[i + 1:])
+    x = w[None]
+    assert torch.equal(qmath.format_fake_quantize_activation(x, "mxfp4", per_token=True), qmath.mxfp4_fake_quantize(x))
+    static = torch.tensor(3 * x.abs().max().item(), dtype=D)  # not a power of 2: block scales round differently
+    assert torch.equal(qmath.format_fake_quantize_activation(x, "nvfp4", per_token=False, absmax=static),
+                       qmath.nvfp4_fake_quantize(x, static))
+    assert torch.equal(qmath.format_fake_quantize_activation(x, "nvfp4", per_token=True, absmax=static),
+                       qmath.nvfp4_fake_quantize(x))
+    assert not torch.equal(qmath.nvfp4_fake_quantize(x, static), qmath.nvfp4_fake_quantize(x))
+    # FP8 per tensor without a calibrated range: the tensor's own absmax
+    assert torch.equal(qmath.format_fake_quantize_activation(x, "fp8_e4m3", per_token=False),
+                       qmath.fp8_fake_quantize(x, "fp8_e4m3", x.abs().amax()))
+    for bad in ("int", "fp4"):
+        with pytest.raises(QuantizationError, match="is not a float format"):
+            qmath.format_fake_quantize_weight(w, bad)
+
+
+def test_every_method_that_searches_integer_grids_refuses_float_formats():
+    from wmquant.quant.methods import METHODS
+
+    integer_only = sorted(name for name, cls in METHODS.items() if not cls.supports_float_formats)
+    assert {"awq", "gptq", "omse", "omniquant"} <= set(integer_only)
+    for name in integer_only:
+        model = make_model(dtype=D)
+        with pytest.raises(QuantizationError, match=f"method '{name}' searches integer grids"):
+            calibrate_and_quantize(model, name, QuantConfig.uniform(w_bits=4, w_format="mxfp4"), calibration_runner(model))

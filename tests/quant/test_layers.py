@@ -172,3 +172,92 @@ def test_calibrated_under_inference_mode_then_differentiable_for_a_gd_planner():
     inside = (x.detach() > q.input_quantizer.running_min) & (x.detach() < q.input_quantizer.running_max)
     expected = q.weight_quantizer(q.weight).sum(dim=0).expand(3, 8)
     assert torch.allclose(x.grad[inside], expected[inside])
+
+
+def test_weight_quantizer_keeps_the_qparams_it_quantized_with():
+    gen = torch.Generator().manual_seed(2)
+    w = torch.randn(3, 8, generator=gen, dtype=D)
+    quantizer = WeightQuantizer(QuantScheme(w_bits=4, w_group_size=4))
+    quantizer(w)
+    scale, zero = qmath.weight_qparams(w, 4, 4)
+    assert torch.equal(quantizer.scale, scale) and torch.equal(quantizer.zero_point, zero)
+    fixed = WeightQuantizer(QuantScheme(w_bits=4, w_group_size=4))
+    fixed.load_qparams(WeightQParams(scale=torch.full((3, 2), 0.5, dtype=D)), w)  # no zero point given: 0
+    assert torch.equal(fixed.zero_point, torch.zeros(3, 2, dtype=D))
+    fixed(w)
+    assert torch.equal(fixed.scale, torch.full((3, 2), 0.5, dtype=D))  # kept, not recomputed
+
+
+def test_weight_cache_is_reused_until_the_weight_changes():
+    linear = nn.Linear(8, 3).double()
+    q = QuantLinear.from_float(linear, QuantScheme(w_bits=4), "layer")
+    calls = []
+    original = q.weight_quantizer._fake_quantize
+    q.weight_quantizer._fake_quantize = lambda w: calls.append(1) or original(w)
+    x = torch.randn(5, 8, dtype=D)
+    with torch.no_grad():
+        q(x)
+        q(x)
+        assert len(calls) == 1
+        q.weight.add_(0.1)
+        q(x)
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("bits, number_format", [(4, "int"), (8, "fp8_e4m3"), (4, "mxfp4")])
+def test_dynamic_activation_quantizers_pass_gradients_straight_through(bits, number_format):
+    quantizer = ActQuantizer(bits, granularity="per_token", number_format=number_format)
+    x = torch.randn(2, 3, 32, generator=torch.Generator().manual_seed(3), dtype=D, requires_grad=True)
+    out = quantizer(x)
+    assert not torch.equal(out, x)
+    out.sum().backward()
+    # 1 through the rounding (its own gradient would be 0), 0 only where a float format saturates
+    assert set(x.grad.unique().tolist()) <= {0.0, 1.0} and (x.grad == 1).float().mean() > 0.8
+    if number_format == "int":
+        assert torch.equal(x.grad, torch.ones_like(x))
+
+
+def test_omse_activation_sample_weighs_each_batch_by_its_size():
+    quantizer = ActQuantizer(4, observer="omse", sample_size=100)
+    quantizer.set_mode("observe")
+    quantizer(torch.ones(50, dtype=D))
+    assert quantizer.sample.tolist() == [1.0] * 100
+    quantizer(torch.full((50,), 2.0, dtype=D))  # as many values again: half of the sample
+    assert (quantizer.sample == 1.0).sum() == 50 and (quantizer.sample == 2.0).sum() == 50
+    quantizer(torch.full((300,), 3.0, dtype=D))  # 300 of 400 values seen: 75 of the sample
+    assert (quantizer.sample == 3.0).sum() == 75 and quantizer.sample.numel() == 100
+    assert quantizer.values_observed == 400 and quantizer.calls_observed == 3
+
+
+def test_quantizer_state_stays_out_of_the_state_dict():
+    linear = nn.Linear(6, 4).double()
+    q = QuantLinear.from_float(linear, QuantScheme(w_bits=4, a_bits=8, a_observer="omse"), "layer")
+    q.input_quantizer.set_mode("observe")
+    q(torch.randn(3, 6, dtype=D))
+    q.input_quantizer.freeze()
+    q.input_quantizer.set_mode("quant")
+    q(torch.randn(3, 6, dtype=D))
+    # a quantized model saves as the float one: scales, ranges and samples are derived state
+    assert list(q.state_dict()) == list(linear.state_dict())
+
+
+def test_a_linear_without_bias_stays_without_bias():
+    linear = nn.Linear(6, 4, bias=False).double()
+    q = QuantLinear.from_float(linear, QuantScheme(w_bits=4), "layer")
+    x = torch.randn(3, 6, dtype=D)
+    assert q.bias is None
+    assert torch.equal(q(x), x @ qmath.fake_quantize_weight(linear.weight, 4, None).T)
+
+
+def test_the_training_hook_quantizes_each_token_of_a_batched_input_with_a_gradient():
+    from wmquant.quant.layers import input_fake_quant_hook
+
+    linear = nn.Linear(16, 4).double()
+    seen = []
+    linear.register_forward_pre_hook(input_fake_quant_hook(QuantScheme(a_bits=4, a_granularity="per_token")))
+    linear.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(4), dtype=D, requires_grad=True)
+    linear(x).sum().backward()
+    torch.testing.assert_close(seen[0], qmath.per_token_fake_quantize(x.detach(), 4), rtol=0, atol=0)
+    # straight through the rounding: the gradient of sum(W x) with respect to x, not 0
+    torch.testing.assert_close(x.grad, (torch.ones(2, 5, 4, dtype=D) @ linear.weight).detach(), rtol=1e-12, atol=1e-12)

@@ -119,3 +119,28 @@ def test_awq_not_worse_than_rtn_on_output_at_3_bits():
         calibrate_and_quantize(model, method, QuantConfig.uniform(w_bits=3, w_group_size=16), calibration_runner(model))
         errors[method] = relative_error(model(*inputs), reference)
     assert errors["awq"] < errors["rtn"]
+
+
+def test_clip_search_with_no_shrink_keeps_the_full_range_and_reports_the_mean_ratio():
+    ratios = {}
+    for max_shrink in (0.0, 0.5):
+        model = make_model(dtype=D)
+        config = QuantConfig(encoder=QuantScheme(w_bits=3), predictor=QuantScheme(), targets=("encoder.blocks.0.mlp.fc1",))
+        report = calibrate_and_quantize(model, "awq", config, calibration_runner(model),
+                                        method_options={"pairs": [], "max_shrink": max_shrink})
+        clip = model.encoder.blocks[0].mlp.fc1.weight_quantizer.clip_max
+        ratios[max_shrink] = clip
+        assert report["method_report"]["encoder.blocks.0"]["clip"]["mlp.fc1"] == pytest.approx(clip.mean().item(), rel=1e-12)
+    assert torch.all(ratios[0.0] == 1.0)  # the only candidate is f = 1
+    assert torch.all(ratios[0.5] >= 0.55) and torch.any(ratios[0.5] < 1.0)  # f = 1, 0.95, ..., 0.55
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"max_shrink": 1.0}, "max_shrink"), ({"max_shrink": -0.1}, "max_shrink"), ({"n_grid": 0}, "n_grid"),
+    ({"clip_grid": 0}, "clip_grid"), ({"pairs": ["qk"]}, "pairs"), ({"clip_qk": "no"}, "clip_qk"),
+])
+def test_bad_awq_options_are_refused(options, match):
+    from wmquant.errors import QuantizationError
+
+    with pytest.raises(QuantizationError, match=match):
+        get_method("awq").make_options(options)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from quant_toy import calibration_runner, make_inputs, make_model, relative_error
+from wmquant.errors import QuantizationError
 from wmquant.models.blocks import Block
 from wmquant.quant import BlockInputRecorder, QuantConfig, QuantLinear, calibrate_and_quantize, get_method
 from wmquant.quant.calibration import CalibrationData
@@ -102,3 +103,13 @@ def test_let_is_off_by_default_for_weight_only():
     result = method.transform(forced, QuantConfig.uniform(w_bits=4), _calib(forced),
                               method.make_options({"epochs": 0, "let": True}))
     assert all(r["let_pairs"] == ["attn.qkv", "mlp.fc1"] for r in result.report.values())
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"epochs": -1}, "epochs"), ({"lwc_lr": 0.0}, "lwc_lr"), ({"let_lr": -1e-3}, "let_lr"),
+    ({"batch_size": 0}, "batch_size"), ({"alpha": 1.5}, "alpha"), ({"weight_decay": -1.0}, "weight_decay"),
+    ({"let": "auto"}, "let"), ({"shift_init": "mean"}, "shift_init"), ({"keep_best": 1}, "keep_best"),
+])
+def test_bad_omniquant_options_are_refused(options, match):
+    with pytest.raises(QuantizationError, match=match):
+        get_method("omniquant").make_options(options)

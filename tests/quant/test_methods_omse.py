@@ -87,3 +87,18 @@ def test_omse_activation_search_switches_static_observers():
     acts = [m for m in model.modules() if isinstance(m, ActQuantizer)]
     assert acts and all(a.observer == "omse" and a.frozen for a in acts)
     assert report["method_options"]["activation_search"] is True
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"clip_start": 0.0}, "clip ratio grid"),
+    ({"clip_stop": 1.5}, "clip ratio grid"),
+    ({"clip_steps": 0}, "clip ratio grid"),
+    ({"objective": "kl"}, "objective"),
+    ({"activation_search": "yes"}, "activation_search"),
+])
+def test_bad_omse_options_are_refused(options, match):
+    from wmquant.errors import QuantizationError
+    from wmquant.quant import get_method
+
+    with pytest.raises(QuantizationError, match=match):
+        get_method("omse").make_options(options)

@@ -75,3 +75,36 @@ def test_bad_alpha_and_wrong_statistics_shape():
     with pytest.raises(QuantizationError, match="3 channels"):
         calibrate_and_quantize(model, "smoothquant", QuantConfig.uniform(w_bits=8, a_bits=8), calibration_runner(model),
                                act_stats=stats)
+
+
+def test_fc_fc_moves_the_proj_input_scale_from_v_into_proj():
+    model = make_model(dtype=D)
+    stats = _stats(model)
+    attn = model.encoder.blocks[1].attn
+    inner = attn.proj.in_features
+    qkv_before, bias_before = attn.qkv.weight.detach().clone(), attn.qkv.bias.detach().clone()
+    proj_before = attn.proj.weight.detach().clone()
+    scale = smoothquant_scale(stats["encoder.blocks.1.attn.proj"], proj_before, 0.5)
+    method = get_method("smoothquant")
+    method.transform(model, QuantConfig.uniform(w_bits=8, a_bits=8), CalibrationData(act_stats=stats),
+                     method.make_options({"fc_fc": True}))
+    # V's rows (the last third of qkv) and their biases are divided by s, proj's columns multiplied by
+    # it; Q and K's rows keep their values (the norm1 -> qkv fold scales columns, not rows)
+    torch.testing.assert_close(attn.proj.weight.detach(), proj_before * scale, rtol=1e-12, atol=0)
+    v = slice(2 * inner, 3 * inner)
+    column_scale = attn.qkv.weight.detach()[:inner] / qkv_before[:inner]  # the norm1 fold, per column
+    torch.testing.assert_close(attn.qkv.weight.detach()[v], qkv_before[v] * column_scale[:1] / scale[:, None],
+                               rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(attn.qkv.bias.detach()[v], bias_before[v] / scale, rtol=1e-12, atol=0)
+    torch.testing.assert_close(attn.qkv.bias.detach()[:2 * inner], bias_before[:2 * inner], rtol=0, atol=0)
+
+
+def test_a_norm_without_affine_parameters_is_refused():
+    model = make_model(dtype=D)
+    stats = _stats(model)
+    width = model.encoder.blocks[0].norm1.normalized_shape
+    model.encoder.blocks[0].norm1 = torch.nn.LayerNorm(width, elementwise_affine=False, dtype=D)
+    method = get_method("smoothquant")
+    with pytest.raises(QuantizationError, match="encoder.blocks.0.norm1 must be a LayerNorm with weight and bias"):
+        method.transform(model, QuantConfig.uniform(w_bits=8, a_bits=8), CalibrationData(act_stats=stats),
+                         method.make_options({}))

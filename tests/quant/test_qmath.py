@@ -250,6 +250,114 @@ def test_the_activation_shrink_factor_is_the_searched_range():
     assert qmath.search_activation_shrink(even, even.min(), even.max(), 4) == 1.0
 
 
+def _reference_clip_ratios(w, bits, group, grid):
+    """Per (row, group): the first grid ratio (ascending) of least squared error, written directly
+    from the definition; also whether any group's least error is shared by several ratios."""
+    rows, cols = w.shape
+    qmax = 2 ** (bits - 1) - 1
+    chosen, tie_seen = [], False
+    for r in range(rows):
+        row_choice = []
+        for start in range(0, cols, group):
+            piece = w[r, start:start + group]
+            errors = []
+            for ratio in grid:
+                absmax = max(-min(piece.min().item() * ratio, 0.0), max(piece.max().item() * ratio, 0.0))
+                scale = max(absmax / qmax, qmath.SCALE_EPS)
+                deq = torch.clamp(torch.round(piece / scale), -qmax - 1, qmax) * scale
+                errors.append((deq - piece).pow(2).sum().item())
+            least = min(errors)
+            tie_seen |= errors.count(least) > 1
+            row_choice.append(grid[errors.index(least)])
+        chosen.append(row_choice)
+    return torch.tensor(chosen, dtype=D), tie_seen
+
+
+def test_weight_clip_search_is_the_first_least_error_ratio_of_each_group():
+    gen = torch.Generator().manual_seed(11)
+    # coarse values (few distinct levels) make several ratios quantize a group identically: ties
+    w = torch.randint(-6, 7, (5, 24), generator=gen).to(D) / 2
+    w[:, 0] = 9.0  # one outlier per row, so that clipping pays in some groups
+    w[1, 8:16] = 0.0  # an all-zero group (pruned weights): every ratio is exact, a tie
+    grid = qmath.clip_ratio_grid(0.35, 1.0, 27)
+    expected, tie_seen = _reference_clip_ratios(w, 3, 8, grid.tolist())
+    assert tie_seen, "the data must hold a tie, or the tie rule is not tested"
+    assert torch.equal(qmath.search_weight_clip_ratios(w, 3, 8, ratios=grid), expected)
+
+
+def _reference_shrink(sample, low, high, bits, shrinks):
+    """Factor 1 first, then each shrink; the first of least MSE wins (asymmetric, range widened to 0)."""
+    qmax = 2**bits - 1
+    errors = []
+    for factor in [1.0, *shrinks]:
+        lo, hi = min(low * factor, 0.0), max(high * factor, 0.0)
+        scale = max((hi - lo) / qmax, qmath.SCALE_EPS)
+        zero = min(max(round(-lo / scale), 0), qmax)  # Python's round is half to even too
+        deq = (torch.clamp(torch.round(sample / scale) + zero, 0, qmax) - zero) * scale
+        errors.append((deq - sample).pow(2).mean().item())
+    least = min(errors)
+    return [1.0, *shrinks][errors.index(least)], errors.count(least) > 1
+
+
+@pytest.mark.parametrize("shrinks", [None, [0.9, 0.8, 0.7]], ids=["default-grid", "grid-without-1"])
+def test_activation_shrink_is_the_first_least_error_factor(shrinks):
+    gen = torch.Generator().manual_seed(5)
+    # negative and positive values with an outlier on the negative side: both ends of the range shrink
+    sample = torch.randn(3000, generator=gen, dtype=D) + 0.5
+    sample[0] = -25.0
+    low, high = sample.min().item(), sample.max().item()
+    grid = qmath.shrink_grid() if shrinks is None else torch.tensor(shrinks, dtype=D)
+    expected, _ = _reference_shrink(sample, low, high, 4, grid.tolist())
+    assert qmath.search_activation_shrink(sample, sample.min(), sample.max(), 4, shrinks=grid) == expected
+    assert expected != 1.0
+
+
+def test_activation_shrink_keeps_minmax_when_no_candidate_is_strictly_better():
+    # a sample on its own 2-bit minmax grid: factor 1 is exact, every shrink is worse, and a grid that
+    # leaves out 1 still cannot replace it
+    on_grid = torch.tensor([-1.0, 0.0, 1.0, 2.0] * 4, dtype=D)
+    assert qmath.search_activation_shrink(on_grid, on_grid.min(), on_grid.max(), 2,
+                                          shrinks=torch.tensor([0.99, 0.9], dtype=D)) == 1.0
+    # ties: a tensor of zeros (a dead channel) is exact at every factor; the first one, 1, is kept
+    zeros = torch.zeros(64, dtype=D)
+    expected, tie = _reference_shrink(zeros, 0.0, 0.0, 3, qmath.shrink_grid().tolist())
+    assert tie and expected == 1.0
+    assert qmath.search_activation_shrink(zeros, zeros.min(), zeros.max(), 3) == 1.0
+
+
+def test_given_scale_and_zero_point_are_used_as_given():
+    w = t([[-1.5, 1.0, 2.0, 7.0], [-1.0, -0.5, 0.5, 1.0]])
+    scale = t([[0.5], [0.25]])
+    zero = t([[2.0], [8.0]])
+    # asymmetric 4 bits: q = clamp(round(w / s) + z, 0, 15), w_hat = (q - z) s; row 0 clips at both
+    # ends (-1.5 / 0.5 + 2 = -1 -> 0, 7 / 0.5 + 2 = 16 -> 15), row 1 fits
+    expected = t([[-1.0, 1.0, 2.0, 6.5], [-1.0, -0.5, 0.5, 1.0]])
+    assert torch.equal(qmath.fake_quantize_weight(w, 4, None, symmetric=False, scale=scale, zero_point=zero), expected)
+    # a scale without a zero point means zero point 0 (symmetric codes)
+    sym = qmath.fake_quantize_weight(t([[0.3, -0.74]]), 4, None, scale=t([[0.25]]))
+    assert sym.tolist() == [[0.25, -0.75]]
+
+
+@pytest.mark.parametrize("start, stop, steps", [(0.0, 1.0, 5), (0.5, 1.2, 5), (0.8, 0.5, 5), (0.5, 1.0, 0)])
+def test_invalid_clip_ratio_grid_is_refused(start, stop, steps):
+    with pytest.raises(QuantizationError, match="clip ratio grid"):
+        qmath.clip_ratio_grid(start, stop, steps)
+
+
+def test_single_step_clip_ratio_grid_and_unit_group_are_valid():
+    assert qmath.clip_ratio_grid(1.0, 1.0, 1).tolist() == [1.0]
+    assert qmath.check_group_size(1) == 1
+
+
+def test_per_tensor_fake_quantize_uses_the_tensors_own_range():
+    x = t([-1.0, 0.0, 0.6, 2.0])
+    # asymmetric 2 bits over [-1, 2]: scale 1, zero point 1; 0.6 -> 1
+    assert qmath.per_tensor_fake_quantize(x, 2).tolist() == [-1.0, 0.0, 1.0, 2.0]
+    # symmetric 3 bits: absmax 2 -> scale 2/3; -1 -> round(-1.5) = -2 (half to even); 0.6 -> round(0.9) = 1
+    assert qmath.per_tensor_fake_quantize(x, 3, symmetric=True).tolist() == pytest.approx([-4 / 3, 0.0, 2 / 3, 2.0], abs=1e-15)
+    assert qmath.per_tensor_fake_quantize(x, 16) is x
+
+
 def test_storage_bits_definition():
     assert qmath.weight_storage_bits(8, 404, 4, 128, True) == 4 * 8 * 404 + 16 * 8 * 4
     assert qmath.weight_storage_bits(8, 404, 4, 128, False) == 4 * 8 * 404 + 32 * 8 * 4

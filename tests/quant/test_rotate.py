@@ -133,3 +133,20 @@ def test_rotate_then_gptq_runs_at_w4a4_with_static_activations():
     assert [p["purpose"] for p in report["calibration_passes"]] == ["record method inputs", "observe activation ranges"]
     layer = model.predictor.blocks[0].mlp.fc1
     assert layer.input_rotation is not None and layer.input_quantizer.frozen and layer.weight_quantizer.fixed_qparams
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"kind": "givens"}, "kind"), ({"min_width": 0}, "min_width"), ({"seed": 1.5}, "seed"), ({"seed": True}, "seed"),
+])
+def test_bad_rotate_options_are_refused(options, match):
+    with pytest.raises(QuantizationError, match=match):
+        get_method("rotate").make_options(options)
+
+
+def test_hadamard_rotations_carry_random_signs_drawn_from_the_seed():
+    plain = sylvester_hadamard(8) / 8 ** 0.5
+    first, second = rotation_matrix(8, 0), rotation_matrix(8, 1)
+    assert torch.equal(first.abs(), plain.abs())  # a Hadamard matrix, columns scaled by +-1
+    signs = (first / plain)[0]
+    assert torch.equal(first, plain * signs[None, :]) and set(signs.tolist()) == {-1.0, 1.0}
+    assert not torch.equal(first, second) and torch.equal(first, rotation_matrix(8, 0))

@@ -80,3 +80,33 @@ def test_quantwm_pickle_keys_are_mapped(tmp_path):
     assert torch.equal(loaded["predictor.blocks.2.attn.proj"], raw["predictor.transformer.layers.2.attn.to_out.0"])
     assert canonical_stats_key("predictor.transformer.layers.0.0.to_qkv") == "predictor.blocks.0.attn.qkv"
     assert canonical_stats_key("predictor.blocks.0.attn.qkv") == "predictor.blocks.0.attn.qkv"
+
+
+def test_recorder_takes_only_modules_inside_the_named_parts():
+    model = make_model()
+    model.encoder_head = torch.nn.Linear(3, 3)  # "encoder_head" starts with "encoder" but is not inside it
+    with ActStatsRecorder(model) as recorder:
+        model.encoder_head(torch.ones(2, 3))
+    assert "encoder_head" not in recorder.calls and "encoder.blocks.0.attn.qkv" in recorder.calls
+
+
+def test_zero_and_single_channel_statistics_are_valid_and_paths_may_be_strings(tmp_path):
+    stats = {"encoder.blocks.0.mlp.fc2": torch.zeros(4), "predictor.blocks.0.attn.proj": torch.tensor([2.5])}
+    path = str(tmp_path / "stats.safetensors")  # a plain string path
+    save_act_stats(path, stats)
+    loaded = load_act_stats(path)
+    assert torch.equal(loaded["encoder.blocks.0.mlp.fc2"], torch.zeros(4))
+    assert loaded["predictor.blocks.0.attn.proj"].tolist() == [2.5]
+    with pytest.raises(QuantizationError, match="non-empty 1-D"):
+        save_act_stats(tmp_path / "empty.safetensors", {"encoder.blocks.0.mlp.fc2": torch.zeros(0)})
+
+
+class _NotStatistics:
+    pass
+
+
+def test_a_pickle_that_is_not_plain_tensors_is_not_unpickled(tmp_path):
+    path = tmp_path / "stats.pt"
+    torch.save({"encoder.blocks.0.mlp.fc2": _NotStatistics()}, path)
+    with pytest.raises(QuantizationError, match="cannot read activation statistics"):
+        load_act_stats(path)

@@ -41,6 +41,14 @@ def test_wilson_closed_form_for_half():
     assert wilson_interval(25, 50) == pytest.approx((0.5 - half, 0.5 + half), abs=1e-12)
 
 
+def test_wilson_bounds_are_exactly_0_and_1_at_no_and_all_successes():
+    # in floating point the formula leaves e.g. 2.8e-17 at 0/7 and 0.9999999999999999 at 10/10, and
+    # overshoots 1 at 16/16
+    for n in range(1, 301):
+        assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
+    assert wilson_interval(1, 1) == pytest.approx((0.2065493143772375, 1.0), abs=1e-12)  # lo = 1 / (1 + z^2)
+
+
 def test_wilson_boundaries_and_confidence():
     assert wilson_interval(0, 50)[0] == 0.0
     assert wilson_interval(50, 50)[1] == 1.0
@@ -52,7 +60,7 @@ def test_wilson_boundaries_and_confidence():
     assert wilson_interval(38, 50) == pytest.approx((1 - hi, 1 - lo), abs=1e-12)
 
 
-@pytest.mark.parametrize("args", [(1, 0), (-1, 10), (11, 10), (1.5, 10), (1, 10, 1.0)])
+@pytest.mark.parametrize("args", [(1, 0), (0, 0), (-1, 10), (11, 10), (1.5, 10), (1, 10, 1.0)])
 def test_wilson_rejects_bad_input(args):
     with pytest.raises(StudyError):
         wilson_interval(*args)
@@ -83,6 +91,24 @@ def test_mcnemar_is_symmetric_in_its_arguments():
     forward, backward = mcnemar(a, b), mcnemar(b, a)
     assert (forward["b"], forward["c"]) == (backward["c"], backward["b"])
     assert forward["p_value"] == pytest.approx(backward["p_value"])
+
+
+@pytest.mark.parametrize("method", ["exact", "chi2_cc"])
+def test_mcnemar_without_discordant_pairs_has_statistic_0_and_p_1(method):
+    a, b = _pairs(0, 0, both=30, neither=20)
+    test = mcnemar(a, b, method=method)
+    assert (test["statistic"], test["p_value"]) == (0.0, 1.0)
+
+
+def test_mcnemar_exact_statistic_is_the_count_of_first_only_successes():
+    assert mcnemar([1], [0])["statistic"] == 1.0 and mcnemar([1], [0])["p_value"] == 1.0
+    assert mcnemar(*_pairs(5, 2, both=3))["statistic"] == 5.0
+
+
+def test_mcnemar_chi2_is_symmetric_in_its_arguments():
+    a, b = _pairs(1, 6, both=20, neither=23)
+    forward, backward = mcnemar(a, b, method="chi2_cc"), mcnemar(b, a, method="chi2_cc")
+    assert forward["statistic"] == backward["statistic"] == pytest.approx(16 / 7, rel=1e-12)  # (|1-6|-1)^2/7
 
 
 def test_mcnemar_chi2_with_continuity_correction_textbook():
@@ -137,6 +163,8 @@ def test_exact_mcnemar_agrees_with_statsmodels(only_a, only_b, both, neither):
     (10, 10, 15, 15),   # AD = BC: phi = 0
     (4, 16, 6, 24),     # AD = BC again, rates 0.40 vs 0.20
     (0, 30, 20, 0),     # no concordant episode at all: AD - BC < 0, phi < 0 ... see below
+    (45, 5, 0, 0),      # one run succeeds everywhere (FP at 50/50): a zero margin, phi = 0
+    (0, 0, 12, 38),     # one run fails everywhere
 ])
 def test_paired_interval_with_uncorrelated_outcomes_is_newcombes_unpaired_interval(both, only_a, only_b, neither):
     a, b = _pairs(only_a, only_b, both=both, neither=neither)
@@ -149,6 +177,14 @@ def test_paired_interval_with_uncorrelated_outcomes_is_newcombes_unpaired_interv
     else:  # negative correlation widens the interval beyond the unpaired one
         unpaired = confint_proportions_2indep(both + only_a, n, both + only_b, n, method="newcomb", compare="diff")
         assert lo < float(unpaired[0]) and hi > float(unpaired[1])
+
+
+def test_paired_interval_ignores_a_correlation_within_newcombes_n_over_2():
+    # AD - BC = 2 * 3 - 2 * 2 = 2 > 0 but below n / 2 = 4.5: Newcombe's adjusted numerator is
+    # max(2 - 4.5, 0) = 0, so phi = 0 and the interval is the unpaired one
+    a, b = _pairs(2, 2, both=2, neither=3)
+    expected = confint_proportions_2indep(4, 9, 4, 9, method="newcomb", compare="diff")
+    assert paired_difference_interval(a, b)[1:] == pytest.approx(tuple(float(x) for x in expected), abs=1e-12)
 
 
 def test_paired_interval_hand_computed_with_phi():
@@ -188,8 +224,12 @@ def test_equivalence_uses_the_90_percent_interval_and_the_margin():
     fp = [1] * 49 + [0]
     drop = equivalence_test(worse, fp, margin=0.10)
     assert drop["difference"] == pytest.approx(-0.12) and not drop["equivalent"]
-    with pytest.raises(StudyError, match="margin"):
-        equivalence_test(a, a, margin=0)
+    for margin in (0, 1.0):
+        with pytest.raises(StudyError, match="margin"):
+            equivalence_test(a, a, margin=margin)
+    for alpha in (0, 0.5):
+        with pytest.raises(StudyError, match="alpha"):
+            equivalence_test(a, a, margin=0.1, alpha=alpha)
 
 
 @pytest.mark.parametrize("n, alpha, family, expected", [
@@ -197,6 +237,9 @@ def test_equivalence_uses_the_90_percent_interval_and_the_margin():
     (50, 0.05, 24, 10 / 50),  # 2/2^10 = 0.00195 < 0.05/24 = 0.00208, 2/2^9 is not
     (50, 0.01, 1, 8 / 50),
     (4, 0.05, 1, None),       # 4 episodes can never reach p < 0.05 (2/16 = 0.125)
+    (6, 0.05, 1, 1.0),        # all 6 episodes one way: 2/2^6 = 0.031
+    (1, 0.05, 1, None),
+    (50, 0.0625, 1, 6 / 50),  # 2/2^5 equals alpha exactly: p < alpha is needed, so 6 episodes
 ])
 def test_smallest_detectable_difference(n, alpha, family, expected):
     assert smallest_detectable_difference(n, alpha, family) == (expected if expected is None else pytest.approx(expected))
@@ -206,3 +249,9 @@ def test_smallest_detectable_difference(n, alpha, family, expected):
         assert mcnemar(a, b)["p_value"] < alpha / family
         a, b = _pairs(m - 1, 0, neither=n - m + 1)
         assert mcnemar(a, b)["p_value"] >= alpha / family
+
+
+@pytest.mark.parametrize("n, family", [(0, 1), (-3, 1), (50, 0)])
+def test_smallest_detectable_difference_rejects_bad_input(n, family):
+    with pytest.raises(StudyError):
+        smallest_detectable_difference(n, 0.05, family)

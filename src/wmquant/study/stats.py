@@ -41,8 +41,12 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     z2_over_n = z * z / n
     centre = (p_hat + z2_over_n / 2.0) / (1.0 + z2_over_n)
     half_width = (z / (1.0 + z2_over_n)) * math.sqrt(p_hat * (1.0 - p_hat) / n + z2_over_n / (4.0 * n))
-    # Clamp the rounding noise at the boundaries (0/n and n/n give exactly 0 and 1 in exact math).
-    return max(0.0, centre - half_width), min(1.0, centre + half_width)
+    # In exact math 0/n gives lo = 0 and n/n gives hi = 1; in floating point the formula misses them
+    # by an ulp either way (2.8e-17 at 0/7, 0.9999999999999999 at 10/10), so they are set, and the
+    # rest is clamped into [0, 1].
+    lo = 0.0 if successes == 0 else max(0.0, centre - half_width)
+    hi = 1.0 if successes == n else min(1.0, centre + half_width)
+    return lo, hi
 
 
 def _as_binary(values: Sequence[int], name: str) -> list[int]:

@@ -19,16 +19,27 @@ from ..recorders import BlockCall
 from ..config import QuantConfig
 
 
-def block_targets(model: nn.Module, qconfig: QuantConfig, part: str) -> dict[int, dict[str, Target]]:
-    """{block index: {name inside the block (e.g. "attn.qkv"): Target}} for active Linear targets."""
+def _targets_by_block(model: nn.Module, qconfig: QuantConfig, part: str, taps: bool) -> dict[int, dict[str, Target]]:
     prefix = f"{part}.blocks."
     found: dict[int, dict[str, Target]] = {}
     for target in active_targets(model, qconfig):
-        if target.is_tap or not target.name.startswith(prefix) or not isinstance(target.module, nn.Linear):
+        wanted = target.is_tap if taps else (not target.is_tap and isinstance(target.module, nn.Linear))
+        if not wanted or not target.name.startswith(prefix):
             continue
         index, _, inner = target.name[len(prefix):].partition(".")
         found.setdefault(int(index), {})[inner] = target
     return found
+
+
+def block_targets(model: nn.Module, qconfig: QuantConfig, part: str) -> dict[int, dict[str, Target]]:
+    """{block index: {name inside the block (e.g. "attn.qkv"): Target}} for active Linear targets."""
+    return _targets_by_block(model, qconfig, part, taps=False)
+
+
+def block_tap_targets(model: nn.Module, qconfig: QuantConfig, part: str) -> dict[int, dict[str, Target]]:
+    """{block index: {tap inside the block (e.g. "attn.q_tap"): Target}} for the attention-matmul
+    inputs that are quantized."""
+    return _targets_by_block(model, qconfig, part, taps=True)
 
 
 def model_device(module: nn.Module) -> torch.device:

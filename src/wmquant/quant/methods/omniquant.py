@@ -13,8 +13,13 @@ trained block by block with gradient steps through a straight-through estimator.
   range on 0 before the activation quantizer sees it; `shift_init="zero"` starts it at 0.
   `let=None` (default) turns LET on only where activations are quantized, as OmniQuant's scripts
   do (weight-only runs use LWC alone); true / false force it.
+* LET of the attention (`let_attention`, with qkv and proj both targets): a V scale (V rows of qkv
+  / s, proj's columns * s) and a Q/K scale (Q rows / s, K rows * s). The Q/K scale only changes
+  anything when the attention-matmul inputs are quantized (`attention_matmuls` targets), since Q's
+  and K's rows each get their own weight scale.
 * Training (per block, AdamW, weight decay `weight_decay`): loss = MSE(float block output, output
-  of the block with LET applied and weights and Linear inputs fake-quantized). As in OmniQuant's
+  of the block with LET applied and weights, Linear inputs and targeted attention-matmul inputs
+  fake-quantized). As in OmniQuant's
   released code, the float targets of block i+1 come from the float model (float inputs through
   float blocks), while the quantized inputs propagate through the already quantized blocks.
   Static per-tensor activation ranges are not known yet while training, so each batch uses its
@@ -40,10 +45,11 @@ from torch.func import functional_call
 
 from .. import qmath
 from ..recorders import BlockCall, CalibrationData
-from ..config import PARTS, QuantConfig
+from ..api import _set_submodule
+from ..config import PARTS, QuantConfig, QuantScheme
 from ..hooks import ForwardHooks
 from ..layers import WeightQParams, input_fake_quant_hook
-from ._blockwise import SquaredError, block_targets, model_device, run_block, split_calls
+from ._blockwise import SquaredError, block_tap_targets, block_targets, model_device, run_block, split_calls
 from ._equivalence import (
     NORM_LINEAR_PAIRS,
     SCALE_FLOOR,
@@ -208,14 +214,39 @@ class InputMidpoints(ForwardHooks):
         return {name: (self.low[name] + self.high[name]) / 2 for name in self.low}
 
 
-class _InputFakeQuant(ForwardHooks):
-    """Forward pre-hooks that fake-quantize the inputs of activation-quantized targets (with STE)."""
+class _FakeQuantTap(nn.Module):
+    """Stands in for a quantized attention tap while a block trains: its input fake-quantized as
+    the tap's ActQuantizer will (per token, or per tensor with the call's own range), with STE."""
 
-    def __init__(self, block: nn.Module, targets: dict) -> None:
+    def __init__(self, scheme: QuantScheme) -> None:
+        super().__init__()
+        self._quantize = input_fake_quant_hook(scheme)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._quantize(self, (x,))[0]
+
+
+class _InputFakeQuant(ForwardHooks):
+    """Fake-quantizes (with STE) what inference will quantize: the inputs of activation-quantized
+    targets, through forward pre-hooks, and the quantized attention taps, each swapped for a
+    `_FakeQuantTap` until `remove()`. A swapped probs tap makes the attention form its
+    probabilities explicitly, as the quantized model does."""
+
+    def __init__(self, block: nn.Module, targets: dict, taps: dict) -> None:
         super().__init__()
         for name, target in targets.items():
             if target.scheme.quantizes_activations:
                 self._handles.append(block.get_submodule(name).register_forward_pre_hook(input_fake_quant_hook(target.scheme)))
+        self._block = block
+        self._swapped = [(name, block.get_submodule(name)) for name in taps]
+        for name, target in taps.items():
+            _set_submodule(block, name, _FakeQuantTap(target.scheme))
+
+    def remove(self) -> None:
+        super().remove()
+        for name, original in self._swapped:
+            _set_submodule(self._block, name, original)
+        self._swapped.clear()
 
 
 def _reconstruction(state: _BlockState, q_calls: list[BlockCall], fp_out: list[torch.Tensor],
@@ -264,6 +295,7 @@ class OmniQuant(PTQMethod):
                 fp_calls = split_calls([c.to(device) for c in calls], options.batch_size)
                 q_calls = fp_calls
                 targets_by_block = block_targets(model, qconfig, part)
+                taps_by_block = block_tap_targets(model, qconfig, part)
                 for index, block in enumerate(blocks[part]):
                     bar.set_postfix(block=f"{part}.{index}")
                     targets = targets_by_block.get(index, {})
@@ -275,8 +307,8 @@ class OmniQuant(PTQMethod):
                     if targets:
                         prefix = f"{part}.blocks.{index}"
                         q_calls, block_qparams, report[prefix] = self._process_block(
-                            block, prefix, targets, q_calls, [c.x for c in fp_out], calib.act_stats, midpoints.values(),
-                            options)
+                            block, prefix, targets, taps_by_block.get(index, {}), q_calls, [c.x for c in fp_out],
+                            calib.act_stats, midpoints.values(), options)
                         qparams.update(block_qparams)
                     else:
                         q_calls = run_block(block, q_calls)
@@ -284,7 +316,7 @@ class OmniQuant(PTQMethod):
                     bar.update()
         return MethodResult(weight_qparams=qparams, report=report)
 
-    def _process_block(self, block: nn.Module, prefix: str, targets: dict, q_calls: list[BlockCall],
+    def _process_block(self, block: nn.Module, prefix: str, targets: dict, taps: dict, q_calls: list[BlockCall],
                        fp_out: list[torch.Tensor], act_stats: Mapping[str, torch.Tensor] | None,
                        init_shifts: dict[str, torch.Tensor], options: OmniQuantOptions) -> tuple[list[BlockCall], dict, dict]:
         let = _learns_let(options, targets)
@@ -306,7 +338,7 @@ class OmniQuant(PTQMethod):
             init_scales["attn.proj"] = smoothquant_scale(act_stats[f"{prefix}.attn.proj"], block.attn.proj.weight,
                                                          options.alpha)
         state = _BlockState(block, targets, let_pairs, lwc_names, init_scales, init_shifts, options, attention)
-        hooks = _InputFakeQuant(block, targets)
+        hooks = _InputFakeQuant(block, targets, taps)
         frozen = [p for p in block.parameters() if p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)

@@ -25,7 +25,6 @@ from ._equivalence import (
     fold_norm_into_linear_,
     fold_v_into_proj_,
     smoothquant_scale,
-    v_rows,
 )
 from .base import MethodResult, PTQMethod, QuantConfigError, missing_stats_error, register_method
 
@@ -87,7 +86,6 @@ class SmoothQuant(PTQMethod):
             layer = block.get_submodule(linear)
             scale = smoothquant_scale(_stat(calib.act_stats, key, layer.in_features), layer.weight, options.alpha)
             if norm_name is None:
-                v_rows(block.attn)
                 fold_v_into_proj_(block.attn, scale)
             else:
                 norm = block.get_submodule(norm_name)
