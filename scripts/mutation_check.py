@@ -191,10 +191,18 @@ def find_mutants(source: str, filename: str) -> list[tuple[Mutant, str]]:
 
 
 def _read_records(path: Path) -> list[dict]:
+    """The results so far; a last line cut short by a killed run is dropped (its mutant runs again)."""
     if not path.exists():
         return []
-    with path.open() as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise
+    return records
 
 
 def _record_key(record: dict) -> tuple[int, int, str]:
@@ -263,7 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     mutants = find_mutants(original, str(relative))
     if previous is not None:
         mutants = [(m, code) for m, code in mutants if m.key in previous]
-    finished = {_record_key(r) for r in _read_records(out)}
+    done = _read_records(out)
+    if out.exists() and not out.read_text().endswith("\n") and out.stat().st_size:
+        # a killed run left a cut line: keep the whole records (temporary file, then rename)
+        partial = out.with_name(out.name + ".tmp")
+        partial.write_text("".join(json.dumps(r) + "\n" for r in done))
+        partial.replace(out)
+    finished = {_record_key(r) for r in done}
     pending = [(m, code) for m, code in mutants if m.key not in finished]
     print(f"{relative}: {len(mutants)} mutants, {len(pending)} to run", flush=True)
 
@@ -296,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         for thread in threads:
             thread.join()
 
-    records = [r for r in _read_records(out) if (r["line"], r["col"], r["description"]) in {m.key for m, _ in mutants}]
+    keys = {m.key for m, _ in mutants}
+    records = [r for r in _read_records(out) if _record_key(r) in keys]
     survivors = [r for r in records if r["status"] == "survived"]
     print(f"{relative}: {len(records)} mutants run, {len(records) - len(survivors)} killed, {len(survivors)} survived")
     return 0

@@ -9,6 +9,7 @@ import torch
 from wmquant.errors import QuantizationError
 from wmquant.quant import QuantConfig, QuantScheme, calibrate_and_quantize, qmath
 from wmquant.quant.layers import ActQuantizer, WeightQuantizer
+from wmquant.quant.methods import METHODS
 
 from quant_toy import calibration_runner, make_model
 
@@ -169,8 +170,6 @@ def test_format_dispatch_runs_the_named_format():
 
 
 def test_every_method_that_searches_integer_grids_refuses_float_formats():
-    from wmquant.quant.methods import METHODS
-
     integer_only = sorted(name for name, cls in METHODS.items() if not cls.supports_float_formats)
     assert {"awq", "gptq", "omse", "omniquant"} <= set(integer_only)
     for name in integer_only:

@@ -8,7 +8,8 @@ from torch import nn
 from wmquant.errors import QuantizationError
 from wmquant.quant import qmath
 from wmquant.quant.config import QuantScheme
-from wmquant.quant.layers import ActQuantizer, ActRangeClip, QuantConv1d, QuantConv2d, QuantLinear, WeightQParams, WeightQuantizer
+from wmquant.quant.layers import (ActQuantizer, ActRangeClip, QuantConv1d, QuantConv2d, QuantLinear, WeightQParams,
+                                  WeightQuantizer, input_fake_quant_hook)
 
 D = torch.float64
 
@@ -250,8 +251,6 @@ def test_a_linear_without_bias_stays_without_bias():
 
 
 def test_the_training_hook_quantizes_each_token_of_a_batched_input_with_a_gradient():
-    from wmquant.quant.layers import input_fake_quant_hook
-
     linear = nn.Linear(16, 4).double()
     seen = []
     linear.register_forward_pre_hook(input_fake_quant_hook(QuantScheme(a_bits=4, a_granularity="per_token")))

@@ -13,7 +13,7 @@ from torch import nn
 from quant_toy import calibration_runner, make_model
 from wmquant.errors import QuantizationError
 from wmquant.models.blocks import Block
-from wmquant.quant import QuantConfig, QuantScheme, calibrate_and_quantize, qmath
+from wmquant.quant import QuantConfig, QuantScheme, calibrate_and_quantize, get_method, qmath
 from wmquant.quant.layers import WeightQuantizer
 from wmquant.quant.methods import awq as awq_module
 from wmquant.quant.methods import omniquant as omniquant_module
@@ -155,8 +155,6 @@ def test_gptq_zeroes_a_column_whose_input_never_fires(act_order):
 
 
 def test_gptq_accumulates_the_hessian_over_every_calibration_call():
-    from wmquant.quant import get_method
-
     model = make_model(dtype=D)
     block = model.encoder.blocks[0]
     width = block.attn.qkv.in_features
@@ -203,8 +201,6 @@ def test_gptq_accumulates_the_hessian_over_every_calibration_call():
     ({"batch_size": -1}, "batch_size"), ({"group_params": "start"}, "group_params"), ({"act_order": 1}, "act_order"),
 ])
 def test_bad_gptq_options_are_refused(options, match):
-    from wmquant.quant import get_method
-
     with pytest.raises(QuantizationError, match=match):
         get_method("gptq").make_options(options)
 
@@ -338,8 +334,7 @@ def _awq_reference_clip(weight, rows_x, bits, group, factors):
             w, x = weight[o, cols], rows_x[:, cols]
             errors = []
             for f in factors:
-                step = w.abs().max() * f / qmax
-                w_hat = torch.clamp(torch.round(w / step), -qmax - 1, qmax) * step
+                w_hat = _sym_quant(w, w.abs().max() * f / qmax, bits)
                 errors.append((x @ (w_hat - w)).pow(2).mean().item())
             chosen[o, g] = factors[errors.index(min(errors))]
     return chosen
@@ -724,7 +719,7 @@ def _omse_output_reference(weight, gram, bits, group, ratios):
         for g, ratio in enumerate(group_ratios):
             w = row[g * group:(g + 1) * group]
             step = max(w.abs().max().item() * ratio / qmax, 1e-8)
-            pieces.append(torch.clamp(torch.round(w / step), -qmax - 1, qmax) * step)
+            pieces.append(_sym_quant(w, step, bits))
         return torch.cat(pieces)
 
     def row_error(row, group_ratios):

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from quant_toy import calibration_runner, make_inputs, make_model, relative_error
+from wmquant.errors import QuantizationError
 from wmquant.quant import BlockInputRecorder, QuantConfig, QuantLinear, QuantScheme, calibrate_and_quantize, get_method
 from wmquant.quant.calibration import CalibrationData
 from wmquant.quant.methods._blockwise import run_and_capture
@@ -140,7 +141,5 @@ def test_clip_search_with_no_shrink_keeps_the_full_range_and_reports_the_mean_ra
     ({"clip_grid": 0}, "clip_grid"), ({"pairs": ["qk"]}, "pairs"), ({"clip_qk": "no"}, "clip_qk"),
 ])
 def test_bad_awq_options_are_refused(options, match):
-    from wmquant.errors import QuantizationError
-
     with pytest.raises(QuantizationError, match=match):
         get_method("awq").make_options(options)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from quant_toy import calibration_runner, make_model
-from wmquant.quant import ActQuantizer, QuantConfig, QuantLinear, calibrate_and_quantize, qmath
+from wmquant.errors import QuantizationError
+from wmquant.quant import ActQuantizer, QuantConfig, QuantLinear, calibrate_and_quantize, get_method, qmath
 from wmquant.quant.calibration import layer_input_rows
 from wmquant.quant.methods.omse import search_output_clip_ratios
 
@@ -97,8 +98,5 @@ def test_omse_activation_search_switches_static_observers():
     ({"activation_search": "yes"}, "activation_search"),
 ])
 def test_bad_omse_options_are_refused(options, match):
-    from wmquant.errors import QuantizationError
-    from wmquant.quant import get_method
-
     with pytest.raises(QuantizationError, match=match):
         get_method("omse").make_options(options)

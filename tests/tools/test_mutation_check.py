@@ -1,6 +1,7 @@
 """scripts/mutation_check.py: which small changes it makes, and that each mutant is valid code."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -58,3 +59,13 @@ def test_bad_arguments_exit_2_with_one_line(tool, capsys):
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 3 and all(line.startswith("error: ") for line in errors)
     assert "no_such_module.py" in errors[0] and "no_such_test.py" in errors[1] and "--workers=0" in errors[2]
+
+
+def test_a_cut_last_result_line_is_dropped_and_a_cut_earlier_one_is_an_error(tool, tmp_path):
+    whole = json.dumps({"line": 1, "col": 0, "description": "constant 0 -> 1", "status": "killed"})
+    results = tmp_path / "results.jsonl"
+    results.write_text(whole + "\n" + '{"line": 2, "co')  # the run was killed mid-write
+    assert tool._read_records(results) == [json.loads(whole)]
+    results.write_text('{"line": 2, "co\n' + whole + "\n")
+    with pytest.raises(json.JSONDecodeError):
+        tool._read_records(results)
