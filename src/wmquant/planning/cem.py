@@ -97,7 +97,6 @@ class CEMPlanner:
         every step (E, steps)). Nothing here reads a device value on the host, so a GPU runs the
         whole loop from one queue of work."""
         cfg = self.config
-        best = torch.full((mu.shape[0],), float("inf"), device=mu.device)
         per_step = []
         for step in range(cfg.opt_steps):
             samples = mu[:, None] + sigma[:, None] * noise[:, step]
@@ -107,6 +106,5 @@ class CEMPlanner:
             elites = torch.gather(samples, 1, order[..., None, None].expand(-1, -1, cfg.horizon, self.action_dim))
             mu = elites.mean(dim=1)
             sigma = elites.std(dim=1)
-            best = torch.gather(costs, 1, order[:, :1]).squeeze(1)
-            per_step.append(best)
-        return mu, best, torch.stack(per_step, dim=1)
+            per_step.append(torch.gather(costs, 1, order[:, :1]).squeeze(1))
+        return mu, per_step[-1], torch.stack(per_step, dim=1)

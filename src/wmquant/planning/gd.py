@@ -66,7 +66,6 @@ class GDPlanner:
         device = engine.device
         actions = init.to(device).requires_grad_(True)
         noise = noise.to(device) * cfg.action_noise
-        cost = torch.full((episodes,), float("inf"))
         per_step = []
         for step in range(cfg.opt_steps):
             z = engine.rollout(z0, actions, grad=True)
@@ -75,6 +74,5 @@ class GDPlanner:
             with torch.no_grad():
                 actions -= cfg.lr * grad
                 actions += noise[:, step]
-            cost = per_episode.detach().cpu()
-            per_step.append(cost)
-        return PlanResult(actions=actions.detach().cpu(), best_cost=cost, step_costs=torch.stack(per_step, dim=1))
+            per_step.append(per_episode.detach().cpu())
+        return PlanResult(actions=actions.detach().cpu(), best_cost=per_step[-1], step_costs=torch.stack(per_step, dim=1))
