@@ -488,7 +488,7 @@ class PushTEnv(gymnasium.Env):
         """Apply actions (T, 2) in turn. Returns upstream's (obses, rewards, dones, infos), each stacked
         over T: obses {"visual": (T, R, R, 3), "proprio": (T, 4)}, infos with "state" (T, 7) etc."""
         actions = np.asarray(actions, dtype=np.float64)
-        if actions.ndim != 2:
+        if actions.ndim != 2 or actions.shape[1] != ACTION_DIM:
             raise ConfigError(f"step_multiple needs actions of shape (T, 2), got {actions.shape}")
         steps = [self.step(a) for a in as_actions(actions, actions.shape[0])]
         obses = {key: np.stack([s[0][key] for s in steps]) for key in ("visual", "proprio")}
@@ -502,7 +502,7 @@ class PushTEnv(gymnasium.Env):
         ({"visual": uint8 (T+1, R, R, 3), "proprio": float32 (T+1, 4)}), and states float64 (T+1, 7)."""
         obs, state = self.prepare(seed, init_state)
         actions = np.asarray(actions, dtype=np.float64)
-        if actions.ndim != 2:
+        if actions.ndim != 2 or actions.shape[1] != ACTION_DIM:
             raise ConfigError(f"rollout needs actions of shape (T, 2), got {actions.shape}")
         visuals, proprios, states = [obs["visual"]], [obs["proprio"]], [state]
         for action in as_actions(actions, actions.shape[0]):
@@ -645,9 +645,9 @@ class PushTBatchEnv(BatchEnv):
             return np.arange(self.num_envs)
         array = np.asarray(indices, dtype=np.int64).reshape(-1)
         if array.size and (array.min() < 0 or array.max() >= self.num_envs):
-            raise ConfigError(f"env indices must be in [0, {self.num_envs}), got {list(array)}")
+            raise ConfigError(f"env indices must be in [0, {self.num_envs}), got {array.tolist()}")
         if len(np.unique(array)) != len(array):
-            raise ConfigError(f"env indices must be distinct, got {list(array)}")
+            raise ConfigError(f"env indices must be distinct, got {array.tolist()}")
         return array
 
     def _call(self, method: str, indices: np.ndarray, *per_env: Any) -> list[tuple[np.ndarray, Any]]:

@@ -509,7 +509,7 @@ class WallEnv(gymnasium.Env):
         """Apply actions (T, 2) in turn. Returns (obses {"visual" (T, 65, 65, 3), "proprio" (T, 2)},
         rewards (T,), dones (T,), infos {"state" (T, 2), "pos_agent" (T, 2)}), stacked like upstream."""
         actions = np.asarray(actions, dtype=np.float64)
-        if actions.ndim != 2:
+        if actions.ndim != 2 or actions.shape[1] != ACTION_DIM:
             raise ConfigError(f"step_multiple actions must have shape (T, 2), got {actions.shape}")
         init = self._batch.positions.copy()
         self._batch._require_reset(np.arange(1))
@@ -528,7 +528,7 @@ class WallEnv(gymnasium.Env):
     def rollout(self, seed: int, init_state: np.ndarray, actions: np.ndarray) -> tuple[Obs, np.ndarray]:
         """prepare + step_multiple: observations with T + 1 frames (initial first) and states (T + 1, 2)."""
         actions = np.asarray(actions, dtype=np.float64)
-        if actions.ndim != 2:
+        if actions.ndim != 2 or actions.shape[1] != ACTION_DIM:
             raise ConfigError(f"rollout actions must have shape (T, 2), got {actions.shape}")
         self.prepare(seed, init_state)
         obses, states = self._batch.rollout(self._batch.positions.copy(), actions[None])
