@@ -68,6 +68,45 @@ def test_missing_corrupt_or_foreign_goal_files_are_refused(dataset, tmp_path):
         GoalTrajectories(corrupt, "val", "pusht")
 
 
+def _rewritten(path, out, change):
+    """A copy of the goal file `path` whose tensors and metadata `change(tensors, metadata)` edits."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    change(tensors, metadata)
+    save_file(tensors, str(out), metadata=metadata)
+    return out
+
+
+def _nan_states(tensors, metadata):
+    tensors["val/states"][0, 0] = float("nan")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t, m: m.update(format="something-else"), "has format 'something-else'; expected"),
+    (lambda t, m: [t.pop(k) for k in ("val/states", "val/actions", "val/lengths")], "has no 'val' split"),
+    (lambda t, m: t.update({"val/lengths": t["val/lengths"] + 1}), "is corrupt: split 'val' has inconsistent shapes"),
+    (lambda t, m: m.update({"val/env_infos": "[]"}), "is corrupt: split 'val' has inconsistent shapes"),
+    (_nan_states, "is corrupt: NaN or inf in split 'val'"),
+    (lambda t, m: m.pop("normalization"), "is corrupt: KeyError"),
+])
+def test_a_goal_file_with_damaged_content_names_what_is_wrong(dataset, tmp_path, change, message):
+    path = goal_file_from_dataset(dataset, "pusht", tmp_path / GOALS_FILE, train_episodes=2)
+    damaged = _rewritten(path, tmp_path / "damaged.safetensors", change)
+    with pytest.raises(DatasetError, match=message) as caught:
+        GoalTrajectories(damaged, "val", "pusht")
+    assert str(damaged) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_goal_file_split_must_be_train_or_val(dataset, tmp_path):
+    path = goal_file_from_dataset(dataset, "pusht", tmp_path / GOALS_FILE, train_episodes=2)
+    with pytest.raises(DatasetError, match="goal file split must be one of train, val, got 'test'"):
+        GoalTrajectories(path, "test", "pusht")
+
+
 needs_pusht = pytest.mark.skipif("pusht" not in shipped_model_names(), reason="the shipped PushT model is missing")
 
 

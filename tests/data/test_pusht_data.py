@@ -226,6 +226,27 @@ def test_inconsistent_shapes_are_named(generated, tmp_path):
         PushTDataset(root, "train")
 
 
+def _nan_states(split):
+    states = torch.load(split / "states.pth")
+    states[1, 3, 2] = float("nan")
+    torch.save(states, split / "states.pth")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda split: (split / "states.pth").unlink(), r"missing .*states\.pth"),
+    (lambda split: (split / "seq_lengths.pkl").unlink(), r"missing .*seq_lengths\.pkl"),
+    (lambda split: torch.save([1.0, 2.0], split / "velocities.pth"), r"velocities\.pth holds a list; expected a tensor"),
+    (lambda split: (split / "seq_lengths.pkl").write_bytes(pickle.dumps({"a": 20})), r"seq_lengths\.pkl holds a dict; expected a list"),
+    (lambda split: (split / "shapes.pkl").write_bytes(pickle.dumps(["T"])), r"shapes\.pkl must hold 3 shape names, got 1 values"),
+    (_nan_states, "has NaN or inf in states, velocities or rel_actions"),
+])
+def test_damaged_split_files_are_named(generated, tmp_path, damage, message):
+    root = copy_split(generated[0], tmp_path / "ds")
+    damage(root / "train")
+    with pytest.raises(DatasetError, match=message):
+        PushTDataset(root, "train")
+
+
 def test_bad_seq_lengths_and_unsafe_pickles(generated, tmp_path):
     root = copy_split(generated[0], tmp_path / "ds")
     lengths = root / "train" / "seq_lengths.pkl"

@@ -4,6 +4,7 @@ upstream's computations; malicious or unknown pickled globals are refused withou
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import pickle
@@ -265,3 +266,78 @@ def test_a_module_in_the_wrong_slot_is_refused(tmp_path, upstream, dinov2_file):
         upstream.uninstall()
     with pytest.raises(CheckpointError, match=r"'predictor' is models\.vqvae\.VQVAE, expected models\.vit\.ViTPredictor"):
         load_official_run(tmp_path, MODEL_NAME, dinov2_weights=dinov2_file[0])
+
+
+@pytest.mark.parametrize("overrides, error, match", [
+    ({"concat_dim": 0}, ConfigError, r"hydra\.yaml: concat_dim=0 is not supported; wmquant implements concat_dim=1"),
+    ({"encoder": {"name": "dinov2_vits14", "feature_key": "x_norm_clstoken"}}, ConfigError,
+     r"encoder feature_key 'x_norm_clstoken' is not supported \(only x_norm_patchtokens\)"),
+    ({"frameskip": 3}, CheckpointError, r"model_latest\.pth: action encoder input width 10 is not a multiple of frameskip 3"),
+    ({"action_emb_dim": 12}, CheckpointError, r"action_emb_dim"),
+])
+def test_a_run_whose_settings_wmquant_cannot_honour_is_refused(tmp_path, upstream, dinov2_file, overrides, error, match):
+    write_official_run(tmp_path, upstream, hydra_overrides=overrides)
+    with pytest.raises(error, match=match):
+        load_official_run(tmp_path, MODEL_NAME, dinov2_weights=dinov2_file[0])
+
+
+def test_a_run_missing_a_training_setting_names_it(tmp_path, upstream, dinov2_file):
+    write_official_run(tmp_path, upstream)
+    hydra_path = tmp_path / "outputs" / MODEL_NAME / "hydra.yaml"
+    config = yaml.safe_load(hydra_path.read_text())
+    del config["num_hist"]
+    hydra_path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"hydra\.yaml: missing training setting 'num_hist'"):
+        load_official_run(tmp_path, MODEL_NAME, dinov2_weights=dinov2_file[0])
+
+
+def _resave(tmp_path, upstream, checkpoint):
+    upstream.install()
+    try:
+        torch.save(checkpoint, tmp_path / "outputs" / MODEL_NAME / "checkpoints" / "model_latest.pth")
+    finally:
+        upstream.uninstall()
+
+
+def test_a_checkpoint_without_a_predictor_is_refused(tmp_path, upstream, dinov2_file):
+    modules = write_official_run(tmp_path, upstream)
+    _resave(tmp_path, upstream, {"epoch": 3, "decoder": modules["decoder"]})
+    with pytest.raises(CheckpointError, match=r"model_latest\.pth: expected DINO-WM's checkpoint dict with a 'predictor' entry"):
+        load_official_run(tmp_path, MODEL_NAME, dinov2_weights=dinov2_file[0])
+
+
+def test_a_decoder_trained_with_quantize_is_refused_and_a_run_without_decoder_loads(tmp_path, upstream, dinov2_file):
+    modules = write_official_run(tmp_path, upstream)
+    entries = {"epoch": 3, **{k: modules[k] for k in ("predictor", "action_encoder", "proprio_encoder")}}
+    modules["decoder"].quantize = True
+    _resave(tmp_path, upstream, {**entries, "decoder": modules["decoder"]})
+    with pytest.raises(CheckpointError, match="the decoder was trained with quantize=True"):
+        load_official_run(tmp_path, MODEL_NAME, dinov2_weights=dinov2_file[0])
+    _resave(tmp_path, upstream, entries)
+    model, cfg = load_official_run(tmp_path, MODEL_NAME, dinov2_weights=dinov2_file[0])
+    assert model.decoder is None and cfg["wmquant"]["model"]["decoder"] is None and cfg["wmquant"]["epoch"] == 3
+
+
+def test_an_official_run_plans_from_the_command_line(tmp_path, upstream, dinov2_file, capsys):
+    """`wmquant plan ckpt_base_path=... model_name=<hydra run> dinov2_weights=... dataset_path=...`:
+    the official PushT run (num_hist 3, frameskip 5) plans on goals from a dataset in the official
+    layout, with the dataset's normalisation."""
+    from wmquant.cli import main
+    from wmquant.data.generate import generate_dataset
+
+    write_official_run(tmp_path, upstream)
+    dataset = tmp_path / "pusht_noise"
+    generate_dataset("pusht", dataset, episodes=4, seed=0, steps=40, workers=1, progress=False)
+    out = tmp_path / "plan_out"
+    tiny = ["n_evals=2", "planner.max_iter=1", "planner.sub_planner.num_samples=6", "planner.sub_planner.topk=2",
+            "planner.sub_planner.opt_steps=1", "save_plots=false", "engine.device=cpu"]
+    official = [f"ckpt_base_path={tmp_path}", f"model_name={MODEL_NAME}", f"dinov2_weights={dinov2_file[0]}"]
+    code = main(["plan", "--config-name", "plan_pusht.yaml", *official, f"dataset_path={dataset}", f"output_dir={out}", *tiny])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    logs = [json.loads(line) for line in (out / "logs.json").read_text().splitlines()]
+    assert logs[0]["step"] == 1 and 0.0 <= logs[0]["mpc/success_rate"] <= 1.0
+    # without the dataset there are no normalisation statistics: one line, exit 2
+    code = main(["plan", "--config-name", "plan_pusht.yaml", *official, f"output_dir={tmp_path / 'other'}", *tiny])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "set dataset_path=DIR" in err and len(err.splitlines()) == 1

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -30,6 +29,8 @@ from .objective import Objective
 
 PLANNERS = ("mpc", "cem", "gd")
 SUB_PLANNERS = ("cem", "gd")
+OFFICIAL_RUN_NEEDS_DATASET = ("an official DINO-WM run (ckpt_base_path) needs its dataset for normalisation statistics: "
+                              "set dataset_path=DIR")
 
 
 @dataclass
@@ -87,6 +88,8 @@ def validate_planning_config(cfg: DictConfig) -> None:
         )
     if cfg.goal_source not in GOAL_SOURCES:
         raise ConfigError(f"unknown goal_source {cfg.goal_source!r}; valid: {', '.join(GOAL_SOURCES)}")
+    if cfg.get("ckpt_base_path") and not cfg.get("dataset_path"):
+        raise ConfigError(OFFICIAL_RUN_NEEDS_DATASET)
     for key in ("resume", "planner.skip_succeeded", "quant", "quant_encoder", "sta_scale", "mechanisms",
                 "save_plots", "save_video", "engine.compile"):
         value = OmegaConf.select(cfg, key)
@@ -124,8 +127,8 @@ def load_planning_model(cfg: DictConfig) -> ModelBundle:
         model, train_cfg = load_official_run(
             cfg.ckpt_base_path, cfg.model_name, model_epoch=cfg.model_epoch, dinov2_weights=cfg.dinov2_weights
         )
-        if not cfg.dataset_path:
-            raise ConfigError("an official DINO-WM run needs its dataset for normalisation statistics: set dataset_path=DIR")
+        if not cfg.get("dataset_path"):
+            raise ConfigError(OFFICIAL_RUN_NEEDS_DATASET)
         dataset = load_dataset(cfg.env, cfg.dataset_path, split="val")
         return ModelBundle(
             model=model,
@@ -317,19 +320,3 @@ class PlanningSession:
             progress=progress, desc=desc, plot_episodes=plot_episodes, on_iteration=on_iteration,
             checkpoint=checkpoint, run_fingerprint=run_fingerprint,
         )
-
-
-def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start
-
-
-def np_round(x: Any, digits: int = 6) -> Any:
-    if isinstance(x, float):
-        return round(x, digits)
-    if isinstance(x, (list, tuple)):
-        return [np_round(v, digits) for v in x]
-    if isinstance(x, np.ndarray):
-        return np_round(x.tolist(), digits)
-    return x
