@@ -240,6 +240,10 @@ def test_quantizer_state_stays_out_of_the_state_dict():
     q(torch.randn(3, 6, dtype=D))
     # a quantized model saves as the float one: scales, ranges and samples are derived state
     assert list(q.state_dict()) == list(linear.state_dict())
+    ratios = torch.full((4, 1), 0.8, dtype=D)
+    q.weight_quantizer.load_qparams(WeightQParams(clip_max=ratios, clip_min=ratios), q.weight)
+    q(torch.randn(3, 6, dtype=D))
+    assert q.weight_quantizer.clip_max is not None and list(q.state_dict()) == list(linear.state_dict())
 
 
 def test_a_linear_without_bias_stays_without_bias():
@@ -260,3 +264,23 @@ def test_the_training_hook_quantizes_each_token_of_a_batched_input_with_a_gradie
     torch.testing.assert_close(seen[0], qmath.per_token_fake_quantize(x.detach(), 4), rtol=0, atol=0)
     # straight through the rounding: the gradient of sum(W x) with respect to x, not 0
     torch.testing.assert_close(x.grad, (torch.ones(2, 5, 4, dtype=D) @ linear.weight).detach(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("make, cls", [
+    (lambda: nn.Linear(6, 4, bias=False), QuantLinear),
+    (lambda: nn.Conv2d(3, 4, 2, 2, bias=False), QuantConv2d),
+    (lambda: nn.Conv1d(3, 4, 1, bias=False), QuantConv1d),
+])
+def test_a_quantized_layer_keeps_the_mode_and_the_missing_bias_of_the_float_layer(make, cls, training):
+    layer = make().double().train(training)
+    q = cls.from_float(layer, QuantScheme(w_bits=4), "layer")
+    assert q.training == training and q.bias is None and q.weight is layer.weight
+    shape = {QuantLinear: (3, 6), QuantConv2d: (2, 3, 4, 4), QuantConv1d: (2, 3, 5)}[cls]
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(2), dtype=D)
+    with torch.no_grad():
+        original = layer.weight.clone()
+        layer.weight.copy_(q.weight_quantizer(layer.weight))
+        expected = layer(x)  # the float layer with the quantized weight, no bias
+        layer.weight.copy_(original)
+        torch.testing.assert_close(q(x), expected, rtol=0, atol=1e-12)

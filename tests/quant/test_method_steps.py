@@ -520,6 +520,25 @@ def test_omniquant_keeps_the_last_epoch_unless_told_to_keep_the_best():
     assert reports[True]["final_loss"] <= reports[True]["initial_loss"] * (1 + 1e-9)
 
 
+def test_omniquant_keep_best_restores_the_best_epoch_not_the_last_improvement():
+    """Training is deterministic, so a run of k epochs ends where epoch k of a longer run is. At this
+    learning rate the loss falls unevenly: epoch 5 is the best, and epoch 6 is better than the start
+    but worse than epoch 5. keep_best must end at epoch 5's loss."""
+    config = QuantConfig(encoder=QuantScheme(w_bits=3, a_bits=4), predictor=QuantScheme(), targets=ENCODER_LINEARS)
+    method = omniquant_module.OmniQuant()
+
+    def final_loss(epochs, keep_best=False):
+        holder, x = _one_block_problem()
+        options = method.make_options({"epochs": epochs, "lwc_lr": 0.05, "let_lr": 0.05, "keep_best": keep_best})
+        result = method.transform(holder, config, CalibrationData(block_inputs={"encoder": [BlockCall(x)]}), options)
+        return result.report["encoder.blocks.0"]["final_loss"]
+
+    by_epoch = [final_loss(k) for k in range(7)]
+    best_epoch = min(range(7), key=by_epoch.__getitem__)
+    assert 0 < best_epoch < 6 and by_epoch[6] < by_epoch[0]  # the case the test is about
+    assert final_loss(6, keep_best=True) == pytest.approx(by_epoch[best_epoch], rel=1e-9)
+
+
 def test_omniquant_propagates_float_and_quantized_inputs_through_blocks_without_targets():
     """Targets in block 1 only: its shift starts at the midpoints of block 1's own float inputs, and
     its quantized inputs are block 0's outputs (a loss on block 0's inputs would be of order 1)."""
@@ -681,6 +700,21 @@ def test_omniquant_attention_lets_are_exact_and_learned():
     before2 = holder2.encoder.blocks[0].attn.proj.weight.detach().clone()
     method.transform(holder2, config, CalibrationData(block_inputs={"encoder": [BlockCall(x)]}), off)
     assert torch.equal(holder2.encoder.blocks[0].attn.proj.weight.detach(), before2)
+
+
+@pytest.mark.parametrize("linears, learned", [(("attn.qkv", "attn.proj"), True), (("attn.qkv", "mlp.fc1", "mlp.fc2"), False)])
+def test_omniquant_attention_let_needs_exactly_qkv_and_proj_among_the_targets(linears, learned):
+    """The V/proj LET moves scales between qkv's V rows and proj's columns: it runs when both are
+    quantized (also when they are the only targets), and never when proj is not a target."""
+    holder, x = _one_block_problem()
+    proj_before = holder.encoder.blocks[0].attn.proj.weight.detach().clone()
+    config = QuantConfig(encoder=QuantScheme(w_bits=4, a_bits=4), predictor=QuantScheme(),
+                         targets=tuple(f"encoder.blocks.*.{name}" for name in linears))
+    method = omniquant_module.OmniQuant()
+    method.transform(holder, config, CalibrationData(block_inputs={"encoder": [BlockCall(x)]}),
+                     method.make_options({"epochs": 3, "lwc": False}))
+    changed = not torch.equal(holder.encoder.blocks[0].attn.proj.weight.detach(), proj_before)
+    assert changed == learned
 
 
 def test_a_second_activation_fold_multiplies_the_first():

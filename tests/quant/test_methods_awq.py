@@ -62,6 +62,19 @@ def test_chosen_scale_never_worse_than_identity_on_its_loss():
     assert torch.equal(candidate_scale(act_mean, 0.0), torch.ones_like(act_mean))
 
 
+def test_a_scale_replaces_identity_only_on_a_strictly_lower_loss():
+    # A zero weight quantizes exactly under every candidate scale, so every loss ties at 0 and the
+    # tie rule alone decides: it keeps s = 1.
+    linear = torch.nn.Linear(16, 4, bias=False).double()
+    torch.nn.init.zeros_(linear.weight)
+    x = torch.randn(40, 16, dtype=D, generator=torch.Generator().manual_seed(1))
+    act_mean = torch.linspace(0.5, 8.0, 16, dtype=D)
+    inspect = lambda: [linear(x)]  # noqa: E731
+    scale, losses = search_scale(inspect, [(linear, QuantScheme(w_bits=4))], act_mean, n_grid=4)
+    assert losses["loss"] == losses["loss_s1"] == 0.0
+    assert losses["ratio"] == 0.0 and torch.equal(scale, torch.ones_like(act_mean))
+
+
 def test_scaled_quant_loss_restores_weights_and_uses_the_inference_quantizer():
     torch.manual_seed(0)
     linear = torch.nn.Linear(32, 8).double()

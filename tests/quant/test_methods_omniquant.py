@@ -94,6 +94,19 @@ def test_missing_statistics_key_is_an_error_when_statistics_are_given():
                                act_stats={"encoder.blocks.0.attn.qkv": torch.ones(32)})
 
 
+@pytest.mark.parametrize("let, raises", [(None, True), (True, True), (False, False)])
+def test_missing_statistics_are_refused_before_calibration_unless_let_is_off(let, raises):
+    model = make_model()
+    method = get_method("omniquant")
+    options = method.make_options({"let": let})
+    partial = {"encoder.blocks.0.attn.qkv": torch.ones(32)}
+    if raises:
+        with pytest.raises(QuantizationError, match="encoder.blocks.0.mlp.fc1"):
+            method.check_model(model, QuantConfig.uniform(w_bits=4), options, partial)
+    else:
+        method.check_model(model, QuantConfig.uniform(w_bits=4), options, partial)
+
+
 def test_let_is_off_by_default_for_weight_only():
     model = make_model()
     method = get_method("omniquant")

@@ -100,3 +100,31 @@ def test_omse_activation_search_switches_static_observers():
 def test_bad_omse_options_are_refused(options, match):
     with pytest.raises(QuantizationError, match=match):
         get_method("omse").make_options(options)
+
+
+@pytest.mark.parametrize("objective", ["weight", "output"])
+def test_the_report_gives_each_layers_mean_searched_clip_ratio(objective):
+    model = make_model(dtype=D)
+    report = calibrate_and_quantize(model, "omse", QuantConfig.uniform(w_bits=3, w_group_size=16),
+                                    calibration_runner(model), method_options={"objective": objective})
+    means = report["method_report"]["mean_clip_ratio"]
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+    assert set(layers) <= set(means)
+    below_one = 0
+    for name, layer in layers.items():
+        ratios = layer.weight_quantizer.clip_max
+        assert torch.equal(ratios, layer.weight_quantizer.clip_min)
+        assert means[name] == pytest.approx(float(ratios.double().mean()), abs=1e-12), name
+        below_one += means[name] < 1.0
+    assert below_one > 0  # the search clipped somewhere, so a mean of the wrong thing would show
+
+
+def test_the_output_search_takes_a_float32_gram_as_its_float64_values():
+    w = _heavy_tailed(6, 32, seed=5)
+    x = _correlated_inputs(200, 32, seed=6)
+    gram32 = (x.T @ x).float()
+    grid = qmath.clip_ratio_grid(0.35, 1.0, 14)
+    got = search_output_clip_ratios(w, gram32, 3, 16, True, grid)
+    expected = search_output_clip_ratios(w, gram32.double(), 3, 16, True, grid)
+    assert got.dtype == expected.dtype
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)

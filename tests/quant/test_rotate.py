@@ -150,3 +150,29 @@ def test_hadamard_rotations_carry_random_signs_drawn_from_the_seed():
     signs = (first / plain)[0]
     assert torch.equal(first, plain * signs[None, :]) and set(signs.tolist()) == {-1.0, 1.0}
     assert not torch.equal(first, second) and torch.equal(first, rotation_matrix(8, 0))
+
+
+def test_min_width_rotates_every_linear_at_least_that_wide_and_no_other():
+    model = make_model(dtype=D)
+    widths = {name: m.in_features for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert 40 in widths.values() and min(widths.values()) < 40 < max(widths.values())
+    rotate = get_method("rotate")
+    report = rotate.transform(model, QuantConfig.uniform(w_bits=4, a_bits=4), CalibrationData(),
+                              rotate.make_options({"min_width": 40}))
+    rotated = set(report.report["rotated_layers"])
+    assert rotated == {name for name, width in widths.items() if width >= 40}
+    for name, width in widths.items():
+        assert isinstance(model.get_submodule(name), RotatedLinear) == (width >= 40), name
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+def test_a_rotated_linear_keeps_the_bias_and_mode_of_the_layer_it_replaces(bias, training):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(8, 3, bias=bias, dtype=D).train(training)
+    x = torch.randn(5, 8, dtype=D)
+    expected = linear(x)
+    rotated = RotatedLinear.from_linear(linear, rotation_matrix(8, seed=2))
+    assert rotated.training == training
+    assert (rotated.bias is None) == (not bias)
+    torch.testing.assert_close(rotated(x), expected, rtol=0, atol=1e-12)
