@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from wmquant.data.base import Episode, Normalization
+from wmquant.data.base import Episode, Normalization, TrajectoryDataset
 from wmquant.data.slicing import (
     TrajectoryWindows,
     group_actions,
@@ -115,5 +115,54 @@ def test_errors():
     mismatched = [make_episode(10, 0, frame_size=4), make_episode(10, 0, frame_size=5)]
     with pytest.raises(DatasetError, match="episode 1"):
         TrajectoryWindows(mismatched, num_frames=2, frameskip=1)
-    with pytest.raises(ConfigError):
-        TrajectoryWindows([make_episode(10, 0)], 2, 1).gather([100])
+    windows = TrajectoryWindows([make_episode(10, 0)], 2, 1)  # 9 windows
+    for bad in ([100], [9], [-1], [0, 9], [-1, 5]):
+        with pytest.raises(ConfigError, match=r"window indices must lie in 0\.\.8"):
+            windows.gather(bad)
+    assert windows.gather([0, 8])["start"].tolist() == windows.index[[0, 8], 1].tolist()  # both ends are valid
+    with pytest.raises(ConfigError, match="batch_size must be a positive integer, got 0"):
+        next(windows.batches(0))
+
+
+class _ListDataset(TrajectoryDataset):
+    env_name = "toy"
+
+    def __init__(self, episodes, normalization):
+        self._episodes = episodes
+        self.normalization = normalization
+
+    def __len__(self):
+        return len(self._episodes)
+
+    def episode(self, index):
+        return self._episodes[index]
+
+
+def test_a_datasets_own_normalisation_and_lengths_are_used_and_none_keeps_the_order():
+    episodes = [make_episode(7, 0), make_episode(9, 20), make_episode(3, 40)]
+    norm = Normalization(
+        action_mean=torch.tensor([5.0, -1.0]), action_std=torch.tensor([2.0, 3.0]),
+        proprio_mean=torch.tensor([1.0, 2.0]), proprio_std=torch.tensor([4.0, 0.5]),
+        state_mean=torch.zeros(3), state_std=torch.ones(3),
+    )
+    windows = TrajectoryWindows(_ListDataset(episodes, norm), num_frames=2, frameskip=2, shuffle_seed=None)
+    assert windows.normalization is norm and windows.seq_lengths.tolist() == [7, 9, 3]
+    np.testing.assert_array_equal(windows.index, window_index([7, 9, 3], 2, 2))  # (episode, start) order
+    batch = windows.gather(np.arange(len(windows)))
+    for row, (episode, start) in enumerate(windows.index):
+        _, proprio, _, _ = literal_window(episodes[episode], int(start), 2, 2)
+        torch.testing.assert_close(batch["proprio"][row], (proprio - norm.proprio_mean) / norm.proprio_std)
+    shuffled = TrajectoryWindows(_ListDataset(episodes, norm), num_frames=2, frameskip=2, shuffle_seed=0)
+    np.testing.assert_array_equal(shuffled.index, shuffle_windows(window_index([7, 9, 3], 2, 2), 0))
+    assert not np.array_equal(shuffled.index, windows.index)
+
+
+def test_visual_fn_is_applied_to_each_episodes_frames():
+    episodes = [make_episode(6, 0, frame_size=4), make_episode(6, 10, frame_size=4)]
+    halve = lambda frames: frames[..., ::2, ::2] + 1  # noqa: E731
+    windows = TrajectoryWindows(episodes, num_frames=2, frameskip=1, shuffle_seed=None, visual_fn=halve)
+    batch = windows.gather(np.arange(len(windows)))
+    assert batch["visual"].shape[-2:] == (2, 2)
+    for row, (episode, start) in enumerate(windows.index):
+        visual, _, _, _ = literal_window(episodes[episode], int(start), 2, 1)
+        assert torch.equal(batch["visual"][row], halve(visual))
