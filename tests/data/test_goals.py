@@ -146,3 +146,44 @@ def test_a_dataset_of_another_env_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and "holds a 'wall' dataset" in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "run").exists()
+
+
+def test_random_action_goals_replay_random_normalised_actions_from_a_dataset_state(dataset):
+    data = load_dataset("pusht", dataset, "train")
+    seeds = [11, 12, 13, 14]
+    env = make_batch("pusht", len(seeds), render_size=16, workers=0)
+    episodes = make_episodes(env, "pusht", seeds, "random_action", goal_H=5, frameskip=5, dataset=data)
+    replayed = make_episodes(env, "pusht", seeds, "dset", goal_H=5, frameskip=5, dataset=data)
+    # the same segments (the same draws), so the same starts, but other actions
+    np.testing.assert_array_equal(episodes.init_states, replayed.init_states)
+    assert episodes.gt_actions.shape == (4, 25, 2) and not np.allclose(episodes.gt_actions, replayed.gt_actions)
+    normalised = (episodes.gt_actions - data.normalization.action_mean.numpy()) / data.normalization.action_std.numpy()
+    assert abs(normalised.mean()) < 0.2 and 0.8 < normalised.std() < 1.2  # randn, as upstream's randn_like
+    check = make_batch("pusht", len(seeds), render_size=16, workers=0)
+    check.update_env(episodes.env_infos)
+    _, states = check.rollout(episodes.init_states, episodes.gt_actions)
+    np.testing.assert_allclose(episodes.goal_states, states[:, -1], rtol=0, atol=1e-9)
+    again = make_episodes(env, "pusht", seeds, "random_action", goal_H=5, frameskip=5, dataset=data)
+    np.testing.assert_array_equal(again.gt_actions, episodes.gt_actions)
+
+
+def test_episodes_keep_the_given_states_so_planning_resets_to_them_once(dataset):
+    """Upstream's state_0 is the dataset's (or the sampled) state, and planning's reset to it takes the
+    env's one 10 ms settle step once: the agent starts v x 0.01 px on, not 2 v x 0.01."""
+    from wmquant.planning.episodes import _draw_segment, _episode_rng
+
+    data = load_dataset("pusht", dataset, "train")
+    seeds = [21, 22, 23]
+    env = make_batch("pusht", len(seeds), render_size=16, workers=0)
+    episodes = make_episodes(env, "pusht", seeds, "dset", goal_H=5, frameskip=5, dataset=data)
+    for row, seed in enumerate(seeds):
+        traj, offset = _draw_segment(data, 26, _episode_rng(seed))
+        np.testing.assert_array_equal(episodes.init_states[row], data.trajectory(traj).states[offset].numpy())
+    obs, start = env.reset_to(episodes.init_states)
+    np.testing.assert_array_equal(obs["visual"], episodes.obs_0["visual"])
+    velocity = episodes.init_states[:, 5:7]
+    np.testing.assert_allclose(start[:, :2], episodes.init_states[:, :2] + 0.01 * velocity, rtol=0, atol=1e-6)
+    sampled = make_episodes(env, "pusht", seeds, "random_state", goal_H=5, frameskip=5)
+    init, goal = env.sample_random_init_goal_states(seeds)
+    np.testing.assert_array_equal(sampled.init_states, init)
+    np.testing.assert_array_equal(sampled.goal_states, goal)

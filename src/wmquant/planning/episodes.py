@@ -146,11 +146,13 @@ def make_episodes(
 
     batch_env.update_env(env_infos)
     gt_actions = None
+    # An episode keeps the states it was given (sampled, or the dataset's), as upstream's state_0:
+    # planning resets to them, and the env's own reset step (PushT's 10 ms settle) runs once there.
+    # The observations are those of that reset.
     if goal_source == "random_state":
         init_states, goal_states = batch_env.sample_random_init_goal_states(seeds)
-        obs_0, init_reached = batch_env.reset_to(init_states)
-        obs_g, goal_reached = batch_env.reset_to(goal_states)
-        init_states, goal_states = init_reached, goal_reached
+        obs_0, _ = batch_env.reset_to(init_states)
+        obs_g, _ = batch_env.reset_to(goal_states)
     else:
         init_list, act_list = [], []
         for (traj, offset), rng in zip(segments, rngs):
@@ -167,7 +169,7 @@ def make_episodes(
         obses, states = batch_env.rollout(init_states, gt_actions)
         obs_0 = {k: v[:, 0] for k, v in obses.items()}
         obs_g = {k: v[:, -1] for k, v in obses.items()}
-        init_states, goal_states = states[:, 0], states[:, -1]
+        goal_states = states[:, -1]  # the replayed goal, as upstream's state_g
 
     return EpisodeSet(
         env=env_name,
