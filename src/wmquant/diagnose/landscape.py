@@ -89,6 +89,9 @@ def _false_minimum(cost: np.ndarray, dist: np.ndarray, near: tuple[float, float]
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    # A constant cost or distance ranks nothing: 0 (scipy would warn and return NaN).
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
     rho = sstats.spearmanr(a, b).statistic
     return float(rho) if np.isfinite(rho) else 0.0
 
