@@ -118,7 +118,6 @@ def test_cem_noise_is_private_to_run_seed_episode_and_iteration():
     torch.testing.assert_close(base, torch.tensor([0.239935, -0.288429, -1.591877, 0.659227]), rtol=0, atol=1e-6)
 
 
-
 @pytest.mark.parametrize("kwargs", [dict(topk=31, num_samples=30), dict(num_samples=0), dict(opt_steps=0), dict(topk=1),
                                     dict(var_scale=0.0), dict(var_scale=-1.0), dict(horizon=0)])
 def test_cem_config_rejects_bad_values(kwargs):
