@@ -16,7 +16,7 @@ from wmquant.data.goals import GOALS_FILE, GoalTrajectories, goal_file_from_data
 from wmquant.envs import make_batch
 from wmquant.errors import DatasetError
 from wmquant.models.checkpoint import model_directory, shipped_model_names
-from wmquant.planning.episodes import make_episodes
+from wmquant.planning.episodes import _draw_segment, _episode_rng, make_episodes
 
 TINY = ("n_evals=2 planner.max_iter=1 planner.sub_planner.num_samples=8 planner.sub_planner.topk=2 "
         "planner.sub_planner.opt_steps=1 save_plots=false").split()
@@ -170,8 +170,6 @@ def test_random_action_goals_replay_random_normalised_actions_from_a_dataset_sta
 def test_episodes_keep_the_given_states_so_planning_resets_to_them_once(dataset):
     """Upstream's state_0 is the dataset's (or the sampled) state, and planning's reset to it takes the
     env's one 10 ms settle step once: the agent starts v x 0.01 px on, not 2 v x 0.01."""
-    from wmquant.planning.episodes import _draw_segment, _episode_rng
-
     data = load_dataset("pusht", dataset, "train")
     seeds = [21, 22, 23]
     env = make_batch("pusht", len(seeds), render_size=16, workers=0)

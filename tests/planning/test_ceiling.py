@@ -11,9 +11,14 @@ import torch
 from wmquant.cli import main
 from wmquant.envs import make_batch
 from wmquant.planning.cem import CEMConfig, noise_generator
-from wmquant.planning.ceiling import simulate_states, state_cost, true_dynamics_cem
+from wmquant.planning.ceiling import (CEILING_ARRAYS, CeilingConfig, run_ceiling, simulate_states, state_cost,
+                                      true_dynamics_cem)
+from wmquant.planning.checkpoint import load_state
+from wmquant.planning.episodes import evaluation_seeds, make_episodes
 
 from toy_model import wall_normalization
+
+LAYOUT = {"fix_wall_location": 32, "fix_door_location": 30}
 
 
 def test_wall_ceiling_writes_result_and_progress(tmp_path):
@@ -34,8 +39,6 @@ def test_wall_ceiling_writes_result_and_progress(tmp_path):
     rows = np.array(result["success_by_iter"])
     first = [int(np.argmax(col)) if col.any() else None for col in rows.T]
     assert result["first_success_iter"] == first and any(k is not None for k in first)
-
-LAYOUT = {"fix_wall_location": 32, "fix_door_location": 30}
 
 
 def test_state_cost_is_a_weighted_squared_distance_with_a_wrapped_angle():
@@ -85,9 +88,6 @@ def test_ceiling_cem_keeps_the_mean_and_unbiased_std_of_the_cheapest_simulated_s
 
 
 def test_the_ceiling_executes_its_denormalised_plan_and_pads_after_everyone_succeeded():
-    from wmquant.planning.ceiling import CeilingConfig, run_ceiling
-    from wmquant.planning.episodes import evaluation_seeds, make_episodes
-
     norm = dataclasses.replace(wall_normalization(), action_mean=torch.tensor([0.1, -0.05]),
                                action_std=torch.tensor([0.8, 0.7]))
     env = make_batch("wall", 3)
@@ -114,10 +114,6 @@ def test_the_ceiling_executes_its_denormalised_plan_and_pads_after_everyone_succ
 
 
 def test_a_checkpointed_ceiling_continues_to_the_uninterrupted_result(tmp_path):
-    from wmquant.planning.ceiling import CeilingConfig, run_ceiling
-    from wmquant.planning.checkpoint import load_state
-    from wmquant.planning.episodes import evaluation_seeds, make_episodes
-
     cem = CEMConfig(horizon=5, topk=6, num_samples=40, opt_steps=3)
 
     def ceiling(max_iter, checkpoint=None):
@@ -129,7 +125,7 @@ def test_a_checkpointed_ceiling_continues_to_the_uninterrupted_result(tmp_path):
     reference = ceiling(6)
     path = tmp_path / "mpc_state.npz"
     first = ceiling(2, path)
-    assert load_state(path, "c", ("succeeded", "success_iter", "cur_states")).iterations_done == 2
+    assert load_state(path, "c", CEILING_ARRAYS).iterations_done == 2
     # the case under test: some episodes succeeded before the interruption, others plan on after it
     assert any(k is not None and k < 2 for k in reference.success_iter)
     assert any(k is None or k >= 2 for k in reference.success_iter)

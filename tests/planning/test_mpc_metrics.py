@@ -35,12 +35,12 @@ class RecordingPlanner(CEMPlanner):
         return result
 
 
-def _setup(n=5, horizon=5, seed=99):
+def _setup(n=5):
     env = make_batch("wall", n)
-    episodes = make_episodes(env, "wall", evaluation_seeds(seed, n), "random_state", goal_H=5, frameskip=FRAMESKIP)
+    episodes = make_episodes(env, "wall", evaluation_seeds(99, n), "random_state", goal_H=5, frameskip=FRAMESKIP)
     norm = wall_normalization()
     engine = Engine(DotPositionModel(norm), norm, img_size=65, objective=Objective(alpha=0.5))
-    planner = RecordingPlanner(CEMConfig(horizon=horizon, topk=6, num_samples=40, opt_steps=3), action_dim=2 * FRAMESKIP)
+    planner = RecordingPlanner(CEMConfig(horizon=5, topk=6, num_samples=40, opt_steps=3), action_dim=2 * FRAMESKIP)
     return env, episodes, engine, planner, norm
 
 

@@ -29,8 +29,6 @@ from .objective import Objective
 
 PLANNERS = ("mpc", "cem", "gd")
 SUB_PLANNERS = ("cem", "gd")
-OFFICIAL_RUN_NEEDS_DATASET = ("an official DINO-WM run (ckpt_base_path) needs its dataset for normalisation statistics: "
-                              "set dataset_path=DIR")
 
 
 @dataclass
@@ -88,8 +86,6 @@ def validate_planning_config(cfg: DictConfig) -> None:
         )
     if cfg.goal_source not in GOAL_SOURCES:
         raise ConfigError(f"unknown goal_source {cfg.goal_source!r}; valid: {', '.join(GOAL_SOURCES)}")
-    if cfg.get("ckpt_base_path") and not cfg.get("dataset_path"):
-        raise ConfigError(OFFICIAL_RUN_NEEDS_DATASET)
     for key in ("resume", "planner.skip_succeeded", "quant", "quant_encoder", "sta_scale", "mechanisms",
                 "save_plots", "save_video", "engine.compile"):
         value = OmegaConf.select(cfg, key)
@@ -124,11 +120,12 @@ def load_planning_model(cfg: DictConfig) -> ModelBundle:
         from ..models.official import load_official_run
         from ..data import load_dataset
 
+        if not cfg.get("dataset_path"):  # checked before the run and its encoder load
+            raise ConfigError("an official DINO-WM run (ckpt_base_path) needs its dataset for normalisation "
+                              "statistics: set dataset_path=DIR")
         model, train_cfg = load_official_run(
             cfg.ckpt_base_path, cfg.model_name, model_epoch=cfg.model_epoch, dinov2_weights=cfg.dinov2_weights
         )
-        if not cfg.get("dataset_path"):
-            raise ConfigError(OFFICIAL_RUN_NEEDS_DATASET)
         dataset = load_dataset(cfg.env, cfg.dataset_path, split="val")
         return ModelBundle(
             model=model,
