@@ -205,6 +205,10 @@ def test_config_that_disagrees_with_the_weights(tmp_path, upstream, dinov2_file)
     write_official_run(tmp_path, upstream, hydra_overrides={"encoder": {"name": "resnet18"}})
     with pytest.raises(ConfigError, match="encoder 'resnet18' is not a DINOv2 preset"):
         load_official_run(tmp_path, MODEL_NAME, dinov2_weights=dinov2_file[0])
+    for key in ("proprio_emb_dim", "action_emb_dim"):
+        write_official_run(tmp_path, upstream, hydra_overrides={key: 12})
+        with pytest.raises(CheckpointError, match=f"hydra.yaml says {key}=12 but the weights have {key}=10"):
+            load_official_run(tmp_path, MODEL_NAME, dinov2_weights=dinov2_file[0])
 
 
 class _RunsShellCommand:
@@ -341,3 +345,73 @@ def test_an_official_run_plans_from_the_command_line(tmp_path, upstream, dinov2_
     code = main(["plan", "--config-name", "plan_pusht.yaml", *official, f"output_dir={tmp_path / 'other'}", *tiny])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "set dataset_path=DIR" in err and len(err.splitlines()) == 1
+
+
+def test_a_record_keeps_what_the_pickle_gives_it_and_runs_nothing():
+    """Pickle opcodes that fill an object (NEWOBJ's arguments, APPENDS, SETITEMS, BUILD) land in the
+    inert record; a pickled defaultdict becomes a plain dict without its factory being called."""
+    import collections
+    import io
+
+    from wmquant.models.official import ForbiddenGlobal, PickledRecord, RestrictedUnpickler
+
+    def load(data: bytes):
+        return RestrictedUnpickler(io.BytesIO(data)).load()
+
+    # protocol 2, by hand: GLOBAL ModuleList, NEWOBJ with args (7,), APPENDS 1 2, SETITEMS 3: 4, BUILD {'p': 5}
+    data = (b"\x80\x02ctorch.nn.modules.container\nModuleList\nK\x07\x85\x81"
+            b"(K\x01K\x02e(K\x03K\x04u}X\x01\x00\x00\x00pK\x05sb.")
+    record = load(data)
+    assert isinstance(record, PickledRecord) and record.class_path == "torch.nn.modules.container.ModuleList"
+    assert (record.args, record.kwargs, record.items, record.state) == ((7,), {}, [1, 2, (3, 4)], {"p": 5})
+    # APPEND: the C unpickler calls extend for it too, when the object has extend (PEP 307)
+    single = load(b"\x80\x02ctorch.nn.modules.container\nSequential\n)\x81K\x09a.")
+    assert single.items == [9] and single.state is None and single.args == ()
+    plain = load(pickle.dumps(collections.defaultdict(list, {"a": [1]}), protocol=2))
+    assert plain == {"a": [1]} and type(plain) is dict
+    # protocol 2 spells Python 3's builtins the Python 2 way (__builtin__.set): translated, then allowed
+    assert b"__builtin__" in pickle.dumps({1, 2}, protocol=2) and load(pickle.dumps({1, 2}, protocol=2)) == {1, 2}
+    with pytest.raises(ForbiddenGlobal) as refused:
+        load(b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00echo\x85R.")
+    assert str(refused.value) == refused.value.path == "os.system"
+
+
+def test_heads_that_cannot_split_the_qkv_rows_are_refused(tmp_path, upstream, dinov2_file):
+    modules = write_official_run(tmp_path, upstream)
+    attention = modules["predictor"].transformer.layers[0][0]
+    rows = attention.to_qkv.weight.shape[0]  # 3 x 4 heads x 16
+    for heads, message in ((3, f"cannot split to_qkv of {rows} rows into 3 x 3 heads"),  # 192 = 12 x 16 rows
+                           (0, f"cannot split to_qkv of {rows} rows into 3 x 0 heads"),
+                           # one head splits any multiple of 3: the weights load, and hydra.yaml's 4 disagrees
+                           (1, "hydra.yaml says heads=4 but the weights have heads=1")):
+        attention.heads = heads
+        _resave(tmp_path, upstream, {"epoch": 3, **modules})
+        with pytest.raises(CheckpointError, match=message):
+            load_official_run(tmp_path, MODEL_NAME, dinov2_weights=dinov2_file[0])
+
+
+def test_settings_that_older_runs_leave_out_take_dino_wm_defaults(tmp_path, upstream, dinov2_file):
+    """A hydra.yaml without concat_dim or the repeat counts, and a decoder pickled without its
+    `quantize` attribute, load with DINO-WM's defaults (concat_dim 1, one repeat, no quantizer)."""
+    modules = write_official_run(tmp_path, upstream)
+    hydra_path = tmp_path / "outputs" / MODEL_NAME / "hydra.yaml"
+    hydra = yaml.safe_load(hydra_path.read_text())
+    for key in ("concat_dim", "num_proprio_repeat", "num_action_repeat"):
+        del hydra[key]
+    hydra_path.write_text(yaml.safe_dump(hydra))
+    del modules["decoder"].quantize
+    _resave(tmp_path, upstream, {"epoch": 3, **modules})
+    model, cfg = load_official_run(tmp_path, MODEL_NAME, dinov2_weights=dinov2_file[0])
+    assert model.decoder is not None
+    assert (cfg["wmquant"]["model"]["num_proprio_repeat"], cfg["wmquant"]["model"]["num_action_repeat"]) == (1, 1)
+    # the action width per env step is an integer, as a wmquant config writes it
+    assert cfg["wmquant"]["model"]["action_dim"] == ACTION_DIM and type(cfg["wmquant"]["model"]["action_dim"]) is int
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_a_torchscript_archive_is_refused_by_name(tmp_path, upstream, dinov2_file):
+    write_official_run(tmp_path, upstream)
+    path = tmp_path / "outputs" / MODEL_NAME / "checkpoints" / "model_latest.pth"
+    torch.jit.save(torch.jit.script(nn.Linear(2, 2)), path)
+    with pytest.raises(CheckpointError, match=r"model_latest\.pth: a TorchScript archive, not a DINO-WM checkpoint"):
+        load_official_run(tmp_path, MODEL_NAME, dinov2_weights=dinov2_file[0])

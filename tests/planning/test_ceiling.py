@@ -3,6 +3,7 @@ simulation and CEM step against their definitions."""
 
 import dataclasses
 import json
+import time
 
 import numpy as np
 import pytest
@@ -122,15 +123,32 @@ def test_a_checkpointed_ceiling_continues_to_the_uninterrupted_result(tmp_path):
         return run_ceiling("wall", env, episodes, wall_normalization(), CeilingConfig(cem, max_iter=max_iter), seed=99,
                            progress=False, checkpoint=checkpoint, run_fingerprint="c")
 
-    reference = ceiling(6)
+    reference = ceiling(6, tmp_path / "reference.npz")
     path = tmp_path / "mpc_state.npz"
     first = ceiling(2, path)
-    assert load_state(path, "c", CEILING_ARRAYS).iterations_done == 2
+    after_two = load_state(path, "c", CEILING_ARRAYS)
+    assert after_two.iterations_done == 2 and after_two.seconds > 0
     # the case under test: some episodes succeeded before the interruption, others plan on after it
     assert any(k is not None and k < 2 for k in reference.success_iter)
     assert any(k is None or k >= 2 for k in reference.success_iter)
+    before = time.perf_counter()
     continued = ceiling(6, path)
+    continuation_seconds = time.perf_counter() - before
     assert continued.resumed_from == 2 and first.success_by_iter == reference.success_by_iter[:2]
     assert continued.success_by_iter == reference.success_by_iter
     assert continued.success_iter == reference.success_iter
     np.testing.assert_array_equal(continued.final_states, reference.final_states)
+    # the continued checkpoint holds every executed action, so it can be continued again, and the
+    # time of both attempts
+    saved, uninterrupted = load_state(path, "c", CEILING_ARRAYS), load_state(tmp_path / "reference.npz", "c", CEILING_ARRAYS)
+    np.testing.assert_array_equal(saved.executed, uninterrupted.executed)
+    assert continued.earlier_seconds == after_two.seconds
+    assert after_two.seconds < saved.seconds <= after_two.seconds + continuation_seconds
+    # a finished checkpoint is taken as it is: nothing is planned again
+    calls = []
+    env = make_batch("wall", 6)
+    episodes = make_episodes(env, "wall", evaluation_seeds(99, 6), "random_state", goal_H=5, frameskip=5)
+    again = run_ceiling("wall", env, episodes, wall_normalization(), CeilingConfig(cem, max_iter=6), seed=99,
+                        progress=False, checkpoint=path, run_fingerprint="c",
+                        on_iteration=lambda k, trace: calls.append(k))
+    assert again.resumed_from == 6 and calls == [] and again.success_by_iter == reference.success_by_iter

@@ -1,6 +1,7 @@
 """The results store: binding to one spec, atomic results, corrupt files, listing."""
 
 import json
+import re
 
 import pytest
 from fake_runner import build_result
@@ -8,7 +9,7 @@ from fake_runner import build_result
 from wmquant.errors import StudyError
 from wmquant.io import atomic_path, write_json
 from wmquant.study.spec import load_spec
-from wmquant.study.store import ResultStore, format_runs, validate_result
+from wmquant.study.store import ResultStore, final_success, format_runs, validate_result
 
 
 @pytest.fixture()
@@ -42,6 +43,37 @@ def test_completed_counts_only_whole_valid_results(table2_store):
     valid, corrupt = store.load_results()
     assert [r["run_id"] for r in valid] == sorted([runs[0].run_id, runs[1].run_id]) and corrupt == []
     assert store.clean_temporaries() == [leftover] and not leftover.exists()
+
+
+def test_only_temporaries_older_than_the_given_age_are_removed(table2_store):
+    """A writer that is still writing keeps its temporary file; a killed one's is cleaned."""
+    import os
+    import time
+
+    store, runs = table2_store
+    fresh = store.run_dir(runs[0].run_id) / ".tmp-result.json.fresh"
+    stale = store.run_dir(runs[1].run_id) / ".tmp-result.json.stale"
+    kept = store.run_dir(runs[1].run_id) / "notes.txt"  # not a temporary: never touched
+    for path in (fresh, stale, kept):
+        path.write_text("{")
+    hour_ago = time.time() - 3600
+    os.utime(stale, (hour_ago, hour_ago))
+    os.utime(kept, (hour_ago, hour_ago))
+    assert store.clean_temporaries(min_age_s=600) == [stale]
+    assert fresh.exists() and not stale.exists() and kept.exists()
+    assert store.clean_temporaries() == [fresh] and kept.exists()
+    assert ResultStore(store.root / "unmade").clean_temporaries() == []
+
+
+def test_a_temporary_exactly_the_given_age_is_removed(table2_store, monkeypatch):
+    from wmquant.study import store as store_module
+
+    store, runs = table2_store
+    leftover = store.run_dir(runs[0].run_id) / ".tmp-result.json.edge"
+    leftover.write_text("{")
+    written = leftover.stat().st_mtime
+    monkeypatch.setattr(store_module.time, "time", lambda: written + 60.0)
+    assert store.clean_temporaries(min_age_s=60.0) == [leftover]
 
 
 def test_corrupt_results_are_reported_by_name_and_skipped(table2_store):
@@ -84,12 +116,34 @@ def _valid():
     (lambda d: d.update(success_rate_by_iter=[0.0]), "must have 2 entries"),
     (lambda d: d.update(wall_seconds=-1), "wall_seconds"),
     (lambda d: d.update(latent_mse_by_iter="high"), "latent_mse_by_iter"),
+    # one bad element among good ones: every element is checked, not just some
+    (lambda d: d.update(latent_mse_by_iter=[0.1, "high"]), "latent_mse_by_iter"),
+    (lambda d: d.update(planning_loss_by_iter=[0.1, None]), "planning_loss_by_iter"),
+    (lambda d: d.update(eval_seeds=[0, 1, 2.0]), "eval_seeds must be 3 integers"),
+    (lambda d: d.update(eval_seeds=[0, 1, True]), "eval_seeds must be 3 integers"),
+    (lambda d: d.update(calibration_seeds=[7, "8"]), "calibration_seeds must be null or a list of integers"),
+    (lambda d: d.update(calibration_seeds=7), "calibration_seeds must be null or a list of integers"),
+    # a rate that is too low is as wrong as one that is too high
+    (lambda d: d["success_rate_by_iter"].__setitem__(1, d["success_rate_by_iter"][1] - 0.5),
+     "success_rate_by_iter[1]"),
+    (lambda d: d.update(n_evals=0, eval_seeds=[], success_by_iter=[[], []], success_rate_by_iter=[0.0, 0.0]),
+     "n_evals is 0, not a positive integer"),
 ])
 def test_validate_result_names_the_problem(mutate, reason):
     assert validate_result(_valid()) is None
     data = _valid()
     mutate(data)
     assert reason in validate_result(data)
+
+
+def test_validate_result_accepts_the_smallest_valid_values():
+    """One episode, a group of one column and no calibration seeds are valid results."""
+    data = build_result({"method": "rtn", "env": "wall", "n_evals": 1, "planner.max_iter": 1,
+                         "W_GROUP_SIZE": 1, "encoder_wbit": 4, "predictor_wbit": 4}, "r", success_by_iter=[[1]])
+    assert data["quant"]["encoder"]["w_group_size"] == 1
+    data["calibration_seeds"] = None
+    data["wall_seconds"] = 0
+    assert validate_result(data) is None
 
 
 def test_sweep_dir_is_bound_to_one_spec_and_overrides(table2_store):
@@ -132,6 +186,67 @@ def test_a_spec_that_gains_runs_extends_its_sweep_and_keeps_finished_ones(tmp_pa
         store.bind(_spec_file(tmp_path, "other", "  - {method: rtn, wa_bits: [6, 6]}\n"), {}, changed)
 
 
+def test_an_extension_is_written_and_anything_else_is_refused_unchanged(tmp_path):
+    small = _spec_file(tmp_path, "small")
+    store = ResultStore(tmp_path / "sweep")
+    store.bind(small, {}, small.runs)
+    grown = _spec_file(tmp_path, "grown", "  - {method: [awq, gptq], wa_bits: [4, 16]}\n")
+    store.bind(grown, {}, grown.runs)
+    # the extension is on disk: a later process plans the grown spec's runs
+    assert [r.run_id for r in ResultStore(store.root).planned_runs()] == [r.run_id for r in grown.runs]
+    bound = store.sweep_path.read_text()
+    swapped = _spec_file(tmp_path, "swapped", "  - {method: rtn, wa_bits: [6, 6]}\n"
+                                              "  - {method: rtn, wa_bits: [4, 4]}\n"
+                                              "  - {method: rtn, wa_bits: [4, 8]}\n")
+    more = _spec_file(tmp_path, "more", "  - {method: [awq, gptq], wa_bits: [4, 16]}\n"
+                                        "  - {method: rtn, wa_bits: [6, 6]}\n")
+    refusals = [
+        # two runs of the bound spec dropped, three others added: more runs, but not the same ones
+        (swapped, {}, [swapped.runs[0], *swapped.runs[2:]]),
+        # more runs, but under other sweep overrides
+        (more, {"n_evals": 5}, more.expand({"n_evals": 5})),
+    ]
+    for spec, overrides, runs in refusals:
+        with pytest.raises(StudyError):
+            store.bind(spec, overrides, runs)
+        assert store.sweep_path.read_text() == bound
+
+
+def test_the_same_runs_under_a_changed_spec_are_refused(tmp_path):
+    small = _spec_file(tmp_path, "small")
+    store = ResultStore(tmp_path / "sweep")
+    store.bind(small, {}, small.runs)
+    text = (tmp_path / "small.yaml").read_text().replace("columns: [0, 5]", "columns: [0, 3]")
+    (tmp_path / "recolumned.yaml").write_text(text)
+    recolumned = load_spec(tmp_path / "recolumned.yaml")
+    assert recolumned.spec_hash != small.spec_hash and [r.run_id for r in recolumned.runs] == [r.run_id for r in small.runs]
+    with pytest.raises(StudyError, match="spec hash"):
+        store.bind(recolumned, {}, recolumned.runs)
+
+
+def test_an_empty_runs_directory_can_be_bound(tmp_path):
+    (tmp_path / "runs").mkdir()
+    spec = load_spec("table2")
+    assert ResultStore(tmp_path).bind(spec, {}, spec.runs)["spec"] == "table2"
+
+
+def test_prepare_run_rewrites_a_stale_run_file(table2_store):
+    store, runs = table2_store
+    path = store.run_dir(runs[0].run_id) / "run.json"
+    write_json(path, {"run_id": runs[0].run_id, "overrides": {"method": "stale"}})
+    assert store.prepare_run(runs[0]) == store.run_dir(runs[0].run_id)
+    assert json.loads(path.read_text()) == {"run_id": runs[0].run_id, "overrides": runs[0].overrides}
+
+
+def test_a_cleared_failure_is_gone_even_for_a_run_still_pending(table2_store):
+    store, runs = table2_store
+    store.record_failure(runs[0].run_id, "CUDA out of memory", "Traceback ...")
+    assert store.failures() == {runs[0].run_id: "CUDA out of memory"}
+    store.clear_failure(runs[0].run_id)
+    assert store.failures() == {} and not (store.run_dir(runs[0].run_id) / "error.json").exists()
+    store.clear_failure(runs[0].run_id)  # nothing to clear is fine
+
+
 def test_runs_without_sweep_file_are_not_adopted(tmp_path):
     (tmp_path / "runs" / "x").mkdir(parents=True)
     spec = load_spec("table2")
@@ -163,6 +278,53 @@ def test_list_runs_filters(table2_store):
         ResultStore(store.root / "elsewhere").list_runs()
     text = format_runs(rows)
     assert runs[0].run_id in text.splitlines()[1] and "failed" in text
+
+
+def test_a_run_is_scored_by_its_last_iteration():
+    result = build_result({"method": "fp", "n_evals": 2}, "r", success_by_iter=[[0, 0], [1, 1], [1, 0]])
+    assert final_success(result) == 0.5
+
+
+def test_filters_on_keys_that_only_overrides_or_results_have_are_empty_answers(table2_store):
+    store, runs = table2_store
+    _write(store, runs[1])
+    assert store.list_runs({"W_GROUP_SIZE": "64"}) == []           # an override key, no run at 64
+    assert store.list_runs({"quant.predictor.w_bits": 3}) == []    # a result key, no run at 3 bits
+    assert store.list_runs({"run_id": "nope"}) == []                # a row key
+
+
+def test_run_directories_outside_the_plan_are_listed_after_it_from_their_run_files(tmp_path):
+    store = ResultStore(tmp_path)
+    for run_id, method in (("b-run", "omse"), ("a-run", "rtn")):
+        write_json(store.run_dir(run_id) / "run.json",
+                   {"run_id": run_id, "overrides": {"method": method, "n_evals": 3, "predictor_wbit": 4}})
+    rows = store.list_runs()
+    assert [(r["run_id"], r["method"], r["n_evals"], r["status"]) for r in rows] == [
+        ("a-run", "rtn", 3, "pending"), ("b-run", "omse", 3, "pending")]
+    spec = load_spec("table2")
+    planned = ResultStore(tmp_path / "planned")
+    planned.bind(spec, {}, spec.runs)
+    write_json(planned.run_dir("zz-extra") / "run.json", {"run_id": "zz-extra", "overrides": {"method": "rtn"}})
+    listed = [r["run_id"] for r in planned.list_runs()]
+    assert listed == [r.run_id for r in spec.runs] + ["zz-extra"]
+
+
+def test_format_runs_aligns_columns_and_leaves_unknowns_blank():
+    rows = [{"run_id": "a-long-run-id", "status": "done", "setting": "W4A8", "final_success": 0.5,
+             "n_evals": 50, "wall_seconds": 12.4, "note": ""},
+            {"run_id": "b", "status": "pending", "setting": "?", "final_success": None,
+             "n_evals": None, "wall_seconds": None, "note": "x" * 80}]
+    lines = format_runs(rows).splitlines()
+    assert lines[1].split() == ["a-long-run-id", "done", "W4A8", "0.50", "50", "12"]
+    assert lines[2].split() == ["b", "pending", "?", "x" * 60]
+    # every cell starts where its column's header does
+    starts = {m.group(): m.start() for m in re.finditer(r"\S+", lines[0])}
+    cells = {"status": ("done", "pending"), "setting": ("W4A8", "?"), "final": ("0.50", None),
+             "n": ("50", None), "seconds": ("12", None), "note": (None, "x" * 60)}
+    for header, values in cells.items():
+        for line, value in zip(lines[1:], values):
+            if value is not None:
+                assert line[starts[header] - 1] == " " and line[starts[header]:].split()[0] == value
 
 
 def test_a_cut_off_run_shows_how_far_its_checkpoint_got(table2_store):
