@@ -40,6 +40,7 @@ def test_goal_file_holds_the_datasets_trajectories(dataset, tmp_path):
             assert got.env_info == expected.env_info and goals.seq_length(i) == data.seq_length(i)
         assert torch.equal(goals.normalization.action_std, data.normalization.action_std)
     assert GoalTrajectories(path, "val", "pusht").source["seed"] == 3
+    assert GoalTrajectories(path, "val", "pusht").env_name == "pusht"  # the dataset interface's env
     with pytest.raises(DatasetError, match="no frames"):
         GoalTrajectories(path, "val", "pusht").episode(0)
 
@@ -185,3 +186,35 @@ def test_episodes_keep_the_given_states_so_planning_resets_to_them_once(dataset)
     init, goal = env.sample_random_init_goal_states(seeds)
     np.testing.assert_array_equal(sampled.init_states, init)
     np.testing.assert_array_equal(sampled.goal_states, goal)
+
+
+def test_a_goal_file_records_where_its_trajectories_came_from(dataset, tmp_path):
+    """The dataset's generator settings and the counts kept, nothing else of its manifest (which
+    also holds machine-specific paths and timings); text paths work like Path objects."""
+    manifest = json.loads((dataset / "wmquant_dataset.json").read_text())
+    path = goal_file_from_dataset(str(dataset), "pusht", str(tmp_path / GOALS_FILE), train_episodes=2, val_episodes=1)
+    assert path == tmp_path / GOALS_FILE and isinstance(path, type(tmp_path))
+    source = GoalTrajectories(str(path), "train", "pusht").source
+    kept = ("env", "episodes", "seed", "steps", "generator", "generator_version", "env_kwargs")
+    assert source == {**{key: manifest[key] for key in kept if key in manifest},
+                      "train_episodes_kept": 2, "val_episodes_kept": 1}
+    assert set(manifest) - set(kept), "the manifest has nothing to leave out: the test proves nothing"
+    # a dataset directory without a manifest is named instead
+    bare = tmp_path / "bare"
+    shutil.copytree(dataset, bare)
+    (bare / "wmquant_dataset.json").unlink()
+    other = goal_file_from_dataset(bare, "pusht", tmp_path / "other.safetensors", train_episodes=1)
+    assert GoalTrajectories(other, "val", "pusht").source == {"train_episodes_kept": 1, "val_episodes_kept": 1}
+
+
+def test_a_one_frame_trajectory_is_a_valid_goal_trajectory(tmp_path):
+    from wmquant.data.base import Normalization, Trajectory
+    from wmquant.data.goals import write_goal_file
+
+    normalization = Normalization(torch.zeros(2), torch.ones(2), torch.zeros(4), torch.ones(4), torch.zeros(5), torch.ones(5))
+    one = Trajectory(torch.ones(1, 5), torch.zeros(1, 2), {"shape": "T"})
+    two = Trajectory(torch.zeros(2, 5), torch.ones(2, 2), {"shape": "T"})
+    path = write_goal_file(str(tmp_path / "g.safetensors"), "pusht", normalization, {"val": [one, two]}, {})
+    goals = GoalTrajectories(path, "val", "pusht")
+    assert [goals.seq_length(i) for i in range(2)] == [1, 2]
+    assert torch.equal(goals.trajectory(0).states, one.states) and torch.equal(goals.trajectory(1).actions, two.actions)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from wmquant.errors import StudyError
+from wmquant.study.spec import load_spec
 from wmquant.study.store import ResultStore
 from wmquant.study.sweep import make_submitit_executor, parse_sweep_args, run_sweep
 
@@ -330,8 +331,6 @@ def test_visible_gpus_reads_cuda_visible_devices(declared, expected, monkeypatch
 def test_a_worker_process_exits_2_with_one_line_for_a_bad_runner_and_0_for_a_good_one(tmp_path):
     spec = tmp_path / "two.yaml"
     spec.write_text(TWO_RUNS)
-    from wmquant.study.spec import load_spec
-
     loaded = load_spec(spec)
     store = ResultStore(tmp_path / "s")
     store.bind(loaded, {}, loaded.runs)
@@ -347,7 +346,6 @@ def test_a_worker_process_exits_2_with_one_line_for_a_bad_runner_and_0_for_a_goo
 
 
 def test_execute_run_reports_its_seconds_and_imports_a_runner_file_once(tmp_path):
-    from wmquant.study.spec import load_spec
     from wmquant.study.sweep import execute_run, resolve_runner
 
     assert resolve_runner(RUNNER) is resolve_runner(RUNNER)  # the file is executed once, then reused

@@ -73,7 +73,6 @@ def goal_file_from_dataset(
     from . import load_dataset
 
     splits: dict[str, list[Trajectory]] = {}
-    normalization = None
     for split, count in (("val", val_episodes), ("train", train_episodes)):
         dataset = load_dataset(env_name, dataset_path, split=split)
         normalization = dataset.normalization
