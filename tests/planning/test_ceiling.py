@@ -117,11 +117,11 @@ def test_the_ceiling_executes_its_denormalised_plan_and_pads_after_everyone_succ
 def test_a_checkpointed_ceiling_continues_to_the_uninterrupted_result(tmp_path):
     cem = CEMConfig(horizon=5, topk=6, num_samples=40, opt_steps=3)
 
-    def ceiling(max_iter, checkpoint=None):
+    def ceiling(max_iter, checkpoint=None, on_iteration=None):
         env = make_batch("wall", 6)
         episodes = make_episodes(env, "wall", evaluation_seeds(99, 6), "random_state", goal_H=5, frameskip=5)
         return run_ceiling("wall", env, episodes, wall_normalization(), CeilingConfig(cem, max_iter=max_iter), seed=99,
-                           progress=False, checkpoint=checkpoint, run_fingerprint="c")
+                           progress=False, checkpoint=checkpoint, run_fingerprint="c", on_iteration=on_iteration)
 
     reference = ceiling(6, tmp_path / "reference.npz")
     path = tmp_path / "mpc_state.npz"
@@ -146,9 +146,5 @@ def test_a_checkpointed_ceiling_continues_to_the_uninterrupted_result(tmp_path):
     assert after_two.seconds < saved.seconds <= after_two.seconds + continuation_seconds
     # a finished checkpoint is taken as it is: nothing is planned again
     calls = []
-    env = make_batch("wall", 6)
-    episodes = make_episodes(env, "wall", evaluation_seeds(99, 6), "random_state", goal_H=5, frameskip=5)
-    again = run_ceiling("wall", env, episodes, wall_normalization(), CeilingConfig(cem, max_iter=6), seed=99,
-                        progress=False, checkpoint=path, run_fingerprint="c",
-                        on_iteration=lambda k, trace: calls.append(k))
+    again = ceiling(6, path, on_iteration=lambda k, trace: calls.append(k))
     assert again.resumed_from == 6 and calls == [] and again.success_by_iter == reference.success_by_iter

@@ -39,6 +39,21 @@ def spec_file(tmp_path):
 
 
 @pytest.fixture()
+def two_runs_spec(tmp_path):
+    path = tmp_path / "two.yaml"
+    path.write_text(TWO_RUNS)
+    return path
+
+
+def _prepared_run(spec_path, sweep_dir, index):
+    """A sweep directory bound to the spec, with run `index`'s run.json written: its run dir."""
+    spec = load_spec(spec_path)
+    store = ResultStore(sweep_dir)
+    store.bind(spec, {}, spec.runs)
+    return store.prepare_run(spec.runs[index])
+
+
+@pytest.fixture()
 def runner_log(tmp_path, monkeypatch):
     path = tmp_path / "invocations.log"
     monkeypatch.setenv("FAKE_RUNNER_LOG", str(path))
@@ -142,9 +157,8 @@ def test_bad_sweep_requests_fail_before_anything_runs(tmp_path, spec_file):
     assert not any((tmp_path / name).exists() for name in "abcdef")
 
 
-def test_two_job_sweep_through_submitit_local_executor(tmp_path, runner_log, monkeypatch):
-    spec = tmp_path / "two.yaml"
-    spec.write_text(TWO_RUNS)
+def test_two_job_sweep_through_submitit_local_executor(tmp_path, two_runs_spec, runner_log, monkeypatch):
+    spec = two_runs_spec
     sweep_dir = tmp_path / "sweep"
     monkeypatch.setenv("FAKE_RUNNER_FAIL", "rtn")
     summary = run_sweep(spec, sweep_dir, runner=RUNNER, launcher="submitit_local",
@@ -164,9 +178,8 @@ def test_two_job_sweep_through_submitit_local_executor(tmp_path, runner_log, mon
     assert len(_started(runner_log)) == 3 and resumed.complete
 
 
-def test_local_gpus_pins_one_device_per_worker(tmp_path, runner_log, monkeypatch):
-    spec = tmp_path / "two.yaml"
-    spec.write_text(TWO_RUNS)
+def test_local_gpus_pins_one_device_per_worker(tmp_path, two_runs_spec, runner_log, monkeypatch):
+    spec = two_runs_spec
     monkeypatch.setenv("FAKE_RUNNER_SLEEP", "0.3")
     summary = run_sweep(spec, tmp_path / "gpus", runner=RUNNER, launcher="local_gpus",
                         launcher_options={"gpus": "0,1"})
@@ -176,9 +189,8 @@ def test_local_gpus_pins_one_device_per_worker(tmp_path, runner_log, monkeypatch
     assert all((tmp_path / "gpus" / "runs" / run_id / "log.txt").exists() for run_id in summary.planned)
 
 
-def test_local_gpus_without_gpus_uses_one_cpu_worker(tmp_path, runner_log, monkeypatch):
-    spec = tmp_path / "two.yaml"
-    spec.write_text(TWO_RUNS)
+def test_local_gpus_without_gpus_uses_one_cpu_worker(tmp_path, two_runs_spec, runner_log, monkeypatch):
+    spec = two_runs_spec
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     summary = run_sweep(spec, tmp_path / "cpu", runner=RUNNER, launcher="local_gpus")
     assert summary.complete
@@ -238,7 +250,7 @@ def test_parse_sweep_args():
         parse_sweep_args(["study=table1", "hydra/launcher=joblib"])
 
 
-def test_runner_may_be_given_as_a_function(tmp_path, runner_log):
+def test_runner_may_be_given_as_a_function(tmp_path, two_runs_spec, runner_log):
     import fake_runner
 
     from wmquant.study.sweep import runner_reference
@@ -247,8 +259,7 @@ def test_runner_may_be_given_as_a_function(tmp_path, runner_log):
     assert runner_reference(runner_reference) == "wmquant.study.sweep:runner_reference"
     with pytest.raises(StudyError, match="module-level function"):
         runner_reference(lambda overrides, run_dir: None)
-    spec = tmp_path / "two.yaml"
-    spec.write_text(TWO_RUNS)
+    spec = two_runs_spec
     summary = run_sweep(spec, tmp_path / "s", runner=fake_runner.run_one, launcher="local_gpus")
     assert summary.complete and len(summary.succeeded) == 2
 
@@ -278,11 +289,10 @@ def test_a_sweep_with_progress_reports_every_finished_run(tmp_path, spec_file, r
     assert "5 of 7 runs already complete" in capsys.readouterr().err
 
 
-def test_a_local_gpus_run_past_its_timeout_is_killed_and_resumes_later(tmp_path, runner_log, monkeypatch):
+def test_a_local_gpus_run_past_its_timeout_is_killed_and_resumes_later(tmp_path, two_runs_spec, runner_log, monkeypatch):
     """timeout_min kills the worker's process group; the run is a failure, and the next sweep runs
     it again from scratch, removing what a killed writer left."""
-    spec = tmp_path / "two.yaml"
-    spec.write_text(TWO_RUNS)
+    spec = two_runs_spec
     monkeypatch.setenv("FAKE_RUNNER_SLEEP", "60")
     started = time.time()
     summary = run_sweep(spec, tmp_path / "s", runner=RUNNER, launcher="local_gpus",
@@ -328,13 +338,9 @@ def test_visible_gpus_reads_cuda_visible_devices(declared, expected, monkeypatch
     assert visible_gpus() == expected
 
 
-def test_a_worker_process_exits_2_with_one_line_for_a_bad_runner_and_0_for_a_good_one(tmp_path):
-    spec = tmp_path / "two.yaml"
-    spec.write_text(TWO_RUNS)
-    loaded = load_spec(spec)
+def test_a_worker_process_exits_2_with_one_line_for_a_bad_runner_and_0_for_a_good_one(tmp_path, two_runs_spec):
+    run_dir = _prepared_run(two_runs_spec, tmp_path / "s", 0)
     store = ResultStore(tmp_path / "s")
-    store.bind(loaded, {}, loaded.runs)
-    run_dir = store.prepare_run(loaded.runs[0])
     command = [sys.executable, "-m", "wmquant.study.sweep", "--run-dir", str(run_dir), "--runner"]
     bad = subprocess.run(command + [f"{FAKE}:nope"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
@@ -345,16 +351,11 @@ def test_a_worker_process_exits_2_with_one_line_for_a_bad_runner_and_0_for_a_goo
     assert not (run_dir / "error.json").exists()  # a success clears the last failure
 
 
-def test_execute_run_reports_its_seconds_and_imports_a_runner_file_once(tmp_path):
+def test_execute_run_reports_its_seconds_and_imports_a_runner_file_once(tmp_path, two_runs_spec):
     from wmquant.study.sweep import execute_run, resolve_runner
 
     assert resolve_runner(RUNNER) is resolve_runner(RUNNER)  # the file is executed once, then reused
-    spec = tmp_path / "two.yaml"
-    spec.write_text(TWO_RUNS)
-    loaded = load_spec(spec)
-    store = ResultStore(tmp_path / "s")
-    store.bind(loaded, {}, loaded.runs)
-    run_dir = store.prepare_run(loaded.runs[1])
+    run_dir = _prepared_run(two_runs_spec, tmp_path / "s", 1)
     started = time.time()
     report = execute_run(RUNNER, run_dir)
     elapsed = time.time() - started
@@ -362,9 +363,8 @@ def test_execute_run_reports_its_seconds_and_imports_a_runner_file_once(tmp_path
     assert 0.0 <= report["seconds"] <= elapsed
 
 
-def test_local_gpus_takes_its_devices_from_cuda_visible_devices_by_default(tmp_path, runner_log, monkeypatch):
-    spec = tmp_path / "two.yaml"
-    spec.write_text(TWO_RUNS)
+def test_local_gpus_takes_its_devices_from_cuda_visible_devices_by_default(tmp_path, two_runs_spec, runner_log, monkeypatch):
+    spec = two_runs_spec
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4")
     assert run_sweep(spec, tmp_path / "s", runner=RUNNER, launcher="local_gpus").complete
     assert [line.split("cuda=")[1] for line in runner_log.read_text().splitlines() if line.startswith("start")] == ["4", "4"]
@@ -390,9 +390,8 @@ def test_the_serial_launcher_logs_each_run_by_its_place(tmp_path, spec_file, run
     assert places == [f"[{k}/7]" for k in range(1, 8)] and summary.complete
 
 
-def test_an_interrupted_local_gpus_sweep_takes_its_running_jobs_down(tmp_path, runner_log):
-    spec = tmp_path / "two.yaml"
-    spec.write_text(TWO_RUNS)
+def test_an_interrupted_local_gpus_sweep_takes_its_running_jobs_down(tmp_path, two_runs_spec, runner_log):
+    spec = two_runs_spec
     sweep_dir = tmp_path / "s"
     code = (f"from wmquant.study.sweep import run_sweep; run_sweep({str(spec)!r}, {str(sweep_dir)!r}, "
             f"runner={RUNNER!r}, launcher='local_gpus', launcher_options={{'gpus': '0'}})")
@@ -409,14 +408,13 @@ def test_an_interrupted_local_gpus_sweep_takes_its_running_jobs_down(tmp_path, r
     assert ResultStore(sweep_dir).completed() == set()
 
 
-def test_a_worker_that_cannot_start_is_a_failure_with_its_reason(tmp_path, monkeypatch):
+def test_a_worker_that_cannot_start_is_a_failure_with_its_reason(tmp_path, two_runs_spec, monkeypatch):
     from wmquant.study import sweep
 
     def refuse(*args, **kwargs):
         raise OSError("exec format error")
 
-    spec = tmp_path / "two.yaml"
-    spec.write_text(TWO_RUNS)
+    spec = two_runs_spec
     monkeypatch.setattr(sweep.subprocess, "Popen", refuse)
     summary = run_sweep(spec, tmp_path / "s", runner=RUNNER, launcher="local_gpus", launcher_options={"gpus": "0"})
     assert summary.failed == {run_id: "could not start a worker process: exec format error" for run_id in summary.planned}
