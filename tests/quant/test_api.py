@@ -25,6 +25,7 @@ from wmquant.quant import (
     set_quantization_,
 )
 from wmquant.quant.calibration import layer_input_rows
+from wmquant.quant.config import TARGET_PRESETS
 
 D = torch.float64
 BLOCK_LINEARS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
@@ -99,6 +100,64 @@ def test_bad_targets_and_double_quantization():
         quantize_(model, QuantConfig.uniform(w_bits=4))
     with pytest.raises(ConfigError):
         QuantConfig(targets="encoder.*")
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"targets": ("blocks", "")}, "target pattern '' must be a non-empty string"),
+    ({"ignore": (None,)}, "target pattern None must be a non-empty string"),
+    ({"targets": ()}, "targets is empty"),
+    ({"encoder": 4}, "encoder must be a QuantScheme or a mapping, got int"),
+    ({"other": "w4"}, "other must be a QuantScheme or a mapping, got str"),
+])
+def test_a_bad_quant_config_names_its_bad_part(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        QuantConfig(**settings)
+    assert QuantConfig(other=None).other is None and QuantConfig(other={"w_bits": 4}).other == QuantScheme(w_bits=4)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"a_bits": 17}, "a_bits=17 is not supported; use an integer 2..8, or 16"),
+    ({"w_bits": True}, "w_bits=True is not supported"),
+    ({"w_group_size": 0}, "w_group_size: group size 0 is not valid"),
+    ({"a_symmetric": "yes"}, "a_symmetric='yes' must be true or false"),
+    ({"a_include_zero": 1}, "a_include_zero=1 must be true or false"),
+    ({"a_bits": 8, "a_format": "fp8_e4m3", "a_observer": "omse"}, "takes its range from min/max"),
+    ({"a_bits": 8, "a_observer": "omse", "a_granularity": "per_token"}, "needs a_granularity='per_tensor'"),
+])
+def test_a_bad_quant_scheme_names_its_bad_setting(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        QuantScheme(**settings)
+
+
+def test_quantwms_weight_denominator_applies_to_minmax_weights_only():
+    assert QuantScheme(w_bits=4, quantwm_weight_scale=True).minmax_quantwm_scale
+    assert not QuantScheme(w_bits=4, quantwm_weight_scale=True, w_observer="omse").minmax_quantwm_scale
+    assert not QuantScheme(w_bits=4).minmax_quantwm_scale
+    with pytest.raises(ConfigError, match="quantization scheme must be a mapping, got list"):
+        QuantScheme.from_dict([("w_bits", 4)])
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"targets": "encoder.*"}, "targets must be a list of patterns, got 'encoder.\\*'"),
+    ({"ignore": None}, "ignore must be a list of patterns, got None"),
+    ({"ignore": 3}, "ignore must be a list of patterns, got 3"),
+])
+def test_targets_and_ignore_are_lists_of_patterns(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        QuantConfig(**settings)
+    with pytest.raises(ConfigError, match=message):
+        QuantConfig.from_dict(settings)
+
+
+def test_presets_expand_in_ignore_too_and_each_module_gets_its_parts_scheme():
+    config = QuantConfig(targets=["blocks", "action_encoder"], ignore=["patch_embed"], encoder={"w_bits": 8},
+                         predictor={"w_bits": 4}, other={"w_bits": 6})
+    assert config.ignore == TARGET_PRESETS["patch_embed"] and isinstance(config.targets, tuple)
+    assert config.scheme_for("encoder.blocks.0.attn.qkv").w_bits == 8
+    assert config.scheme_for("predictor.blocks.0.attn.qkv").w_bits == 4
+    assert config.scheme_for("action_encoder.patch_embed").w_bits == 6
+    # without a scheme of their own, the embeddings that feed the predictor take the predictor's
+    assert QuantConfig(predictor={"w_bits": 4}).scheme_for("proprio_encoder.patch_embed").w_bits == 4
 
 
 def test_activation_range_clips_reach_named_layers_and_unknown_names_are_refused():
@@ -194,6 +253,8 @@ def test_config_round_trip_and_unknown_keys():
     assert "encoder.patch_embed.proj" in data["targets"]
     with pytest.raises(ConfigError, match="w_bitz"):
         QuantConfig.from_dict({"encoder": {"w_bitz": 4}})
+    with pytest.raises(ConfigError, match=r"unknown quantization config key\(s\) \['w_bits'\]"):
+        QuantConfig.from_dict({"w_bits": 4})
     with pytest.raises(ConfigError, match="granularity"):
         QuantScheme(a_bits=8, a_granularity="per_channel")
     with pytest.raises(ConfigError, match="observer"):

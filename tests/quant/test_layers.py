@@ -230,6 +230,26 @@ def test_omse_activation_sample_weighs_each_batch_by_its_size():
     assert quantizer.values_observed == 400 and quantizer.calls_observed == 3
 
 
+def test_omse_activation_sample_rounds_the_old_values_share_to_the_nearest_count():
+    quantizer = ActQuantizer(4, observer="omse", sample_size=4)
+    quantizer.set_mode("observe")
+    quantizer(torch.zeros(2, dtype=D))
+    quantizer(torch.ones(1, dtype=D))  # 2 of 3 values seen are old: 8/3 = 2.67 of 4 rounds to 3, not 2
+    assert (quantizer.sample == 0.0).sum() == 3 and (quantizer.sample == 1.0).sum() == 1
+
+
+@pytest.mark.parametrize("observer", ["minmax", "omse"])
+def test_a_single_activation_value_is_observed(observer):
+    quantizer = ActQuantizer(8, observer=observer, sample_size=8)
+    quantizer.set_mode("observe")
+    quantizer(torch.tensor([-2.0], dtype=D))
+    quantizer(torch.tensor([6.0], dtype=D))
+    assert quantizer.running_min.item() == -2.0 and quantizer.running_max.item() == 6.0
+    assert quantizer.values_observed == 2 and quantizer.calls_observed == 2
+    quantizer.freeze()
+    assert quantizer.scale.item() > 0
+
+
 def test_quantizer_state_stays_out_of_the_state_dict():
     linear = nn.Linear(6, 4).double()
     q = QuantLinear.from_float(linear, QuantScheme(w_bits=4, a_bits=8, a_observer="omse"), "layer")

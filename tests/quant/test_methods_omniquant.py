@@ -126,3 +126,39 @@ def test_let_is_off_by_default_for_weight_only():
 def test_bad_omniquant_options_are_refused(options, match):
     with pytest.raises(QuantizationError, match=match):
         get_method("omniquant").make_options(options)
+
+
+def test_each_training_step_follows_the_gradient_of_its_own_call_alone(monkeypatch):
+    # Without zero_grad between steps the gradients of earlier calls would add up; Adam's scale
+    # invariance hides that in the losses, so each step's gradient is compared with the one of its
+    # own loss, taken before the backward pass.
+    optimizers, fresh, steps = [], {}, []
+    plain_mse_loss = torch.nn.functional.mse_loss
+
+    class CheckedAdamW(torch.optim.AdamW):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            optimizers.append(self)
+
+        def step(self, closure=None):
+            params = [p for group in self.param_groups for p in group["params"]]
+            for param, expected in zip(params, fresh.pop("grads")):
+                assert torch.equal(param.grad, torch.zeros_like(param) if expected is None else expected)
+            steps.append(len(optimizers))
+            return super().step(closure)
+
+    def mse_loss_with_its_gradient(prediction, target, *args, **kwargs):
+        loss = plain_mse_loss(prediction, target, *args, **kwargs)
+        if optimizers and loss.requires_grad:
+            params = [p for group in optimizers[-1].param_groups for p in group["params"]]
+            fresh["grads"] = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        return loss
+
+    monkeypatch.setattr(torch.optim, "AdamW", CheckedAdamW)
+    monkeypatch.setattr(torch.nn.functional, "mse_loss", mse_loss_with_its_gradient)
+    model = make_model(dtype=D)
+    calib = _calib(model, stats=True, samples=3)
+    method = get_method("omniquant")
+    method.transform(model, QuantConfig.uniform(w_bits=3, a_bits=6), calib, method.make_options({"epochs": 2}))
+    assert len(optimizers) == 4  # one per block
+    assert steps == [block for block in (1, 2, 3, 4) for _ in range(2 * 3)]  # 2 epochs of the 3 recorded calls

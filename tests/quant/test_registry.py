@@ -108,6 +108,19 @@ def test_unknown_methods_are_refused_everywhere_with_the_valid_names():
     with pytest.raises(QuantizationError, match="fp cannot be part of a recipe"):
         check_recipe("fp+rtn", allow_float=True)
     assert method_chain("smoothquant+gptq") == method_chain(["smoothquant", "gptq"]) == ["smoothquant", "gptq"]
+    # "fp" alone, where the baseline is not allowed, is an unknown method, not part of a recipe
+    with pytest.raises(QuantizationError, match="unknown method 'fp'; valid: awq"):
+        check_recipe("fp")
+
+
+def test_recipe_names_are_written_without_spaces_and_never_name_an_empty_method():
+    assert check_recipe("smoothquant + gptq") == check_recipe([" smoothquant", "gptq "]) == "smoothquant+gptq"
+    assert display_name(" awq ") == "AWQ"
+    for empty in ("", "awq+", "+gptq", "awq++gptq", [], ["awq", " "]):
+        with pytest.raises(QuantizationError, match="names an empty method"):
+            method_chain(empty)
+    with pytest.raises(QuantizationError, match="a name or a list of names, got 3"):
+        method_chain(3)
 
 
 @pytest.mark.parametrize("chain, message", [

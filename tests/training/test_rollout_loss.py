@@ -54,6 +54,23 @@ def test_rollout_loss_is_the_autoregressive_error_of_every_predicted_frame():
     assert all(p.grad is None for p in model.encoder.parameters())
 
 
+@pytest.mark.parametrize("settings, key", [
+    ({"steps": 0}, "training.steps"), ({"batch_size": 0}, "training.batch_size"),
+    ({"rollout_steps": True}, "rollout_steps"), ({"rollout_steps": 2.0}, "rollout_steps"),
+    ({"encoder_regularizer": "vicreg"}, "encoder_regularizer='vicreg'"), ({"sigreg_weight": -0.1}, "sigreg_weight"),
+    ({"encoder_lr": "1e-4"}, "encoder_lr"), ({"sigreg_weight": float("nan")}, "sigreg_weight"),
+])
+def test_world_model_training_settings_name_the_bad_one(settings, key):
+    with pytest.raises(ConfigError, match=key):
+        WorldModelTrainConfig(**settings)
+
+
+def test_the_smallest_world_model_training_settings_are_valid():
+    config = WorldModelTrainConfig(steps=1, batch_size=1, rollout_steps=0, rollout_loss_weight=0.0, encoder_lr=0,
+                                   encoder_anchor_weight=0.0, sigreg_weight=0.0, encoder_regularizer="sigreg")
+    assert (config.steps, config.batch_size, config.encoder_regularizer) == (1, 1, "sigreg")
+
+
 def test_rollout_settings_are_checked():
     with pytest.raises(ConfigError, match="rollout_steps"):
         WorldModelTrainConfig(rollout_steps=-1)

@@ -141,13 +141,14 @@ def test_a_world_model_without_decoder_trains_on_cached_latents_alone(wall_data,
 
 def test_the_anchor_is_the_relative_squared_error_of_every_distance_and_of_the_common_shift():
     g = torch.Generator().manual_seed(0)
-    reference = torch.randn(3, 4, 5, 6, generator=g) + 2.0
-    moved = reference + 0.3 * torch.randn(3, 4, 5, 6, generator=g)
+    windows = 4  # with 3, the windows two apart are also neighbours
+    reference = torch.randn(windows, 4, 5, 6, generator=g) + 2.0
+    moved = reference + 0.3 * torch.randn(windows, 4, 5, 6, generator=g)
     pairs = [(i, j) for i in range(4) for j in range(i + 1, 4)]
     # every two frames of a window, then the first frames of neighbouring windows
     def distances(z):
-        within = [latent_distance(z[b, i][None], z[b, j][None]) for b in range(3) for i, j in pairs]
-        across = [latent_distance(z[b, 0][None], z[(b - 1) % 3, 0][None]) for b in range(3)]
+        within = [latent_distance(z[b, i][None], z[b, j][None]) for b in range(windows) for i, j in pairs]
+        across = [latent_distance(z[b, 0][None], z[(b - 1) % windows, 0][None]) for b in range(windows)]
         return torch.cat(within + across)
 
     d, d_ref = distances(moved), distances(reference)
@@ -169,6 +170,13 @@ def test_the_anchor_is_the_relative_squared_error_of_every_distance_and_of_the_c
     torch.testing.assert_close(encoder_anchor_loss(10 * moved, 10 * reference), encoder_anchor_loss(moved, reference))
     centred = reference - mean
     assert encoder_anchor_loss(2 * centred, centred).item() == pytest.approx(1.0, rel=1e-5)
+    # bf16 latents (the autocast of training) are compared in float32; the reference gets no gradient
+    half = encoder_anchor_loss(moved.bfloat16(), reference.bfloat16())
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, encoder_anchor_loss(moved.bfloat16().float(), reference.bfloat16().float()))
+    trained, pretrained = moved.clone().requires_grad_(True), reference.clone().requires_grad_(True)
+    encoder_anchor_loss(trained, pretrained).backward()
+    assert pretrained.grad is None and trained.grad.abs().sum() > 0
 
 
 def _train_with(data, out, *overrides):

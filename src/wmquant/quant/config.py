@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ..errors import ConfigError, QuantizationError
 from . import qmath
@@ -182,8 +182,8 @@ class QuantConfig:
                 object.__setattr__(self, part, QuantScheme.from_dict(value))
             elif not (value is None and part == "other") and not isinstance(value, QuantScheme):
                 _fail(f"{part} must be a QuantScheme or a mapping, got {type(value).__name__}")
-        if isinstance(self.targets, str) or isinstance(self.ignore, str):
-            _fail("targets and ignore must be lists of patterns, not a single string")
+        if bad := [key for key in ("targets", "ignore") if not _is_pattern_list(getattr(self, key))]:
+            _fail(f"{bad[0]} must be a list of patterns, got {getattr(self, bad[0])!r}")
         object.__setattr__(self, "targets", expand_targets(tuple(self.targets)))
         object.__setattr__(self, "ignore", expand_targets(tuple(self.ignore)))
         if not self.targets:
@@ -213,14 +213,15 @@ class QuantConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "QuantConfig":
         _check_keys(cls, data, "quantization config")
-        values = dict(data)
-        for key in ("targets", "ignore"):
-            if key in values and values[key] is not None:
-                values[key] = tuple(values[key])
-        return cls(**values)
+        return cls(**data)  # lists of patterns become tuples there; a single string is refused, not split
 
     @classmethod
     def uniform(cls, w_bits: int = 16, a_bits: int = 16, **scheme: Any) -> "QuantConfig":
         """The same scheme for encoder and predictor (the study's usual setting)."""
         same = QuantScheme(w_bits=w_bits, a_bits=a_bits, **scheme)
         return cls(encoder=same, predictor=same)
+
+
+def _is_pattern_list(value: Any) -> bool:
+    """A list or tuple of patterns (or a config file's list), never a single string."""
+    return isinstance(value, Sequence) and not isinstance(value, str)
