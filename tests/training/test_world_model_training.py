@@ -1,5 +1,7 @@
-"""Pieces of world-model training checked on their own: the cached latents of every frame, the
-optimisers and what each of them trains."""
+"""World-model training called directly, not through `wmquant train`: the cached latents of every
+frame, the optimisers and what each trains, and the loop's steps (each step's gradient, the
+learning-rate schedule, clipping, train and eval modes, logging and checkpoint steps, the anchor's
+default reference, the samplers' seeds) and its validation."""
 
 from __future__ import annotations
 
