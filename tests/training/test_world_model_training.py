@@ -36,6 +36,13 @@ def wall():
     return load_world_model("wall")
 
 
+def fresh_wall_model():
+    """The shipped Wall model without its decoder (a model to train: these tests change its weights)."""
+    model, _ = load_world_model("wall")
+    model.decoder = None
+    return model
+
+
 @pytest.mark.parametrize("batch", [1, 4, 1024])
 def test_every_frame_is_encoded_in_its_place_whatever_the_batch(wall, batch):
     model, config = wall
@@ -112,8 +119,8 @@ def _train(model, splits, *, val=True, **settings):
 
 
 def test_the_anchor_holds_the_encoder_to_itself_as_it_starts_by_default(wall_splits):
-    model, _ = load_world_model("wall")
-    model.decoder, model.train_encoder = None, True
+    model = fresh_wall_model()
+    model.train_encoder = True
     entries = _train(model, wall_splits, encoder_lr=1e-2)
     anchor = [entry["train/encoder_anchor_loss"] for entry in entries]
     assert anchor[0] == pytest.approx(0.0, abs=1e-10) and anchor[-1] > 1e-6  # the copy stayed where it started
@@ -123,8 +130,7 @@ def test_the_anchor_holds_the_encoder_to_itself_as_it_starts_by_default(wall_spl
 
 
 def test_validation_is_logged_only_with_a_validation_split(wall_splits):
-    model, _ = load_world_model("wall")
-    model.decoder = None
+    model = fresh_wall_model()
     without = _train(model, wall_splits, val=False)
     assert len(without) == 2 and not any(key.startswith("val/") for entry in without for key in entry)
     with_val = _train(model, wall_splits)
@@ -132,8 +138,7 @@ def test_validation_is_logged_only_with_a_validation_split(wall_splits):
 
 
 def test_the_learning_rate_warms_up_then_follows_the_cosine(wall_splits):
-    model, _ = load_world_model("wall")
-    model.decoder = None
+    model = fresh_wall_model()
     cfg = WorldModelTrainConfig(steps=6, batch_size=2, warmup_fraction=0.5, predictor_lr=1e-3)
     optimizers = make_optimizers(model, cfg)
     seen = []
@@ -152,8 +157,7 @@ def test_the_learning_rate_warms_up_then_follows_the_cosine(wall_splits):
 def test_gradient_clipping_reaches_the_predictor(wall_splits):
     moved = {}
     for clip in (0.0, 1e-12):
-        model, _ = load_world_model("wall")
-        model.decoder = None
+        model = fresh_wall_model()
         before = [p.detach().clone() for p in model.predictor.parameters()]
         _train(model, wall_splits, val=False, grad_clip=clip, weight_decay=0.0)
         moved[clip] = sum((p.detach() - b).abs().sum().item() for p, b in zip(model.predictor.parameters(), before))
@@ -171,8 +175,7 @@ def test_every_step_trains_in_training_mode(wall_splits, monkeypatch):
         return plain(model, data, **kwargs)
 
     monkeypatch.setattr(world_model_training, "losses_for_batch", recording)
-    model, _ = load_world_model("wall")
-    model.decoder = None
+    model = fresh_wall_model()
     model.eval()  # as loaded: training must switch dropout on
     _train(model, wall_splits)
     assert [training for grad, training in modes if grad] == [True] * 2
@@ -189,8 +192,7 @@ def test_windows_are_drawn_afresh_when_a_run_resumes_and_apart_for_the_rollout_l
             super().__init__(episodes, num_frames, frameskip, seed=seed)
 
     monkeypatch.setattr(world_model_training, "WindowSampler", RecordingSampler)
-    model, _ = load_world_model("wall")
-    model.decoder = None
+    model = fresh_wall_model()
     cfg = WorldModelTrainConfig(steps=2, batch_size=2, rollout_steps=2, seed=5)
     train_world_model(model, wall_splits[0], None, 64, cfg, progress=False)
     first = list(seeds)
@@ -207,8 +209,7 @@ def test_windows_are_drawn_afresh_when_a_run_resumes_and_apart_for_the_rollout_l
 def test_each_step_follows_the_gradient_of_its_own_batch_alone(wall_splits, monkeypatch):
     # without zero_grad the gradients of earlier steps would add up; Adam's scale invariance hides
     # that in the losses, so each step's gradient is compared with its loss's, taken before backward
-    model, _ = load_world_model("wall")
-    model.decoder = None
+    model = fresh_wall_model()
     params = list(model.predictor.parameters())
     fresh, checked = [], []
     plain = world_model_training.losses_for_batch
@@ -238,8 +239,7 @@ def test_each_step_follows_the_gradient_of_its_own_batch_alone(wall_splits, monk
 
 @pytest.mark.parametrize("steps, checkpoints", [(7, [3, 6]), (6, [3])])
 def test_logs_every_few_steps_and_the_last_and_checkpoints_before_the_end(wall_splits, steps, checkpoints):
-    model, _ = load_world_model("wall")
-    model.decoder = None
+    model = fresh_wall_model()
     entries, saved = [], []
     cfg = WorldModelTrainConfig(steps=steps, batch_size=2, log_every=4)
     train_world_model(model, wall_splits[0], None, 64, cfg, log=entries.append, progress=False,
@@ -249,8 +249,7 @@ def test_logs_every_few_steps_and_the_last_and_checkpoints_before_the_end(wall_s
 
 
 def test_validation_reads_the_same_windows_every_time_and_averages_its_batches(wall_splits, monkeypatch):
-    model, _ = load_world_model("wall")
-    model.decoder = None
+    model = fresh_wall_model()
     sampler = WindowSampler(wall_splits[1], model.num_hist + model.num_pred, model.frameskip, seed=1)
     windows = LatentWindows(sampler, None, 64)
     cfg = WorldModelTrainConfig(val_batches=3, batch_size=2)

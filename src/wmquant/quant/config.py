@@ -182,8 +182,10 @@ class QuantConfig:
                 object.__setattr__(self, part, QuantScheme.from_dict(value))
             elif not (value is None and part == "other") and not isinstance(value, QuantScheme):
                 _fail(f"{part} must be a QuantScheme or a mapping, got {type(value).__name__}")
-        if bad := [key for key in ("targets", "ignore") if not _is_pattern_list(getattr(self, key))]:
-            _fail(f"{bad[0]} must be a list of patterns, got {getattr(self, bad[0])!r}")
+        for key in ("targets", "ignore"):
+            value = getattr(self, key)
+            if isinstance(value, str) or not isinstance(value, Sequence):  # a config file's list is a Sequence
+                _fail(f"{key} must be a list of patterns, got {value!r}")
         object.__setattr__(self, "targets", expand_targets(tuple(self.targets)))
         object.__setattr__(self, "ignore", expand_targets(tuple(self.ignore)))
         if not self.targets:
@@ -220,8 +222,3 @@ class QuantConfig:
         """The same scheme for encoder and predictor (the study's usual setting)."""
         same = QuantScheme(w_bits=w_bits, a_bits=a_bits, **scheme)
         return cls(encoder=same, predictor=same)
-
-
-def _is_pattern_list(value: Any) -> bool:
-    """A list or tuple of patterns (or a config file's list), never a single string."""
-    return isinstance(value, Sequence) and not isinstance(value, str)
