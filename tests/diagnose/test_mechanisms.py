@@ -94,11 +94,12 @@ def test_ranking_tells_a_reversed_objective_from_the_simulator():
 @needs_wall
 def test_quant_run_publishes_its_mechanisms(tmp_path):
     out = tmp_path / "run"
+    two_episodes = ["n_evals=2" if setting.startswith("n_evals=") else setting for setting in TINY]
     assert main(["quant", "method=rtn", "predictor_wbit=4", "predictor_abit=4", "encoder_wbit=4", "encoder_abit=4",
-                 *TINY, "mechanisms=true", f"output_dir={out}"]) == 0
+                 *two_episodes, "mechanisms=true", f"output_dir={out}"]) == 0
     result = json.loads((out / "result.json").read_text())
     encoder = result["quant"]["mechanisms"]["encoder"]
     assert encoder["relative_latent_error"]["visual"] > 1e-4  # W4A4 moves the latents
-    assert encoder["probe_frames"] == {"train": 8, "test": 8}
+    assert encoder["probe_frames"] == {"train": 8, "test": 4}  # start and goal of each episode
     assert result["mpc_logs"][0]["mpc/planning_loss_by_opt_step"] and len(result["mpc_logs"]) == 1
     assert main(["quant", "method=rtn", *TINY, "mechanisms=maybe", f"output_dir={tmp_path / 'bad'}"]) == 2

@@ -18,6 +18,8 @@ WALL = ["--config-name", "plan_wall.yaml", "model_name=wall", "n_evals=6", "plan
 PUSHT = ["--config-name", "plan_pusht.yaml", "model_name=pusht", "goal_source=random_state", "n_evals=3",
          "planner.max_iter=3", "planner.sub_planner.num_samples=20", "planner.sub_planner.topk=5",
          "planner.sub_planner.opt_steps=2", "save_plots=false", "engine.device=cpu"]
+# Where a test needs no mix of finished and active episodes: 2 episodes, 3 iterations (~2 s a run)
+SMALL_WALL = [*WALL, "n_evals=2", "planner.max_iter=3"]
 MEASURED = ("success_by_iter", "success_rate_by_iter", "latent_mse_by_iter", "planning_loss_by_iter", "eval_seeds")
 
 
@@ -77,12 +79,12 @@ def test_a_checkpoint_of_another_run_is_not_continued(tmp_path, monkeypatch):
     with monkeypatch.context() as patch:
         _interrupt_after(patch, 2)
         with pytest.raises(Killed):
-            main(["plan", *WALL, f"output_dir={out}"])
+            main(["plan", *SMALL_WALL, f"output_dir={out}"])
     # Another CEM variance: the checkpoint's fingerprint differs, so planning starts over.
-    assert main(["plan", *WALL, f"output_dir={out}", "planner.sub_planner.var_scale=0.5"]) == 0
+    assert main(["plan", *SMALL_WALL, f"output_dir={out}", "planner.sub_planner.var_scale=0.5"]) == 0
     assert "resumed" not in _result(out)
     fresh = tmp_path / "fresh"
-    assert main(["plan", *WALL, f"output_dir={fresh}", "planner.sub_planner.var_scale=0.5"]) == 0
+    assert main(["plan", *SMALL_WALL, f"output_dir={fresh}", "planner.sub_planner.var_scale=0.5"]) == 0
     assert _result(out)["success_by_iter"] == _result(fresh)["success_by_iter"]
 
 
@@ -116,14 +118,14 @@ def _corrupt_saved_states(path):
 @pytest.mark.parametrize("command", ["plan", "ceiling"])
 def test_a_checkpoint_the_replay_cannot_reproduce_starts_over(tmp_path, monkeypatch, command, caplog):
     reference, broken = tmp_path / "reference", tmp_path / "broken"
-    assert main([command, *WALL, f"output_dir={reference}", "resume=false"]) == 0
+    assert main([command, *SMALL_WALL, f"output_dir={reference}", "resume=false"]) == 0
     with monkeypatch.context() as patch:
         _interrupt_after(patch, 2)
         with pytest.raises(Killed):
-            main([command, *WALL, f"output_dir={broken}"])
+            main([command, *SMALL_WALL, f"output_dir={broken}"])
     _corrupt_saved_states(broken / CHECKPOINT_FILE)
     with caplog.at_level("WARNING", logger="wmquant.planning"):
-        assert main([command, *WALL, f"output_dir={broken}"]) == 0
+        assert main([command, *SMALL_WALL, f"output_dir={broken}"]) == 0
     assert "did not reproduce its states" in caplog.text
     first, second = _result(reference), _result(broken)
     assert "resumed" not in second

@@ -28,6 +28,16 @@ def test_state_features_keep_the_positions_and_put_each_angle_as_cos_and_sin():
     assert torch.equal(state_features(states, []), states)
 
 
+def test_state_features_of_an_angle_before_other_dims_and_of_a_batch_of_sequences():
+    states = torch.tensor([[0.0, 7.0, 8.0], [math.pi / 2, 9.0, 10.0]])
+    expected = torch.tensor([[7.0, 8.0, 1.0, 0.0], [9.0, 10.0, 0.0, 1.0]])
+    assert torch.allclose(state_features(states, [0]), expected, atol=1e-6)
+    sequences = torch.randn(2, 5, 4)  # (episodes, steps, dims): the last axis is the state's
+    features = state_features(sequences, [-1])
+    assert features.shape == (2, 5, 5)
+    assert torch.allclose(features, state_features(sequences.reshape(10, 4), [3]).reshape(2, 5, 5))
+
+
 def _episodes(states: torch.Tensor, lengths: list[int]) -> EpisodeTensors:
     n, t, _ = states.shape
     return EpisodeTensors(torch.zeros(n, t, 3, 8, 8, dtype=torch.uint8), torch.zeros(n, t, 2), torch.zeros(n, t, 2),
