@@ -218,7 +218,8 @@ def test_each_step_follows_the_docstrings_objective_with_warmup_cosine_and_annea
     assert [entry["step"] for entry in log] == [0, 5]
     for logged, expected in ((log[0], losses[0]), (log[1], losses[-1])):
         assert {key: logged[key] for key in expected} == pytest.approx(expected, rel=1e-5)
-    assert log[0]["lr"] == pytest.approx(cosine_lr(0, 6, 2, 0.05)) and log[1]["lr"] == pytest.approx(cosine_lr(5, 6, 2, 0.05))
+    assert log[0]["lr"] == pytest.approx(cosine_lr(0, 6, 2, 0.05))
+    assert log[1]["lr"] == pytest.approx(cosine_lr(5, 6, 2, 0.05))
     last = log[-1]
     assert last["loss"] == pytest.approx(last["pull"] + 0.1 * last["push"], rel=1e-5) and last["push"] > 0
 

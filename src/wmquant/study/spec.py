@@ -60,12 +60,12 @@ def study_methods() -> list[str]:
 
 def _method(key: str, value: Any) -> str:
     """A run's method: fp, a registered method, or a recipe (a list, or names joined by +)."""
-    if isinstance(value, (list, tuple)):
-        value = [_coerce_text(v) for v in value]
     try:
         return check_recipe(value, allow_float=True)
     except QuantizationError as err:
         raise StudyError(f"invalid value {value!r} for {key}: {err}") from None
+
+
 CALIB_MODES = {"layer_wise": "per_tensor", "token_wise": "per_token"}
 AQG_TO_CALIB_MODE = {v: k for k, v in CALIB_MODES.items()}
 QUANT_ONLY_KEYS = ("quant_encoder", "encoder_wbit", "encoder_abit", "predictor_wbit", "predictor_abit",
@@ -324,13 +324,16 @@ def setting_key_from_overrides(run: Mapping[str, Any]) -> SettingKey:
     encoder_on = run.get("quant_encoder", True)
     group = run.get("W_GROUP_SIZE", -1)
     pred_w, pred_a = run.get("predictor_wbit", OFF_BITS), run.get("predictor_abit", OFF_BITS)
-    fmt = format_of(run.get("w_format", "int"), run.get("a_format", "int"), pred_w < OFF_BITS, pred_a < OFF_BITS)
-    return SettingKey.make(
-        run["method"],
-        run.get("encoder_wbit", OFF_BITS) if encoder_on else OFF_BITS,
-        run.get("encoder_abit", OFF_BITS) if encoder_on else OFF_BITS,
-        pred_w, pred_a,
-        None if group == -1 else group, CALIB_MODES.get(run.get("calib_mode_a", "layer_wise")), fmt)
+    enc_w = run.get("encoder_wbit", OFF_BITS) if encoder_on else OFF_BITS
+    enc_a = run.get("encoder_abit", OFF_BITS) if encoder_on else OFF_BITS
+    # The format is that of the predictor's quantized values, or of the encoder's when the predictor
+    # is not quantized: as setting_key_from_result reads it, so a pending row keys as its result will.
+    w_on, a_on = pred_w < OFF_BITS, pred_a < OFF_BITS
+    if not (w_on or a_on):
+        w_on, a_on = enc_w < OFF_BITS, enc_a < OFF_BITS
+    fmt = format_of(run.get("w_format", "int"), run.get("a_format", "int"), w_on, a_on)
+    return SettingKey.make(run["method"], enc_w, enc_a, pred_w, pred_a, None if group == -1 else group,
+                           CALIB_MODES.get(run.get("calib_mode_a", "layer_wise")), fmt)
 
 
 def run_slug(run: Mapping[str, Any]) -> str:
