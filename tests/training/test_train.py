@@ -60,7 +60,7 @@ def test_training_resumes_from_its_checkpoint(wall_data, tmp_path):
     first = (out / "model" / "model.safetensors").read_bytes()
     # a longer run in the same directory continues from step 3 of the world-model stage checkpoint
     # (the encoder stage is complete and is not redone)
-    assert (out / "checkpoints" / "world_model" / "trainer_state.json").exists()
+    assert (out / "checkpoints" / "world_model" / "trainer_state.safetensors").exists()
     encoder_before = (out / "encoder" / "encoder.safetensors").read_bytes()
     assert _train(wall_data, out, 5) == 0
     assert (out / "encoder" / "encoder.safetensors").read_bytes() == encoder_before

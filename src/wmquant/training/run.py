@@ -33,7 +33,7 @@ from ..hardware import describe_device
 from .batches import EpisodeTensors
 from .encoder import (MetricPretrainConfig, StateReadout, pretrain_metric_encoder, pretrain_optimizer,
                       unit_variance_scale)
-from .state import load_state, rng_state, save_state, set_rng_state
+from .state import has_state, load_state, rng_state, save_state, set_rng_state
 from .world_model import WorldModelTrainConfig, make_optimizers, train_world_model
 
 STAGES = ("encoder", "world_model")
@@ -109,7 +109,7 @@ def run_encoder_stage(cfg: DictConfig, out: Path, train: EpisodeTensors, log: Js
         start, optimizer = 0, None
         encoder.to(train.device)
         readout = _state_readout(encoder, train, int(cfg.model.img_size), pre)
-        if cfg.resume and (ckpt_dir / "trainer_state.json").exists():
+        if cfg.resume and has_state(ckpt_dir):
             state = load_state(ckpt_dir)
             encoder.load_state_dict(state["encoder"])
             if readout is not None:
@@ -149,7 +149,7 @@ def run_world_model_stage(cfg: DictConfig, out: Path, encoder: torch.nn.Module, 
     tcfg = WorldModelTrainConfig(**OmegaConf.to_container(cfg.training, resolve=True))
     ckpt_dir = out / "checkpoints" / "world_model"
     start, optimizers = 0, None
-    if cfg.resume and (ckpt_dir / "trainer_state.json").exists():
+    if cfg.resume and has_state(ckpt_dir):
         state = load_state(ckpt_dir)
         model.load_state_dict(state["model"])
         optimizers = make_optimizers(model, tcfg)

@@ -1,8 +1,11 @@
 """Resumable training state without pickles.
 
-Optimizer and scheduler states, step counters and RNG states are split into tensors (saved with
-safetensors) and a JSON skeleton that says where each tensor goes. Writes are atomic, so a run killed
-while checkpointing resumes from the previous checkpoint.
+Optimizer and scheduler states, step counters and RNG states are split into tensors and a JSON
+skeleton that says where each tensor goes and holds the plain values (the step, for one). Both go
+into one safetensors file, the skeleton as its metadata, replaced atomically: a run killed while
+checkpointing resumes from the previous checkpoint whole. (Until 2026-12-07 the skeleton was a
+separate `trainer_state.json`, written after the tensors, so a kill between the two writes paired
+new weights with the old step; such older checkpoints still load.)
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from .. import io as wio
 from ..errors import CheckpointError
@@ -47,22 +51,40 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
+STATE_FILE = "trainer_state.safetensors"
+SKELETON_KEY = "wmquant.training_state"
+LEGACY_SKELETON_FILE = "trainer_state.json"
+
+
+def has_state(directory: Path) -> bool:
+    """Whether `directory` holds a training state to resume from."""
+    return (directory / STATE_FILE).is_file()
+
+
 def save_state(directory: Path, state: dict[str, Any]) -> None:
-    """Write `state` (nested dicts/lists of tensors and plain values) as two files in `directory`."""
+    """Write `state` (nested dicts/lists of tensors and plain values) as one file in `directory`."""
     tensors: dict[str, torch.Tensor] = {}
-    skeleton = _flatten(state, "s", tensors)
-    with wio.atomic_path(directory / "trainer_state.safetensors") as tmp:
-        save_file(tensors, str(tmp))
-    wio.write_text(directory / "trainer_state.json", json.dumps(skeleton))
+    skeleton = json.dumps(_flatten(state, "s", tensors))
+    with wio.atomic_path(directory / STATE_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={SKELETON_KEY: skeleton})
 
 
 def load_state(directory: Path) -> dict[str, Any]:
-    tensor_file, skeleton_file = directory / "trainer_state.safetensors", directory / "trainer_state.json"
-    if not tensor_file.exists() or not skeleton_file.exists():
-        raise CheckpointError(f"{directory}: no trainer_state.safetensors/.json to resume from")
+    tensor_file = directory / STATE_FILE
+    if not tensor_file.exists():
+        raise CheckpointError(f"{directory}: no {STATE_FILE} to resume from")
     try:
-        tensors = load_file(str(tensor_file))
-        skeleton = json.loads(skeleton_file.read_text())
+        with safe_open(str(tensor_file), framework="pt") as handle:
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            skeleton_text = (handle.metadata() or {}).get(SKELETON_KEY)
+        if skeleton_text is None:  # written before the skeleton moved into the file
+            legacy = directory / LEGACY_SKELETON_FILE
+            if not legacy.exists():
+                raise CheckpointError(f"{tensor_file}: no skeleton in the file and no {LEGACY_SKELETON_FILE} beside it")
+            skeleton_text = legacy.read_text()
+        skeleton = json.loads(skeleton_text)
+    except CheckpointError:
+        raise
     except Exception as err:  # safetensors raises several types for truncated files
         raise CheckpointError(f"{tensor_file}: unreadable training state ({err})") from err
     return _unflatten(skeleton, tensors)
