@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 import wmquant.training.state as training_state
 from wmquant.errors import CheckpointError
-from wmquant.training.state import has_state, load_state, save_state
+from wmquant.training.state import cosine_lr, has_state, load_state, rng_state, save_state, set_rng_state
 
 
 def _state(step: int) -> dict:
@@ -96,3 +96,24 @@ def test_an_object_that_is_no_plain_value_is_refused_before_anything_is_written(
     with pytest.raises(TypeError, match="cannot store set in a training state"):
         save_state(tmp_path, {"bad": {1, 2}})
     assert not any(tmp_path.iterdir())
+
+
+def test_the_learning_rate_warms_up_linearly_then_follows_a_cosine_to_its_floor():
+    assert [cosine_lr(step, 10, 4, 1.0) for step in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert cosine_lr(4, 10, 4, 1.0) == pytest.approx(1.0)  # the cosine starts at the peak
+    assert cosine_lr(7, 10, 4, 2.0) == pytest.approx(2.0 * (0.05 + 0.95 * 0.5))  # half way down
+    assert cosine_lr(10, 10, 4, 1.0, final_fraction=0.1) == pytest.approx(0.1)
+    assert cosine_lr(25, 10, 4, 1.0, final_fraction=0.1) == pytest.approx(0.1)  # held at the floor after the end
+    assert cosine_lr(0, 10, 0, 1.0) == pytest.approx(1.0) and cosine_lr(5, 10, 0, 1.0) == pytest.approx(0.525)
+    assert cosine_lr(0, 0, 0, 1.0) == pytest.approx(1.0)  # no steps: no division by zero
+    assert cosine_lr(0, 10, 1, 1.0) == pytest.approx(1.0)  # one warm-up step reaches the peak
+    assert cosine_lr(5, 5, 4, 1.0) == pytest.approx(0.05)  # one cosine step reaches the floor
+
+
+def test_the_rng_state_restores_the_same_draws():
+    saved = rng_state()
+    first = torch.rand(5)
+    torch.rand(3)
+    set_rng_state(saved)
+    assert torch.equal(torch.rand(5), first)
+    assert set(saved) == ({"torch", "cuda"} if torch.cuda.is_available() else {"torch"})
