@@ -19,7 +19,7 @@ PUSHT = ["--config-name", "plan_pusht.yaml", "model_name=pusht", "goal_source=ra
          "planner.max_iter=3", "planner.sub_planner.num_samples=20", "planner.sub_planner.topk=5",
          "planner.sub_planner.opt_steps=2", "save_plots=false", "engine.device=cpu"]
 # Where a test needs no mix of finished and active episodes: 2 episodes, 3 iterations (~2 s a run)
-SMALL_WALL = [*WALL, "n_evals=2", "planner.max_iter=3"]
+SMALL_WALL = [{"n_evals=6": "n_evals=2", "planner.max_iter=5": "planner.max_iter=3"}.get(arg, arg) for arg in WALL]
 MEASURED = ("success_by_iter", "success_rate_by_iter", "latent_mse_by_iter", "planning_loss_by_iter", "eval_seeds")
 
 

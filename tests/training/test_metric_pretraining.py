@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from wmquant.data.transforms import to_model_input
 from wmquant.errors import ConfigError
 from wmquant.training.batches import EpisodeTensors
 from wmquant.training.encoder import (MetricPretrainConfig, StateReadout, latent_distance, pretrain_metric_encoder,
@@ -60,8 +61,6 @@ def _config(**overrides) -> MetricPretrainConfig:
 
 def _to_input(frames: torch.Tensor) -> torch.Tensor:
     """What the encoder sees: to_model_input at the frames' own size (uint8 -> [-1, 1])."""
-    from wmquant.data.transforms import to_model_input
-
     return to_model_input(frames, frames.shape[-1])
 
 

@@ -73,20 +73,18 @@ def load_state(directory: Path) -> dict[str, Any]:
     tensor_file = directory / STATE_FILE
     if not tensor_file.exists():
         raise CheckpointError(f"{directory}: no {STATE_FILE} to resume from")
+    legacy = directory / LEGACY_SKELETON_FILE  # where the skeleton was before it moved into the file
     try:
         with safe_open(str(tensor_file), framework="pt") as handle:
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
             skeleton_text = (handle.metadata() or {}).get(SKELETON_KEY)
-        if skeleton_text is None:  # written before the skeleton moved into the file
-            legacy = directory / LEGACY_SKELETON_FILE
-            if not legacy.exists():
-                raise CheckpointError(f"{tensor_file}: no skeleton in the file and no {LEGACY_SKELETON_FILE} beside it")
+        if skeleton_text is None and legacy.exists():
             skeleton_text = legacy.read_text()
-        skeleton = json.loads(skeleton_text)
-    except CheckpointError:
-        raise
+        skeleton = None if skeleton_text is None else json.loads(skeleton_text)
     except Exception as err:  # safetensors raises several types for truncated files
         raise CheckpointError(f"{tensor_file}: unreadable training state ({err})") from err
+    if skeleton is None:
+        raise CheckpointError(f"{tensor_file}: no skeleton in the file and no {LEGACY_SKELETON_FILE} beside it")
     return _unflatten(skeleton, tensors)
 
 
