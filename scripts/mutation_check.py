@@ -14,6 +14,8 @@ Each mutant runs `pytest -x -m "not slow"` on the given tests in a private copy 
 (PYTHONPATH points there, so the installed package is not touched). One JSON line per mutant is
 appended to --out as soon as it finishes, so an interrupted check resumes where it stopped;
 --survivors-of re-runs only the mutants that survived in an earlier file (after new tests).
+--functions limits the check to the named functions and methods (their nested functions included),
+so that a large module can be checked a part at a time.
 """
 
 from __future__ import annotations
@@ -190,6 +192,15 @@ def find_mutants(source: str, filename: str) -> list[tuple[Mutant, str]]:
     return found
 
 
+def function_spans(source: str, filename: str) -> dict[str, list[tuple[int, int]]]:
+    """Name -> the (first, last) source lines of every function or method of that name."""
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for node in ast.walk(ast.parse(source, filename)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            spans.setdefault(node.name, []).append((node.lineno, node.end_lineno))
+    return spans
+
+
 def _read_records(path: Path) -> list[dict]:
     """The results so far; a last line cut short by a killed run is dropped (its mutant runs again)."""
     if not path.exists():
@@ -244,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant; a timeout counts as killed")
     parser.add_argument("--survivors-of", help="run only the mutants that survived in this earlier results file")
+    parser.add_argument("--functions", help="comma-separated names: mutate only inside these functions or methods")
     args = parser.parse_args(argv)
 
     source_path = (REPO / args.source).resolve()
@@ -269,6 +281,16 @@ def main(argv: list[str] | None = None) -> int:
     relative = source_path.relative_to(REPO)
     original = source_path.read_text()
     mutants = find_mutants(original, str(relative))
+    if args.functions is not None:
+        spans = function_spans(original, str(relative))
+        names = [name.strip() for name in args.functions.split(",") if name.strip()]
+        unknown = [name for name in names if name not in spans] or ([] if names else [args.functions])
+        if unknown:
+            print(f"error: --functions {unknown[0]!r} is not a function of {relative}; "
+                  f"valid: {', '.join(sorted(spans))}", file=sys.stderr)
+            return 2
+        chosen = [span for name in names for span in spans[name]]
+        mutants = [(m, code) for m, code in mutants if any(first <= m.line <= last for first, last in chosen)]
     if previous is not None:
         mutants = [(m, code) for m, code in mutants if m.key in previous]
     done = _read_records(out)

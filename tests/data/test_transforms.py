@@ -75,3 +75,47 @@ def test_layout_rule():
 def test_bad_frames_raise_config_error(frames, size):
     with pytest.raises(ConfigError):
         to_model_input(frames, size)
+
+
+@pytest.mark.parametrize(
+    "shape, channels_last, layout",
+    [
+        ((2, 3, 5, 5), True, r"\(\.\.\., H, W, 3\)"),  # channels-first frames declared channels-last
+        ((2, 5, 5, 3), False, r"\(\.\.\., 3, H, W\)"),  # and the other way round
+        ((2, 5, 3, 5), True, r"\(\.\.\., H, W, 3\)"),  # a 3 elsewhere is not the channel axis
+        ((3, 5, 5, 5), False, r"\(\.\.\., 3, H, W\)"),
+        ((5, 3), True, r"\(\.\.\., H, W, 3\)"),  # too few dims for any layout
+    ],
+)
+def test_a_declared_layout_the_frames_do_not_have_is_refused(shape, channels_last, layout):
+    with pytest.raises(ConfigError, match=rf"frames with shape \({', '.join(map(str, shape))},?\) are not {layout}"):
+        to_model_input(torch.zeros(shape, dtype=torch.uint8), 5, channels_last=channels_last)
+
+
+def test_one_frame_and_an_empty_batch_are_resized():
+    one = torch.full((3, 65, 65), 51, dtype=torch.uint8)  # a single (3, H, W) frame, no batch axis
+    out = to_model_input(one, 8)
+    torch.testing.assert_close(out, torch.full((3, 8, 8), 51 / 255 * 2 - 1), atol=1e-6, rtol=0)
+    assert to_model_input(torch.zeros(0, 4, 65, 65, 3, dtype=torch.uint8), 8).shape == (0, 4, 3, 8, 8)
+    assert to_model_input(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8), 1).tolist() == [[[[1.0]]] * 3]
+
+
+def test_output_dtype_and_precision():
+    rng = np.random.default_rng(2)
+    frames = torch.from_numpy(rng.integers(0, 256, (2, 3, 33, 33), dtype=np.uint8))
+    reference = F.interpolate(frames.double(), size=(10, 10), mode="bilinear", align_corners=False, antialias=True)
+    reference = reference * (2.0 / 255.0) - 1.0
+    wide = to_model_input(frames, 10, dtype=torch.float64)
+    assert wide.dtype == torch.float64
+    assert (wide - reference).abs().max() < 1e-12  # resized in float64, not through float32
+    # bfloat16 output is resized in float32 (CPU antialias has no bfloat16 kernel), then cast
+    narrow = to_model_input(frames, 10, dtype=torch.bfloat16)
+    assert narrow.dtype == torch.bfloat16
+    torch.testing.assert_close(narrow, reference.to(torch.bfloat16), atol=0.01, rtol=0)
+
+
+def test_frames_are_processed_on_the_requested_device():
+    frames = torch.zeros(2, 65, 65, 3, dtype=torch.uint8)
+    out = to_model_input(frames, 8, device="meta")  # shapes and devices without data
+    assert out.device.type == "meta" and out.shape == (2, 3, 8, 8)
+    assert to_model_input(frames, 8).device.type == "cpu"

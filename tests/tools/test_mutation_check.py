@@ -69,3 +69,51 @@ def test_a_cut_last_result_line_is_dropped_and_a_cut_earlier_one_is_an_error(too
     results.write_text('{"line": 2, "co\n' + whole + "\n")
     with pytest.raises(json.JSONDecodeError):
         tool._read_records(results)
+
+
+NESTED = '''def outer(x):
+    def inner(y):
+        return y + 1
+    return inner(x) * 2
+
+
+class Box:
+    def size(self):
+        return 3 - 1
+'''
+
+
+def test_function_spans_cover_methods_and_nested_functions(tool):
+    spans = tool.function_spans(NESTED, "toy.py")
+    assert spans == {"outer": [(1, 4)], "inner": [(2, 3)], "size": [(8, 9)]}
+
+
+def test_functions_option_limits_the_mutants_and_refuses_unknown_names(tool, tmp_path, capsys, monkeypatch):
+    module = "src/wmquant/data/transforms.py"  # two functions; no mutant is really run below
+    out = tmp_path / "results.jsonl"
+    assert tool.main([module, "tests", "--out", str(out), "--functions", "no_such"]) == 2
+    assert tool.main([module, "tests", "--out", str(out), "--functions", " , "]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and "'no_such' is not a function of src/wmquant/data/transforms.py; valid:" in errors[0]
+    assert "frames_are_channels_last, to_model_input" in errors[0] and "' , '" in errors[1] and not out.exists()
+
+    run_lines: list[int] = []
+
+    def pretend_to_run(workspace, relative, original, mutant, mutated, tests, timeout):
+        run_lines.append(mutant.line)
+        return {"line": mutant.line, "col": mutant.col, "description": mutant.description, "status": "killed"}
+
+    monkeypatch.setattr(tool, "_make_workspace", lambda root: root)
+    monkeypatch.setattr(tool, "_run_mutant", pretend_to_run)
+    spans = tool.function_spans((tool.REPO / module).read_text(), "transforms.py")
+    counts = {}
+    for name in ("frames_are_channels_last", "to_model_input", "to_model_input,frames_are_channels_last"):
+        run_lines.clear()
+        out.unlink(missing_ok=True)
+        assert tool.main([module, "tests", "--out", str(out), "--workers", "1", "--functions", name]) == 0
+        inside = [span for part in name.split(",") for span in spans[part]]
+        assert run_lines and all(any(a <= line <= b for a, b in inside) for line in run_lines)
+        counts[name] = len(run_lines)
+    both = counts["to_model_input,frames_are_channels_last"]
+    assert both == counts["frames_are_channels_last"] + counts["to_model_input"] == len(
+        tool.find_mutants((tool.REPO / module).read_text(), module))

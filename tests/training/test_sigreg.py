@@ -61,6 +61,43 @@ def test_sigreg_wants_isotropic_gaussian_embeddings():
     assert loss(line) > 0.05 and loss(0.01 * isotropic) > 0.3
 
 
+
+def test_sigreg_draws_its_directions_from_the_given_generator_only():
+    embeddings = torch.randn(64, 8, generator=torch.Generator().manual_seed(6))
+    seeded = lambda: sigreg_loss(embeddings, directions=4, generator=torch.Generator().manual_seed(7))  # noqa: E731
+    torch.manual_seed(0)
+    global_state = torch.get_rng_state()
+    first = seeded()
+    assert torch.equal(torch.get_rng_state(), global_state)  # the global generator is left alone
+    torch.manual_seed(1)  # another global state: the same loss
+    assert seeded().item() == first.item()
+    torch.manual_seed(0)
+    unseeded = sigreg_loss(embeddings, directions=4)
+    assert not torch.equal(torch.get_rng_state(), global_state)  # without a generator, the global one draws
+    assert unseeded.item() != first.item()
+
+
+def test_sigreg_runs_in_float32_under_bfloat16_autocast():
+    embeddings = torch.randn(256, 16, generator=torch.Generator().manual_seed(8))
+    unit = torch.randn(16, 256, generator=torch.Generator().manual_seed(9))  # the directions, as drawn
+    exact = epps_pulley(embeddings @ (unit / unit.norm(dim=0))).mean()  # float32 throughout
+    assert sigreg_loss(embeddings, generator=torch.Generator().manual_seed(9)).item() == pytest.approx(exact.item(), rel=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = sigreg_loss(embeddings, generator=torch.Generator().manual_seed(9))
+    assert autocast.dtype == torch.float32 and autocast.item() == pytest.approx(exact.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 4), (5,), (2, 3, 4)])
+def test_sigreg_refuses_fewer_than_two_embeddings_or_a_shape_other_than_n_by_d(shape):
+    with pytest.raises(ValueError, match=rf"needs embeddings of shape \(n >= 2, d\), got \({', '.join(map(str, shape))},?\)"):
+        sigreg_loss(torch.zeros(shape))
+
+
+def test_two_embeddings_of_one_dimension_are_enough():
+    pair = torch.tensor([[-1.0], [1.0]])  # every projection on the unit "sphere" of R^1 is +-pair
+    expected = epps_pulley_closed_form(torch.tensor([-1.0, 1.0])).item()
+    assert sigreg_loss(pair, directions=3).item() == pytest.approx(expected, abs=2e-4)
+
 def test_descending_sigreg_spreads_a_collapsed_cloud_to_unit_variance():
     g = torch.Generator().manual_seed(4)
     points = (0.05 * torch.randn(1024, 8, generator=g) + 0.5).requires_grad_(True)

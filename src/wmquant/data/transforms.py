@@ -64,7 +64,7 @@ def to_model_input(
         frames = frames.movedim(-1, -3)
     lead, (height, width) = frames.shape[:-3], frames.shape[-2:]
     flat = frames.reshape(-1, CHANNELS, height, width).to(dtype)
-    if (height, width) != (img_size, img_size) and flat.shape[0] > 0:
+    if (height, width) != (img_size, img_size) and flat.shape[0] > 0:  # an empty batch has nothing to resample
         # antialias needs float32/64 inputs on CPU
         work_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
         flat = F.interpolate(
