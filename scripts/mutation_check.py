@@ -10,8 +10,9 @@ or comparison operator, dropping one operand of an arithmetic operation or a una
 moving an integer constant by 1 or doubling a float constant, flipping a boolean constant, and
 swapping paired names (amax / amin, max / min, round / floor, mean / sum, ...).
 
-Each mutant runs `pytest -x -m "not slow"` on the given tests in a private copy of src/ and tests/
-(PYTHONPATH points there, so the installed package is not touched). One JSON line per mutant is
+Each mutant runs `pytest -x -m "not slow"` on the given tests in a private copy of src/, tests/,
+results/ and docs/ (PYTHONPATH points there, so the installed package is not touched; the study's
+tests read the published results). One JSON line per mutant is
 appended to --out as soon as it finishes, so an interrupted check resumes where it stopped;
 --survivors-of re-runs only the mutants that survived in an earlier file (after new tests).
 --functions limits the check to the named functions and methods (their nested functions included),
@@ -220,11 +221,17 @@ def _record_key(record: dict) -> tuple[int, int, str]:
     return record["line"], record["col"], record["description"]
 
 
-def _make_workspace(root: Path) -> Path:
+# copied beside src/ and tests/: tests of the published study read its results and documents, and
+# would skip without them
+WORKSPACE_DATA = ("results", "docs")
+
+
+def _make_workspace(root: Path, repo: Path = REPO) -> Path:
     root.mkdir(parents=True)
-    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "tests", root / "tests", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
+    for name in ("src", "tests", *WORKSPACE_DATA):
+        if (repo / name).is_dir():
+            shutil.copytree(repo / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(repo / "pyproject.toml", root / "pyproject.toml")
     return root
 
 

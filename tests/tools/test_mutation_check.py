@@ -117,3 +117,23 @@ def test_functions_option_limits_the_mutants_and_refuses_unknown_names(tool, tmp
     both = counts["to_model_input,frames_are_channels_last"]
     assert both == counts["frames_are_channels_last"] + counts["to_model_input"] == len(
         tool.find_mutants((tool.REPO / module).read_text(), module))
+
+
+def test_the_workspace_holds_the_published_results_the_study_tests_read(tool, tmp_path):
+    repo = tmp_path / "repo"
+    for name in ("src/pkg", "tests", "results/table3/runs", "docs", "src/pkg/__pycache__"):
+        (repo / name).mkdir(parents=True, exist_ok=True)
+    (repo / "pyproject.toml").write_text("[project]\n")
+    (repo / "src/pkg/m.py").write_text("x = 1\n")
+    (repo / "src/pkg/__pycache__/m.pyc").write_bytes(b"stale")
+    (repo / "results/table3/runs/r.json").write_text("{}")
+    (repo / "docs/study_wall.md").write_text("# study\n")
+    workspace = tool._make_workspace(tmp_path / "work", repo)
+    copied = sorted(str(p.relative_to(workspace)) for p in workspace.rglob("*") if p.is_file())
+    assert copied == ["docs/study_wall.md", "pyproject.toml", "results/table3/runs/r.json", "src/pkg/m.py"]
+    bare = tmp_path / "bare"
+    (bare / "src").mkdir(parents=True)
+    (bare / "tests").mkdir()
+    (bare / "pyproject.toml").write_text("")
+    assert sorted(p.name for p in tool._make_workspace(tmp_path / "work2", bare).iterdir()) == [
+        "pyproject.toml", "src", "tests"]

@@ -205,7 +205,7 @@ def build_report(sweep_dir: str | os.PathLike, alpha: float = 0.05, mcnemar_scop
         raise StudyError(f"no results in {store.root} ({planned} planned run(s), none complete{detail}); "
                          "run `wmquant sweep` into this directory first")
     env = sweep.get("env") or results[0]["env"]
-    columns = _report_columns(sweep.get("columns") or DEFAULT_COLUMNS.get(env, (0,)), results)
+    columns = _report_columns(sweep.get("columns") or DEFAULT_COLUMNS[env], results)  # results name a known env
     table = sweep.get("paper_table")
     published = paper_table(table) if table else {}
     rows = _rows(store, sweep, results, corrupt, columns, published)
@@ -570,7 +570,7 @@ def _corrupt_lines(report: Report) -> list[str]:
 def timing_text(report: Report) -> str:
     """Runs complete, their summed wall time (calibration + planning) and where they ran."""
     done = [row.result for row in report.rows if row.result is not None]
-    seconds = sum(float(r.get("wall_seconds", 0.0)) for r in done)
+    seconds = sum(float(r["wall_seconds"]) for r in done)  # required by the result schema
     devices = sorted({str(r["device"]) for r in done if r.get("device")})
     where = f" on {', '.join(devices)}" if devices else ""
     return (f"Environment: {report.env}. Runs: {len(done)} complete of {len(report.rows)}; "
