@@ -134,7 +134,6 @@ def test_generated_walks_follow_the_generator_distribution(tmp_path):
     assert manifest["stats"]["collision_step_fraction"] == stats["collision_step_fraction"]
 
 
-
 def test_generation_statistics_describe_the_files(generated, tmp_path):
     root, stats = generated
     actions = torch.load(root / "actions.pth", weights_only=True).reshape(-1, 2).double()
@@ -154,6 +153,7 @@ def test_generation_statistics_describe_the_files(generated, tmp_path):
     two_states = torch.load(tmp_path / "two" / "states.pth", weights_only=True)[0].double()
     np.testing.assert_allclose(two["action_std"], two_actions.std(0).tolist(), rtol=1e-12)
     np.testing.assert_allclose(two["state_std"], two_states.std(0).tolist(), rtol=1e-12)
+
 
 def test_collision_and_crossing_statistics_match_a_replay(generated):
     root, stats = generated
@@ -210,7 +210,6 @@ def test_generation_with_worker_processes_matches_in_process(tmp_path, monkeypat
     assert pools == [2]  # no more workers than chunks
     for name in ("states.pth", "actions.pth", "obses/episode_066.pth"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
-
 
 
 def test_one_chunk_is_generated_in_process_whatever_the_worker_count(tmp_path, monkeypatch):
@@ -304,6 +303,7 @@ def test_the_generator_called_directly_refuses_bad_counts(tmp_path, name, value)
     with pytest.raises(ConfigError, match=rf"{name} must be a (positive|non-negative) integer, got {value}"):
         wall_data.generate_wall_dataset(**arguments)
     assert not (tmp_path / "w").exists()
+
 
 def test_random_layouts(tmp_path):
     generate_dataset("wall", tmp_path / "r", 6, 0, steps=3, workers=1, progress=False, random_layouts=True)
@@ -406,7 +406,6 @@ def test_non_tensor_content_is_refused(generated, tmp_path):
         load_dataset("wall", root)
 
 
-
 def test_a_pickled_object_is_not_unpickled(generated, tmp_path):
     """Tensor files are read with weights_only=True: a pickle of an arbitrary class is refused as
     unreadable before any of its code could run, not loaded and then found not to be a tensor."""
@@ -414,6 +413,7 @@ def test_a_pickled_object_is_not_unpickled(generated, tmp_path):
     torch.save(argparse.Namespace(states=torch.zeros(3)), root / "states.pth")
     with pytest.raises(DatasetError, match=r"cannot read .*states.pth as a tensor file \(UnpicklingError"):
         load_dataset("wall", root)
+
 
 @pytest.mark.parametrize(
     "name, tensor, match",
@@ -429,7 +429,6 @@ def test_inconsistent_shapes(generated, tmp_path, name, tensor, match):
     torch.save(tensor, root / name)
     with pytest.raises(DatasetError, match=match):
         load_dataset("wall", root)
-
 
 
 @pytest.mark.parametrize("shape", [(10,), (10, 12), (10, 12, 1), (10, 1, 1)])
@@ -454,7 +453,6 @@ def test_layout_files_without_a_value_per_episode_are_refused(generated, tmp_pat
         load_dataset("wall", root)
 
 
-
 @pytest.mark.parametrize("shape", [(0, 12, 2), (10, 0, 2)])
 def test_no_episodes_or_no_steps(generated, tmp_path, shape):
     root = copy_dataset(generated[0], tmp_path / "copy")
@@ -462,6 +460,7 @@ def test_no_episodes_or_no_steps(generated, tmp_path, shape):
     torch.save(torch.zeros(shape), root / "actions.pth")
     with pytest.raises(DatasetError, match=rf"states.pth has shape \({shape[0]}, {shape[1]}, 2\), no steps to read"):
         load_dataset("wall", root)
+
 
 def test_a_constant_dimension_is_normalised_by_1_not_0(generated, tmp_path):
     root = copy_dataset(generated[0], tmp_path / "copy")
@@ -484,6 +483,8 @@ def test_a_constant_dimension_is_normalised_by_1_not_0(generated, tmp_path):
     (dict(n_rollout=-2), "n_rollout must be a positive integer or None, got -2"),
     (dict(n_rollout=True), "n_rollout must be a positive integer or None, got True"),
 ])
+
+
 def test_bad_split_ratio_or_rollout_count(generated, kwargs, match):
     with pytest.raises(ConfigError, match=match):
         WallDataset(generated[0], "all", **kwargs)
@@ -499,6 +500,7 @@ def test_split_ratio_seed_and_one_rollout(generated):
         assert train.split == "train" and val.split == "val"
     assert WallDataset(root, "all", n_rollout=1).episode_ids == [0]
     assert len(WallDataset(root, "all", n_rollout=50)) == 10  # more than there are: all of them
+
 
 def test_missing_or_short_episode_frames(generated, tmp_path):
     root = copy_dataset(generated[0], tmp_path / "copy")

@@ -43,6 +43,8 @@ def result_of(length: int) -> dict:
     ([25, 50, 12], [0, 5, 10, 20, 30, 40, 50]),  # the longest run decides
     ([12, 25], [0, 5, 10, 20, 25]),
 ])
+
+
 def test_report_columns(lengths, columns):
     assert _report_columns(WALL_COLUMNS, [result_of(n) for n in lengths]) == columns
 
@@ -149,7 +151,6 @@ def test_replicates_are_summarised_by_their_last_iteration(tmp_path):
     _, body = replicate_table(report)
     line = next(row for row in body if row[0].startswith("RTN"))
     assert line[2] == "wall cal0 0.40; wall_seed1 cal0 0.70" and line[3] == "0.55" and line[5] == "0.40-0.70"
-
 
 
 def test_integer_runs_of_different_group_sizes_are_not_compared(tmp_path):

@@ -61,7 +61,6 @@ def test_sigreg_wants_isotropic_gaussian_embeddings():
     assert loss(line) > 0.05 and loss(0.01 * isotropic) > 0.3
 
 
-
 def test_sigreg_draws_its_directions_from_the_given_generator_only():
     embeddings = torch.randn(64, 8, generator=torch.Generator().manual_seed(6))
     seeded = lambda: sigreg_loss(embeddings, directions=4, generator=torch.Generator().manual_seed(7))  # noqa: E731
@@ -97,6 +96,7 @@ def test_two_embeddings_of_one_dimension_are_enough():
     pair = torch.tensor([[-1.0], [1.0]])  # every projection on the unit "sphere" of R^1 is +-pair
     expected = epps_pulley_closed_form(torch.tensor([-1.0, 1.0])).item()
     assert sigreg_loss(pair, directions=3).item() == pytest.approx(expected, abs=2e-4)
+
 
 def test_descending_sigreg_spreads_a_collapsed_cloud_to_unit_variance():
     g = torch.Generator().manual_seed(4)
@@ -193,6 +193,8 @@ def test_sigreg_divides_out_the_folded_output_scale(wall_data, tmp_path):
     (["model.train_encoder=false"], "needs model.train_encoder=true"),
     (["encoder_pretrain.steps=-2"], "steps >= 0"),
 ])
+
+
 def test_bad_end_to_end_settings_get_one_line(wall_data, tmp_path, capsys, overrides, message):
     out = tmp_path / "run"
     assert _train_end_to_end(wall_data, out, *overrides) == 2
