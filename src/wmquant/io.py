@@ -13,12 +13,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any, Iterator
 
 # mkstemp creates files readable by the owner only; results are shared (clusters, CI artifacts), so
 # finished files get the permissions a plain open() would have given them.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-from typing import Any, Iterator
 
 
 def _fsync_dir(directory: Path) -> None:
