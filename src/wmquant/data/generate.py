@@ -20,7 +20,7 @@ from ..io import atomic_directory, write_json
 
 MANIFEST_FILE = "wmquant_dataset.json"
 
-# env name -> (module, generator function); the module may define GENERATOR_VERSION
+# env name -> (module, generator function); each module defines GENERATOR_VERSION, recorded in the manifest
 _GENERATORS: dict[str, tuple[str, str]] = {
     "wall": ("wmquant.data.wall", "generate_wall_dataset"),
     "pusht": ("wmquant.data.pusht", "generate_pusht_dataset"),
@@ -81,7 +81,7 @@ def generate_dataset(
             "seed": seed,
             "steps": steps,
             "generator": f"{module_name}.{function_name}",
-            "generator_version": getattr(module, "GENERATOR_VERSION", 1),
+            "generator_version": module.GENERATOR_VERSION,
             "wmquant_version": __version__,
             "env_kwargs": env_kwargs,
             "stats": stats,
