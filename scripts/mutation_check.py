@@ -291,9 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.functions is not None:
         spans = function_spans(original, str(relative))
         names = [name.strip() for name in args.functions.split(",") if name.strip()]
-        unknown = [name for name in names if name not in spans] or ([] if names else [args.functions])
-        if unknown:
-            print(f"error: --functions {unknown[0]!r} is not a function of {relative}; "
+        # the first name that is not a function here (or the whole value, when it names none)
+        bad = next((name for name in names if name not in spans), None) if names else args.functions
+        if bad is not None:
+            print(f"error: --functions {bad!r} is not a function of {relative}; "
                   f"valid: {', '.join(sorted(spans))}", file=sys.stderr)
             return 2
         chosen = [span for name in names for span in spans[name]]

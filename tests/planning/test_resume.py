@@ -10,16 +10,16 @@ from wmquant.cli import main
 from wmquant.planning import runs
 from wmquant.planning.checkpoint import CHECKPOINT_FILE
 
+WALL_PLANNER = ["--config-name", "plan_wall.yaml", "model_name=wall", "planner.sub_planner.num_samples=30",
+                "planner.sub_planner.topk=5", "planner.sub_planner.opt_steps=2", "save_plots=false", "engine.device=cpu"]
 # 6 episodes, of which 0, 2, 5, 6, 6 have succeeded after MPC iterations 1-5: an interruption after
 # iteration 2 leaves some episodes done and some active (the smallest budget that does; ~5 s a run)
-WALL = ["--config-name", "plan_wall.yaml", "model_name=wall", "n_evals=6", "planner.max_iter=5",
-        "planner.sub_planner.num_samples=30", "planner.sub_planner.topk=5", "planner.sub_planner.opt_steps=2",
-        "save_plots=false", "engine.device=cpu"]
+WALL = [*WALL_PLANNER, "n_evals=6", "planner.max_iter=5"]
 PUSHT = ["--config-name", "plan_pusht.yaml", "model_name=pusht", "goal_source=random_state", "n_evals=3",
          "planner.max_iter=3", "planner.sub_planner.num_samples=20", "planner.sub_planner.topk=5",
          "planner.sub_planner.opt_steps=2", "save_plots=false", "engine.device=cpu"]
 # Where a test needs no mix of finished and active episodes: 2 episodes, 3 iterations (~2 s a run)
-SMALL_WALL = [{"n_evals=6": "n_evals=2", "planner.max_iter=5": "planner.max_iter=3"}.get(arg, arg) for arg in WALL]
+SMALL_WALL = [*WALL_PLANNER, "n_evals=2", "planner.max_iter=3"]
 MEASURED = ("success_by_iter", "success_rate_by_iter", "latent_mse_by_iter", "planning_loss_by_iter", "eval_seeds")
 
 
