@@ -131,10 +131,17 @@ def shape_from_env_info(env_info: Any, current: BlockShape) -> BlockShape:
 # Pure functions of states (shared by the single and the batched env)
 
 
+def _float_array(values: Any, what: str) -> np.ndarray:
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"PushT {what} must be a rectangular array of numbers: {error}") from None
+
+
 def as_states(states: Any, count: int | None = None) -> np.ndarray:
     """Validate states -> float64 (n, 7). Accepts (7,), (n, 7), and 5-D states without velocity
     (zero velocity, as upstream's `with_velocity=False`)."""
-    array = np.asarray(states, dtype=np.float64)
+    array = _float_array(states, "states")
     if array.ndim == 1:
         array = array[None]
     if array.ndim != 2 or array.shape[1] not in (5, STATE_DIM):
@@ -150,7 +157,7 @@ def as_states(states: Any, count: int | None = None) -> np.ndarray:
 
 def as_actions(actions: Any, count: int) -> np.ndarray:
     """Validate actions -> float64 (count, 2); raw env units (0.01 = 1 px of PD-target offset)."""
-    array = np.asarray(actions, dtype=np.float64)
+    array = _float_array(actions, "actions")
     if array.shape == (ACTION_DIM,) and count == 1:
         array = array[None]
     if array.shape != (count, ACTION_DIM):
@@ -419,6 +426,8 @@ class PushTEnv(gymnasium.Env):
         if self.visual_obs:
             self._frame = pusht_render.render(self.scene(block_parts), self.render_size)
             observation["visual"] = self._frame
+        else:
+            self._frame = None  # `render()` draws the current state when asked, not a stale frame
         info = {
             "state": state,
             "pos_agent": state[0:2].copy(),
@@ -491,11 +500,15 @@ class PushTEnv(gymnasium.Env):
         if actions.ndim != 2 or actions.shape[1] != ACTION_DIM:
             raise ConfigError(f"step_multiple needs actions of shape (T, 2), got {actions.shape}")
         steps = [self.step(a) for a in as_actions(actions, actions.shape[0])]
-        obses = {key: np.stack([s[0][key] for s in steps]) for key in ("visual", "proprio")}
-        rewards = np.array([s[1] for s in steps], dtype=np.float64)
-        dones = np.array([s[2] for s in steps], dtype=bool)
-        infos = {key: np.stack([np.asarray(s[4][key]) for s in steps]) for key in steps[0][4]} if steps else {}
-        return obses, rewards, dones, infos
+        observations, infos = [s[0] for s in steps], [s[4] for s in steps]
+        # With no action, the stacks are empty but keep the keys and shapes of the current observation.
+        template_observation, template_info = (observations[0], infos[0]) if steps else self._observe()
+        return (
+            _stack_records(observations, template_observation),
+            np.array([s[1] for s in steps], dtype=np.float64),
+            np.array([s[2] for s in steps], dtype=bool),
+            _stack_records(infos, template_info),
+        )
 
     def rollout(self, seed: int, init_state: Any, actions: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """prepare + step through actions (T, 2). Returns obses with T+1 frames, initial first
@@ -504,13 +517,12 @@ class PushTEnv(gymnasium.Env):
         actions = np.asarray(actions, dtype=np.float64)
         if actions.ndim != 2 or actions.shape[1] != ACTION_DIM:
             raise ConfigError(f"rollout needs actions of shape (T, 2), got {actions.shape}")
-        visuals, proprios, states = [obs["visual"]], [obs["proprio"]], [state]
+        observations, states = [obs], [state]
         for action in as_actions(actions, actions.shape[0]):
             obs, _, _, _, info = self.step(action)
-            visuals.append(obs["visual"])
-            proprios.append(obs["proprio"])
+            observations.append(obs)
             states.append(info["state"])
-        return {"visual": np.stack(visuals), "proprio": np.stack(proprios)}, np.stack(states)
+        return _stack_records(observations, observations[0]), np.stack(states)
 
     def eval_state(self, goal_state: Any, cur_state: Any) -> dict[str, Any]:
         """{"success": bool, "state_dist": float} for one pair of (7,) states (spec 2.7)."""
@@ -519,6 +531,14 @@ class PushTEnv(gymnasium.Env):
 
     def sample_random_init_goal_states(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
         return sample_init_goal_states(seed)
+
+
+def _stack_records(records: Sequence[dict[str, Any]], template: dict[str, Any]) -> dict[str, np.ndarray]:
+    """{key: values of `records` stacked on a new first axis} for the keys of `template`; with no
+    records, empty arrays of the template's shapes and dtypes."""
+    if records:
+        return {key: np.stack([np.asarray(record[key]) for record in records]) for key in template}
+    return {key: np.empty((0, *np.shape(value)), np.asarray(value).dtype) for key, value in template.items()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -557,7 +577,7 @@ class _EnvGroup:
         """Final states of independent action sequences (n, T, 2) from states (n, 7), physics only
         (no rendering), on a scratch environment; the owned environments are left untouched."""
         if not hasattr(self, "_scratch"):
-            self._scratch = PushTEnv(render_size=self.envs[0].render_size if self.envs else 64, render_mode=None)
+            self._scratch = PushTEnv(render_size=8, render_mode=None, visual_obs=False)  # never renders
         env, finals = self._scratch, np.empty((len(states), STATE_DIM))
         for i, (state, sequence) in enumerate(zip(states, actions)):
             env._build_space()
@@ -665,18 +685,28 @@ class PushTBatchEnv(BatchEnv):
         if not self._connections:
             raise ConfigError("this PushTBatchEnv is closed")
         for _, owner, args in jobs:
-            self._connections[owner].send((method, args))
-        results = []
-        for positions, owner, _ in jobs:
-            try:
-                status, payload = self._connections[owner].recv()
-            except (EOFError, ConnectionError) as error:
-                raise RuntimeError(f"PushT worker {owner} (process {self._processes[owner].pid}) died") from error
-            if status == "error":
-                error, worker_traceback = payload
-                raise error from RuntimeError(f"in PushT worker {owner}:\n{worker_traceback}")
-            results.append((positions, payload))
-        return results
+            self._send(owner, (method, args))
+        return [(positions, self._receive(owner)) for positions, owner, _ in jobs]
+
+    def _worker_died(self, owner: int) -> RuntimeError:
+        return RuntimeError(f"PushT worker {owner} (process {self._processes[owner].pid}) died")
+
+    def _send(self, owner: int, message: tuple[str, Any]) -> None:
+        try:
+            self._connections[owner].send(message)
+        except ConnectionError as error:  # a broken pipe: the worker is gone
+            raise self._worker_died(owner) from error
+
+    def _receive(self, owner: int) -> Any:
+        """The reply of worker `owner`; an error raised there is raised here, with its traceback."""
+        try:
+            status, payload = self._connections[owner].recv()
+        except (EOFError, ConnectionError) as error:
+            raise self._worker_died(owner) from error
+        if status == "error":
+            error, worker_traceback = payload
+            raise error from RuntimeError(f"in PushT worker {owner}:\n{worker_traceback}")
+        return payload
 
     def _gather(self, count: int, results: list[tuple[np.ndarray, tuple[Obs, np.ndarray]]], frames: int | None = None) -> tuple[Obs, np.ndarray]:
         """Reassemble per-owner (obs, states) results into the order of the request. `frames` is the
@@ -744,18 +774,18 @@ class PushTBatchEnv(BatchEnv):
         actions = np.asarray(actions, dtype=np.float64)
         if actions.ndim != 3 or actions.shape[0] != len(states) or actions.shape[2] != ACTION_DIM:
             raise ConfigError(f"simulate needs actions of shape ({len(states)}, T, {ACTION_DIM}), got {actions.shape}")
+        if not np.isfinite(actions).all():
+            raise ConfigError("PushT actions must be finite, got NaN or inf")
         if self._in_process is not None:
             return self._in_process.simulate(states, actions)
+        if not self._connections:
+            raise ConfigError("this PushTBatchEnv is closed")
         parts = np.array_split(np.arange(len(states)), len(self._connections))
-        for connection, part in zip(self._connections, parts):
-            connection.send(("simulate", (states[part], actions[part])))
-        finals = np.empty((len(states), STATE_DIM))
-        for owner, (connection, part) in enumerate(zip(self._connections, parts)):
-            status, payload = connection.recv()
-            if status == "error":
-                error, worker_traceback = payload
-                raise error from RuntimeError(f"in PushT worker {owner}:\n{worker_traceback}")
-            finals[part] = payload
+        for owner, part in enumerate(parts):
+            self._send(owner, ("simulate", (states[part], actions[part])))
+        finals = np.full((len(states), STATE_DIM), np.nan)
+        for owner, part in enumerate(parts):
+            finals[part] = self._receive(owner)
         return finals
 
     def sample_random_init_goal_states(self, seeds: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -38,9 +38,11 @@ DEFAULT_DOOR_Y = 30
 # Clearance the init/goal sampler keeps from the wall faces (2 dot sigmas) and from the frame edge.
 SAMPLE_PADDING = DOT_STD * 2
 SAMPLE_BORDER_PADDING = BORDER_WALL_LOC - 1 + SAMPLE_PADDING
-# Layouts whose wall band and door lie strictly inside the border lines.
+# Layouts whose wall band and door lie strictly inside the border lines: 8..56 and 9..55 (upstream's
+# layout enumerations use 20..44 and 10..54). A door that reached a border line would open onto it,
+# and the collision rule would clamp a dot that hits the border inside the doorway onto a wall face.
 WALL_X_RANGE = (int(BORDER_LOW) + WALL_HALF_WIDTH + 1, int(BORDER_HIGH) - WALL_HALF_WIDTH - 1)
-DOOR_Y_RANGE = (int(BORDER_LOW) + 1, int(BORDER_HIGH) - 1)
+DOOR_Y_RANGE = (int(BORDER_LOW) + DOOR_HALF_HEIGHT + 1, int(BORDER_HIGH) - DOOR_HALF_HEIGHT - 1)
 STATE_DIM = PROPRIO_DIM = ACTION_DIM = 2
 
 
@@ -57,7 +59,10 @@ class WallLayout:
             raise ConfigError(f"wall x {self.wall_x} is outside the frame; valid: integers {lo}..{hi}")
         lo, hi = DOOR_Y_RANGE
         if not lo <= self.door_y <= hi:
-            raise ConfigError(f"door y {self.door_y} is outside the frame; valid: integers {lo}..{hi}")
+            raise ConfigError(
+                f"door y {self.door_y} is outside the frame; valid: integers {lo}..{hi}"
+                " (the door's 9 rows must lie between the border lines)"
+            )
 
     @classmethod
     def from_env_info(cls, env_info: Mapping[str, Any]) -> "WallLayout":
