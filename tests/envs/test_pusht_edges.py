@@ -372,3 +372,10 @@ def test_a_dead_worker_is_named_and_an_abandoned_batch_stops_its_workers():
     gc.collect()
     processes[1].join(timeout=10)
     assert processes[1].exitcode == 0  # closed in order, not crashed on a vanished pipe
+
+
+def test_leaving_a_with_block_closes_the_workers():
+    with pusht.PushTBatchEnv(2, render_size=8, workers=2) as batch:
+        processes = list(batch._processes)
+        batch.reset_to(np.tile(GOAL, (2, 1)))
+    assert [process.exitcode for process in processes] == [0, 0]
