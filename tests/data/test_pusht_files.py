@@ -108,3 +108,48 @@ def test_the_frame_cache_keeps_the_most_recently_used_episodes(tmp_path):
     uncached = pusht_data.PushTDataset(write_split(tmp_path / "none", [4, 4, 4]))
     assert uncached.frames(0) is not uncached.frames(0)
     torch.testing.assert_close(uncached.frames(0), first)
+
+
+def test_random_initial_states_cover_the_spec_ranges_exactly():
+    rng = np.random.default_rng(3)
+    states = np.stack([pusht_data._random_initial_state(rng) for _ in range(20000)])
+    assert states.shape == (20000, 7)
+    assert states[:, :2].min() == 50 and states[:, :2].max() == 449  # integers in [50, 450)
+    assert states[:, 2:4].min() == 100 and states[:, 2:4].max() == 399  # integers in [100, 400)
+    assert 0.0 <= states[:, 4].min() < 0.01 and 2 * np.pi - 0.01 < states[:, 4].max() < 2 * np.pi
+    assert not states[:, 5:].any()
+    np.testing.assert_array_equal(states, states.astype(np.float32))  # stored as float32 without change
+
+
+def _record(length, block_moves, reached_goal=None, actions=None):
+    """An episode record: the block steps 1 px in the transitions listed in `block_moves`."""
+    states = np.zeros((length, 5), np.float32)
+    for t in range(1, length):
+        states[t, 2] = states[t - 1, 2] + (1.0 if t - 1 in block_moves else 0.0)
+    record = {
+        "states": states,
+        "velocities": np.zeros((length, 2), np.float32),
+        "rel_actions": np.zeros((length, 2), np.float32) if actions is None else np.asarray(actions, np.float32),
+    }
+    if reached_goal is not None:
+        record["reached_goal"] = np.bool_(reached_goal)
+    return record
+
+
+def test_recorded_statistics_of_hand_made_episodes():
+    records = [
+        _record(3, {0}, True, actions=[[1.0, 2.0], [3.0, 6.0], [100.0, 100.0]]),  # the last action is never taken
+        _record(5, {0, 1, 2, 3}, False, actions=[[1.0, 2.0]] * 4 + [[-100.0, -100.0]]),
+        _record(4, set(), actions=[[3.0, 6.0]] * 3 + [[50.0, 50.0]]),  # a pusher episode: no reached_goal
+        _record(2, {0}, False, actions=[[1.0, 2.0], [7.0, 7.0]]),
+    ]
+    stats = pusht_data.recorded_statistics(records, records[3:])
+    assert stats["episode_length"] == {"min": 2, "mean": 3.5, "max": 5}
+    assert stats["reached_goal_fraction"] == pytest.approx(0.25, abs=1e-12)
+    # moving fractions 1/2, 4/4, 0/3, 1/1 weighted by transitions 2, 4, 3, 1
+    assert stats["block_moving_fraction"] == pytest.approx(6 / 10, abs=1e-12)
+    # actions taken: (1, 2) x 6 and (3, 6) x 4
+    np.testing.assert_allclose(stats["action_mean_px"], [1.8, 3.6], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(stats["action_std_px"], [np.sqrt(0.96), np.sqrt(3.84)], rtol=0, atol=1e-6)
+    assert stats["val_segments"] is None  # too short for a 25-step segment
+    assert len(stats["official_comparison"]) > 0 and stats["matches_official"] is False
