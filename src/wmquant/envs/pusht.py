@@ -558,11 +558,13 @@ class _EnvGroup:
 
     def reset_to(self, local: Sequence[int], states: np.ndarray) -> tuple[Obs, np.ndarray]:
         results = [self.envs[i].reset(options={"init_state": s}) for i, s in zip(local, states)]
-        return _stack_observations([obs for obs, _ in results]), np.stack([info["state"] for _, info in results])
+        observations = [obs for obs, _ in results]
+        return _stack_records(observations, observations[0]), np.stack([info["state"] for _, info in results])
 
     def step(self, local: Sequence[int], actions: np.ndarray) -> tuple[Obs, np.ndarray]:
         results = [self.envs[i].step(a) for i, a in zip(local, actions)]
-        return _stack_observations([r[0] for r in results]), np.stack([r[4]["state"] for r in results])
+        observations = [r[0] for r in results]
+        return _stack_records(observations, observations[0]), np.stack([r[4]["state"] for r in results])
 
     def rollout(self, local: Sequence[int], states: np.ndarray, actions: np.ndarray) -> tuple[Obs, np.ndarray]:
         """Reset to states (n, 7), apply actions (n, T, 2); observations and states with T+1 frames."""
@@ -586,10 +588,6 @@ class _EnvGroup:
                 env._advance(action)
             finals[i] = env.current_state()
         return finals
-
-
-def _stack_observations(observations: Sequence[dict[str, np.ndarray]]) -> Obs:
-    return {key: np.stack([o[key] for o in observations]) for key in ("visual", "proprio")}
 
 
 def _worker_main(connection: Any, count: int, env_kwargs: dict[str, Any]) -> None:
